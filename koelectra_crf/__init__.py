@@ -1,0 +1,1 @@
+"""koelectra-crf: Korean NER with an encoder + BiLSTM + CRF head."""
