@@ -1,0 +1,80 @@
+"""Configuration of the encoder + BiLSTM + CRF token classifier (shipped to the Hub as remote code)."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+KLUE_LABELS = [
+    "B-PS", "I-PS", "B-LC", "I-LC", "B-OG", "I-OG", "B-DT", "I-DT", "B-TI", "I-TI", "B-QT", "I-QT", "O",
+]  # fmt: skip
+"""The 13 KLUE NER v1.1 tags in KLUE-baseline's order (the default label set of a fresh model)."""
+
+TOKENIZATION_MODES = ("subword", "char")
+
+# monologg/koelectra-base-v3-discriminator: the default encoder when none is given.
+KOELECTRA_BASE_V3 = {
+    "vocab_size": 35000,
+    "embedding_size": 768,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
+
+
+class KoElectraCrfConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`KoElectraCrfForTokenClassification`]: a pretrained encoder, an optional BiLSTM, dropout
+    and a linear layer that produce per-token emission scores, and a linear-chain CRF over them.
+
+    Args:
+        encoder (`PreTrainedConfig` or `dict`, *optional*):
+            Config of the encoder, of any model type `AutoModel` knows (ELECTRA, BERT, XLM-R, ...). Defaults to
+            the architecture of `monologg/koelectra-base-v3-discriminator`.
+        use_bilstm (`bool`, defaults to `True`):
+            Put a bidirectional LSTM between the encoder and the emission layer.
+        lstm_hidden_size (`int`, defaults to 256):
+            Hidden size of the BiLSTM per direction.
+        use_crf (`bool`, defaults to `True`):
+            Decode with a CRF (Viterbi) and train with its negative log-likelihood. When `False` the head is a
+            plain softmax classifier trained with cross-entropy (the "baseline" variant).
+        classifier_dropout (`float`, defaults to 0.1):
+            Dropout before the emission layer (and after the encoder).
+        multi_sample_dropout (`int`, defaults to 1):
+            Number of dropout masks whose emission scores are averaged during training (1 = ordinary dropout).
+        tokenization (`str`, defaults to `"subword"`):
+            `"subword"`: the encoder's tokenizer over running text; `"char"`: one token per non-space character.
+        max_length (`int`, defaults to 128):
+            Tokens per window, special tokens included. Longer texts are split into overlapping windows.
+        stride (`int`, defaults to 32):
+            Tokens shared by consecutive windows.
+        crf_constrain_training (`bool`, defaults to `False`):
+            Also apply the BIO transition constraints in the training likelihood (they always apply in decoding).
+    """
+
+    model_type = "koelectra-crf"
+    sub_configs_defaults = {
+        "encoder": SubConfigSpec(config_class=AutoConfig, model_type="electra", init_kwargs=KOELECTRA_BASE_V3),
+    }
+
+    encoder: PreTrainedConfig | dict | None = None
+    use_bilstm: bool = True
+    lstm_hidden_size: int = 256
+    use_crf: bool = True
+    classifier_dropout: float = 0.1
+    multi_sample_dropout: int = 1
+    tokenization: str = "subword"
+    max_length: int = 128
+    stride: int = 32
+    crf_constrain_training: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
+            self.id2label = dict(enumerate(KLUE_LABELS))
+            self.label2id = {label: i for i, label in enumerate(KLUE_LABELS)}
+        super().__post_init__(**kwargs)
+        if self.tokenization not in TOKENIZATION_MODES:
+            raise ValueError(f"tokenization must be one of {TOKENIZATION_MODES}, got {self.tokenization!r}")
+        if self.multi_sample_dropout < 1:
+            raise ValueError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")
+        if not 0 <= self.stride < self.max_length - 2:
+            raise ValueError(f"stride must be in [0, max_length - 2), got stride={self.stride}")

@@ -1,0 +1,28 @@
+"""Shared fixtures: the read-only data beside the project (../shared) and tiny random encoders."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_path(relative: str) -> Path:
+    """Path of a file in ../shared; skips the test when it is missing, except in CI where it must exist."""
+    path = SHARED / relative
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            raise FileNotFoundError(f"{path} is required in CI")
+        pytest.skip(f"{path} not available on this machine")
+    return path
+
+
+@pytest.fixture
+def klue_valid_file() -> Path:
+    return shared_path("data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv")
+
+
+@pytest.fixture
+def klue_train_file() -> Path:
+    return shared_path("data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv")
