@@ -78,3 +78,8 @@ class KoElectraCrfConfig(PreTrainedConfig):
             raise ValueError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")
         if not 0 <= self.stride < self.max_length - 2:
             raise ValueError(f"stride must be in [0, max_length - 2), got stride={self.stride}")
+
+    @property
+    def label_names(self) -> list[str]:
+        """Tag names in id order."""
+        return [self.id2label[i] for i in range(self.num_labels)]

@@ -1,0 +1,166 @@
+"""Characters <-> tokens: the one alignment shared by training (`data.tokenize_and_align`) and the pipeline.
+
+KLUE NER is labelled per character (spaces included). The model tags tokens. This module decides, once, which
+token carries the tag of which character, and how token tags become character tags again.
+
+Tokenization modes (`config.tokenization`):
+
+- ``"subword"``: the encoder's fast tokenizer over the running text. A token covers the characters of its offset
+  span (leading whitespace stripped, as SentencePiece's ``▁`` can include it). It is labelled with the tag of its
+  first character (KLUE-baseline's convention). When several tokens start at the same character (SentencePiece
+  emits a bare ``▁`` before a piece such as ``<unk>``), only the last of them is tagged.
+- ``"char"``: every non-space character is one word, fed with ``is_split_into_words=True`` (the original
+  `korean_ner` approach, meant for character vocabularies such as KoCharELECTRA's). If a tokenizer splits a
+  character into several tokens, only the last is tagged.
+
+Spaces are never tokens. Going back to characters (`token_tags_to_char_tags`), the first character of a tagged
+token gets the token's tag, its other characters the ``I-`` of the same type (or ``O``); a character covered by no
+tagged token (a space, or a character the tokenizer drops) continues an entity only when the entity goes on right
+after it (KLUE labels a space inside an entity ``I-``); otherwise it is ``O``.
+
+Long texts are cut into overlapping windows of `max_length` tokens (special tokens included) sharing `stride`
+tokens, so every character is tagged and none is dropped.
+"""
+
+from dataclasses import dataclass
+
+OUTSIDE = "O"
+
+
+@dataclass
+class EncodedText:
+    """A whole text tokenized once, without special tokens or truncation.
+
+    Attributes:
+        token_ids: ids of the N content tokens.
+        char_spans: (start, end) character span of each content token in the text; (start, start) when the
+            token covers no visible character.
+        tagged: whether each token carries a tag (at most one token per character does).
+        prefix_ids, suffix_ids: the special tokens the tokenizer puts around a sequence (e.g. [CLS] / [SEP]).
+        type_id: token type id of a single sequence.
+    """
+
+    token_ids: list[int]
+    char_spans: list[tuple[int, int]]
+    tagged: list[bool]
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    type_id: int = 0
+
+    def windows(self, max_length: int, stride: int) -> list[tuple[int, int]]:
+        """Content-token ranges [start, end) of overlapping windows that together cover every token."""
+        capacity = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if not 0 <= stride < capacity:
+            raise ValueError(f"stride ({stride}) must be smaller than the tokens a window holds ({capacity})")
+        num_tokens = len(self.token_ids)
+        ranges = [(0, min(capacity, num_tokens))]
+        while ranges[-1][1] < num_tokens:
+            start = ranges[-1][1] - stride
+            ranges.append((start, min(start + capacity, num_tokens)))
+        return ranges
+
+    def window_input_ids(self, start: int, end: int) -> list[int]:
+        return self.prefix_ids + self.token_ids[start:end] + self.suffix_ids
+
+
+def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[EncodedText]:
+    """Tokenize whole texts (one batched tokenizer call) and align their tokens with characters."""
+    if not tokenizer.is_fast:
+        raise ValueError("koelectra-crf needs a fast tokenizer (character offsets); got a slow one")
+    if tokenization == "subword":
+        batch = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, return_token_type_ids=True)
+        positions = [None] * len(texts)
+    elif tokenization == "char":
+        positions = [[i for i, char in enumerate(text) if not char.isspace()] for text in texts]
+        words = [[texts[k][i] for i in chars] for k, chars in enumerate(positions)]
+        batch = tokenizer(
+            words, is_split_into_words=True, add_special_tokens=True, return_offsets_mapping=True,
+            return_token_type_ids=True,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown tokenization {tokenization!r}: use 'subword' or 'char'")
+    return [_align(texts[k], batch, k, positions[k]) for k in range(len(texts))]
+
+
+def _align(text: str, batch, index: int, char_positions: list[int] | None) -> EncodedText:
+    ids = batch["input_ids"][index]
+    sequence_ids = batch.sequence_ids(index)
+    content = [i for i, sequence_id in enumerate(sequence_ids) if sequence_id is not None]
+    first = content[0] if content else len(ids)
+    last = content[-1] + 1 if content else len(ids)
+    if char_positions is None:
+        spans = [_strip_space(text, *batch["offset_mapping"][index][i]) for i in content]
+    else:
+        word_ids = batch.word_ids(index)
+        spans = [(char_positions[word_ids[i]], char_positions[word_ids[i]] + 1) for i in content]
+    tagged = [
+        start < end and (k + 1 == len(spans) or spans[k + 1][0] != start) for k, (start, end) in enumerate(spans)
+    ]
+    return EncodedText(
+        token_ids=[ids[i] for i in content],
+        char_spans=spans,
+        tagged=tagged,
+        prefix_ids=list(ids[:first]),
+        suffix_ids=list(ids[last:]) if content else [],
+        type_id=batch["token_type_ids"][index][first] if content else 0,
+    )
+
+
+def _strip_space(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    return start, end
+
+
+def token_labels(encoded: EncodedText, char_tags: list[str]) -> list[str | None]:
+    """Training targets: the tag of each tagged token's first character, None for untagged tokens."""
+    return [
+        char_tags[start] if is_tagged else None
+        for (start, _), is_tagged in zip(encoded.char_spans, encoded.tagged, strict=True)
+    ]
+
+
+def entity_type(tag: str) -> str | None:
+    """'B-PS' -> 'PS', 'I-PS' -> 'PS', 'O' -> None."""
+    return tag[2:] if tag[:2] in ("B-", "I-") else None
+
+
+def token_tags_to_char_tags(text: str, encoded: EncodedText, token_tags: list[str | None]) -> list[str]:
+    """The tag of every character of `text`, from the tags of its content tokens (None for untagged tokens)."""
+    char_tags: list[str | None] = [None] * len(text)
+    for (start, end), tag in zip(encoded.char_spans, token_tags, strict=True):
+        if tag is None:
+            continue
+        label_type = entity_type(tag)
+        char_tags[start] = tag
+        char_tags[start + 1 : end] = [f"I-{label_type}" if label_type else OUTSIDE] * (end - start - 1)
+    # A run of uncovered characters (spaces, characters the tokenizer dropped) continues the entity before it
+    # only if that entity goes on right after the run.
+    i = 0
+    while i < len(text):
+        if char_tags[i] is not None:
+            i += 1
+            continue
+        run_end = i
+        while run_end < len(text) and char_tags[run_end] is None:
+            run_end += 1
+        before = entity_type(char_tags[i - 1]) if i > 0 else None
+        after = char_tags[run_end] if run_end < len(text) else OUTSIDE
+        fill = after if before is not None and after == f"I-{before}" else OUTSIDE
+        char_tags[i:run_end] = [fill] * (run_end - i)
+        i = run_end
+    return char_tags
+
+
+def char_tags_to_spans(char_tags: list[str]) -> list[tuple[int, int, str]]:
+    """BIO character tags -> (start, end, type) spans. An `I-X` that does not continue an `X` starts a new span."""
+    spans: list[tuple[int, int, str]] = []
+    for i, tag in enumerate(char_tags):
+        label_type = entity_type(tag)
+        if label_type is None:
+            continue
+        if tag.startswith("I-") and spans and spans[-1][1] == i and spans[-1][2] == label_type:
+            spans[-1] = (spans[-1][0], i + 1, label_type)
+        else:
+            spans.append((i, i + 1, label_type))
+    return spans

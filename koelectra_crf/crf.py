@@ -1,0 +1,513 @@
+"""A linear-chain conditional random field (CRF) for sequence labelling.
+
+This file imports only ``torch`` and the Python standard library, so it can be shipped to the Hugging Face
+Hub as remote code next to a model's weights.
+
+Notation used in the docstrings and comments below:
+
+* ``B`` batch size, ``T`` padded sequence length, ``K`` number of tags.
+* ``e[t, k]``: the emission score of tag ``k`` at position ``t`` (the encoder's output), shape ``(B, T, K)``.
+* ``s[k]``, ``A[i, j]``, ``f[k]``: the start, transition (from tag ``i`` to tag ``j``) and end scores, the
+  module's three parameters. ``A[i, j]`` follows pytorch-crf's convention, so its parameters copy in as-is.
+* ``y = (y_0, ..., y_{n-1})``: a tag sequence of length ``n``, the number of unmasked positions of a row.
+
+The score of a tag sequence is::
+
+    score(y) = s[y_0] + sum_{t=0}^{n-1} e[t, y_t] + sum_{t=1}^{n-1} A[y_{t-1}, y_t] + f[y_{n-1}]
+
+and the CRF is the distribution ``p(y | x) = exp(score(y)) / Z`` with the partition function
+``Z = sum_y' exp(score(y'))``, a sum over all ``K^n`` tag sequences that dynamic programming computes in
+``O(n K^2)``.
+
+Masks. A mask may be any boolean pattern, not only a left-aligned one: the chain links consecutive unmasked
+positions in order and masked positions are skipped entirely. Every method first moves the unmasked
+positions of each row to its front, keeping their order (a stable sort of the mask, then a ``gather``), runs
+the left-aligned algorithm, and scatters the per-position results back. A row without unmasked positions is
+a sequence of length 0: its log-likelihood and log-partition are 0, it decodes to ``-100`` everywhere and its
+marginals are all 0.
+
+Constraints. Allowed start tags, transitions and end tags (e.g. from :func:`bio_constraints`) are applied by
+adding :data:`CONSTRAINT_PENALTY` to the scores of disallowed moves: a large but finite number, so that
+gradients stay finite. :meth:`LinearChainCRF.decode` instead adds ``-inf``, so it can never return a
+disallowed path. Constraints always apply to ``decode`` and ``marginals``; they apply to ``log_likelihood``
+and ``log_partition`` only with ``constrain_training=True``.
+
+Implementations. The forward algorithm is a loop over time. On a CPU the loop, a few small operations per
+step, is the fastest. On a GPU each of those steps is a separate kernel launch, and 128 of them cost more than
+the encoder, so there the same quantities are computed with O(log T) sequential steps by multiplying the
+per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
+:func:`_forward_alphas_parallel`). :attr:`LinearChainCRF.implementation` selects one: ``"auto"`` (the
+default: the loop on CPU, the parallel one on any other device), ``"sequential"`` or ``"parallel"``.
+Viterbi decoding is always the loop, because it must follow back-pointers of one exact best path.
+
+All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
+parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CONSTRAINT_PENALTY", "LinearChainCRF", "bio_constraints"]
+
+#: Added to the score of every disallowed start tag, transition and end tag when constraints apply (not in
+#: ``decode``, which uses ``-inf``). ``exp(-1e4)`` is exactly 0 in float32, so a disallowed path carries no
+#: probability mass, while gradients through the log-sum-exps stay finite.
+CONSTRAINT_PENALTY = -1e4
+
+#: Label of positions without a tag (masked positions) in ``decode``'s output, as in Hugging Face's losses.
+IGNORE_INDEX = -100
+
+# "log 0" for the off-diagonal entries of the log-semiring identity matrix. Finite, so that products of
+# identity matrices (padding in the parallel algorithms) never compute ``-inf - -inf`` in the backward pass.
+_LOG_ZERO = -1e30
+
+
+def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """The BIO constraints for a list of label names, in any order.
+
+    Labels are ``"O"``, ``"B-X"`` or ``"I-X"`` for entity types ``X`` (any names, which may contain ``-``). An
+    ``I-X`` tag continues an entity of type ``X``, so it may not start a sequence, may not follow ``O``, and may
+    not follow ``B-Y`` or ``I-Y`` with ``Y != X``. Everything else is allowed; every tag may end a sequence.
+
+    Args:
+        labels: the label name of each tag id, length ``K``.
+
+    Returns:
+        ``(allowed_start, allowed_transitions, allowed_end)``, bool tensors of shapes ``(K,)``, ``(K, K)`` and
+        ``(K,)``; ``allowed_transitions[i, j]`` tells whether tag ``j`` may follow tag ``i``.
+
+    Raises:
+        ValueError: for a label that is not ``O``, ``B-X`` or ``I-X``.
+    """
+    parsed = []  # (prefix, entity type) per tag, e.g. ("I", "PS"); ("O", "") for O
+    for label in labels:
+        prefix, _, entity = label.partition("-")
+        if label == "O":
+            parsed.append(("O", ""))
+        elif prefix in ("B", "I") and entity:
+            parsed.append((prefix, entity))
+        else:
+            raise ValueError(f"expected a label 'O', 'B-<type>' or 'I-<type>', got {label!r}")
+
+    def may_follow(previous: tuple[str, str], current: tuple[str, str]) -> bool:
+        # I-X continues an entity of type X: the previous tag must be B-X or I-X.
+        return current[0] != "I" or (previous[0] != "O" and previous[1] == current[1])
+
+    allowed_start = torch.tensor([prefix != "I" for prefix, _ in parsed], dtype=torch.bool)
+    allowed_transitions = torch.tensor(
+        [[may_follow(previous, current) for current in parsed] for previous in parsed], dtype=torch.bool
+    ).reshape(len(parsed), len(parsed))
+    allowed_end = torch.ones(len(parsed), dtype=torch.bool)
+    return allowed_start, allowed_transitions, allowed_end
+
+
+class LinearChainCRF(nn.Module):
+    """A linear-chain CRF layer on top of per-position emission scores.
+
+    Args:
+        num_tags: number of tags ``K``.
+        allowed_start: optional bool ``(K,)``, the tags a sequence may start with.
+        allowed_transitions: optional bool ``(K, K)``; ``[i, j]`` tells whether tag ``j`` may follow tag ``i``.
+        allowed_end: optional bool ``(K,)``, the tags a sequence may end with.
+        constrain_training: apply the constraints in :meth:`log_likelihood` and :meth:`log_partition` too
+            (they always apply in :meth:`decode` and :meth:`marginals`).
+
+    Parameters (the only entries of the ``state_dict``; the constraints are non-persistent buffers):
+        start_transitions ``(K,)``, end_transitions ``(K,)`` and transitions ``(K, K)``, where
+        ``transitions[i, j]`` is the score of moving from tag ``i`` to tag ``j``, as in pytorch-crf.
+
+    Inputs of every method: ``emissions`` ``(B, T, K)`` of any float dtype; ``mask`` ``(B, T)`` bool, any
+    pattern (``None``: all positions); ``tags`` ``(B, T)`` long, whose values at masked positions are ignored
+    (``-100`` is fine).
+    """
+
+    #: ``"auto"`` (loop on CPU, parallel elsewhere), ``"sequential"`` or ``"parallel"``; see the module
+    #: docstring. Set it on an instance to force one implementation.
+    implementation: str = "auto"
+
+    def __init__(
+        self,
+        num_tags: int,
+        allowed_start: Tensor | None = None,
+        allowed_transitions: Tensor | None = None,
+        allowed_end: Tensor | None = None,
+        constrain_training: bool = False,
+    ) -> None:
+        if num_tags <= 0:
+            raise ValueError(f"num_tags must be positive, got {num_tags}")
+        super().__init__()
+        self.num_tags = num_tags
+        self.constrain_training = constrain_training
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        for name, allowed, shape in (
+            ("allowed_start", allowed_start, (num_tags,)),
+            ("allowed_transitions", allowed_transitions, (num_tags, num_tags)),
+            ("allowed_end", allowed_end, (num_tags,)),
+        ):
+            if allowed is not None:
+                allowed = torch.as_tensor(allowed, dtype=torch.bool)
+                if allowed.shape != shape:
+                    raise ValueError(f"{name} must have shape {shape}, got {tuple(allowed.shape)}")
+            self.register_buffer(name, allowed, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw all scores from ``uniform(-0.1, 0.1)``, as pytorch-crf does."""
+        for parameter in (self.start_transitions, self.end_transitions, self.transitions):
+            nn.init.uniform_(parameter, -0.1, 0.1)
+
+    def extra_repr(self) -> str:
+        constrained = any(m is not None for m in (self.allowed_start, self.allowed_transitions, self.allowed_end))
+        return f"num_tags={self.num_tags}, constrained={constrained}, constrain_training={self.constrain_training}"
+
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Same as :meth:`log_likelihood`."""
+        return self.log_likelihood(emissions, tags, mask)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public API
+
+    def log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Log-likelihood ``log p(tags | x) = score(tags) - log Z`` of each sequence.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            tags: ``(B, T)`` long; values at masked positions are ignored.
+            mask: ``(B, T)`` bool or ``None``.
+
+        Returns:
+            ``(B,)`` float32; 0 for a row without unmasked positions. Differentiable; minimise ``-ll.mean()``.
+        """
+        mask = self._check(emissions, mask)
+        if tags.shape != mask.shape:
+            raise ValueError(f"tags must have shape {tuple(mask.shape)}, got {tuple(tags.shape)}")
+        if emissions.size(1) == 0:
+            return emissions.float().sum(dim=(1, 2))  # zeros, connected to the graph
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, order = _left_align(emissions, mask)
+            # Tags of the compacted rows; padding gets tag 0 so that it can index safely.
+            tags_c = tags.gather(1, order).masked_fill(~mask_c, 0)
+            start, transitions, end = self._scores(self.constrain_training)
+            gold = _path_score(em, tags_c, mask_c, lengths, start, transitions, end)
+            return gold - self._log_partition(em, lengths, start, transitions, end)
+
+    def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Log partition function ``log Z = log sum_y exp(score(y))`` of each sequence.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            mask: ``(B, T)`` bool or ``None``.
+
+        Returns:
+            ``(B,)`` float32; 0 for a row without unmasked positions.
+        """
+        mask = self._check(emissions, mask)
+        if emissions.size(1) == 0:
+            return emissions.float().sum(dim=(1, 2))
+        with _autocast_disabled(emissions.device):
+            em, _, lengths, _ = _left_align(emissions, mask)
+            return self._log_partition(em, lengths, *self._scores(self.constrain_training))
+
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Most likely tag sequence ``argmax_y score(y)`` of each row (Viterbi), respecting the constraints.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            mask: ``(B, T)`` bool or ``None``.
+
+        Returns:
+            ``(B, T)`` long: the best tags at unmasked positions, ``-100`` at masked ones.
+        """
+        mask = self._check(emissions, mask)
+        batch_size, length, _ = emissions.shape
+        if length == 0:
+            return torch.full((batch_size, 0), IGNORE_INDEX, dtype=torch.long, device=emissions.device)
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, order = _left_align(emissions, mask)
+            start, transitions, end = self._scores(constrained=True, penalty=float("-inf"))
+            best = _viterbi(em, lengths, start, transitions, end).masked_fill(~mask_c, IGNORE_INDEX)
+            return torch.empty_like(best).scatter_(1, order, best)
+
+    def marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Posterior marginals ``P(y_t = k | x)`` by the forward-backward algorithm, respecting the constraints.
+
+        With ``alpha_t(k)`` the log-sum of the scores of all prefixes ``y_0..y_t`` ending in ``y_t = k`` (the
+        forward algorithm) and ``beta_t(k)`` the log-sum of the scores of all suffixes ``y_{t+1}..y_{n-1}``
+        after ``y_t = k`` (the backward algorithm, including ``f``), every path through ``y_t = k`` is a
+        prefix joined to a suffix, so::
+
+            P(y_t = k | x) = exp(alpha_t(k) + beta_t(k) - log Z).
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            mask: ``(B, T)`` bool or ``None``.
+
+        Returns:
+            ``(B, T, K)`` float32: sums to 1 over ``K`` at unmasked positions, 0 at masked ones.
+        """
+        mask = self._check(emissions, mask)
+        if emissions.size(1) == 0:
+            return emissions.float()
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, order = _left_align(emissions, mask)
+            start, transitions, end = self._scores(constrained=True)
+            forward_alphas = _forward_alphas_parallel if self._parallel(em.device) else _forward_alphas_sequential
+            alphas = forward_alphas(em, start, transitions)
+            # The backward algorithm is the forward algorithm on the reversed chain: reverse each sequence in
+            # place, start with f, move from tag j to tag i with score A[i, j] (i.e. A transposed). Its alphas,
+            # reversed back, are beta_t(k) + e[t, k]: the suffixes from position t on, emission at t included.
+            reverse = _reverse_index(mask_c, lengths)
+            betas_and_emission = _gather_time(forward_alphas(_gather_time(em, reverse), end, transitions.t()), reverse)
+            # In exact arithmetic logsumexp_k(alpha_t(k) + beta_t(k)) = log Z at every t. In float32 over a long
+            # chain (scores in the thousands) the two drift apart by 1e-3 or more, so normalise per position
+            # (a softmax over k) instead of subtracting the global log Z: each row is then a distribution.
+            probabilities = (alphas + betas_and_emission - em).softmax(dim=-1)
+            probabilities = probabilities.masked_fill(~mask_c.unsqueeze(2), 0.0)
+            return torch.zeros_like(probabilities).scatter(1, order.unsqueeze(2).expand_as(em), probabilities)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Helpers
+
+    def _check(self, emissions: Tensor, mask: Tensor | None) -> Tensor:
+        """Validate shapes (no host synchronisation) and return the mask as bool ``(B, T)``."""
+        if emissions.dim() != 3 or emissions.size(2) != self.num_tags:
+            raise ValueError(f"emissions must have shape (B, T, {self.num_tags}), got {tuple(emissions.shape)}")
+        if mask is None:
+            return torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        if mask.shape != emissions.shape[:2]:
+            raise ValueError(f"mask must have shape {tuple(emissions.shape[:2])}, got {tuple(mask.shape)}")
+        return mask.bool()
+
+    def _parallel(self, device: torch.device) -> bool:
+        if self.implementation not in ("auto", "sequential", "parallel"):
+            raise ValueError(f"unknown implementation {self.implementation!r}")
+        if self.implementation == "auto":
+            return device.type != "cpu"
+        return self.implementation == "parallel"
+
+    def _scores(self, constrained: bool, penalty: float = CONSTRAINT_PENALTY) -> tuple[Tensor, Tensor, Tensor]:
+        """Float32 start ``(K,)``, transition ``(K, K)`` and end ``(K,)`` scores, ``penalty`` added to the
+        disallowed ones when ``constrained``."""
+        scores = []
+        for parameter, allowed in (
+            (self.start_transitions, self.allowed_start),
+            (self.transitions, self.allowed_transitions),
+            (self.end_transitions, self.allowed_end),
+        ):
+            score = parameter.float()
+            if constrained and allowed is not None:
+                score = score + torch.where(allowed, 0.0, penalty)
+            scores.append(score)
+        return scores[0], scores[1], scores[2]
+
+    def _log_partition(self, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+        """``log Z`` ``(B,)`` of left-aligned emissions, 0 for empty rows."""
+        if self._parallel(em.device):
+            log_z = _log_partition_parallel(em, lengths, start, transitions, end)
+        else:
+            log_z = _log_partition_sequential(em, lengths, start, transitions, end)
+        return log_z.masked_fill(lengths == 0, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Algorithms. Each takes LEFT-ALIGNED float32 emissions ``em`` (B, T, K) whose padding is 0 (see
+# ``_left_align``), the sequence ``lengths`` (B,) where needed, and float32 scores s (K,), A (K, K), f (K,).
+
+
+def _path_score(
+    em: Tensor, tags: Tensor, mask: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+) -> Tensor:
+    """``score(tags)`` ``(B,)`` of given tag sequences, vectorised over batch and time.
+
+    ``tags`` ``(B, T)`` must be valid tag ids everywhere (padding included); ``mask`` ``(B, T)`` is left-aligned.
+    """
+    emission = em.gather(2, tags.unsqueeze(2)).squeeze(2).sum(dim=1)  # sum_t e[t, y_t]; padding is 0
+    transition = transitions[tags[:, :-1], tags[:, 1:]].masked_fill(~mask[:, 1:], 0.0).sum(dim=1)
+    last_tags = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    score = start[tags[:, 0]] + emission + transition + end[last_tags]
+    return score.masked_fill(lengths == 0, 0.0)
+
+
+def _forward_alphas_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
+    """The forward algorithm as a loop over time: ``alpha`` ``(B, T, K)``.
+
+    ``alpha_t(j)`` is the log-sum of the scores of all prefixes ``y_0..y_t`` with ``y_t = j`` (emission at
+    ``t`` included). Splitting on the previous tag ``y_{t-1} = i`` gives the recursion::
+
+        alpha_0(j) = s[j] + e[0, j]
+        alpha_t(j) = logsumexp_i(alpha_{t-1}(i) + A[i, j]) + e[t, j]
+
+    so ``log Z = logsumexp_j(alpha_{n-1}(j) + f[j])``. Values past a row's end are not meaningful (finite).
+    """
+    steps = em.unbind(dim=1)  # T tensors (B, K)
+    alpha = start + steps[0]
+    alphas = [alpha]
+    for emission in steps[1:]:
+        # (B, K, 1) + (K, K) -> (B, K, K) indexed [b, i, j]; log-sum-exp over the previous tag i.
+        alpha = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emission
+        alphas.append(alpha)
+    return torch.stack(alphas, dim=1)
+
+
+def _log_partition_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """``log Z`` ``(B,)`` by the forward algorithm as a loop over time (see ``_forward_alphas_sequential``)."""
+    alphas = _forward_alphas_sequential(em, start, transitions)
+    return torch.logsumexp(_at_last(alphas, lengths) + end, dim=-1)
+
+
+def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """Matrix product in the log semiring (``+`` becomes ``logsumexp``, ``*`` becomes ``+``).
+
+    ``a`` ``(..., K, K)``, ``b`` ``(..., K, K)`` -> ``(..., K, K)``: ``c[i, j] = logsumexp_k(a[i, k] + b[k, j])``.
+    """
+    return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
+
+
+def _log_identity(num_tags: int, device: torch.device) -> Tensor:
+    """Identity ``(K, K)`` of the log semiring: 0 on the diagonal, "log 0" elsewhere."""
+    identity = torch.full((num_tags, num_tags), _LOG_ZERO, device=device)
+    return identity.fill_diagonal_(0.0)
+
+
+def _step_matrices(em: Tensor, transitions: Tensor) -> Tensor:
+    """Per-step matrices ``M_t[i, j] = A[i, j] + e[t, j]`` for ``t = 1..T-1``: ``(B, T-1, K, K)``.
+
+    In the log semiring the forward recursion is a vector-matrix product, ``alpha_t = alpha_{t-1} M_t``, so
+    ``alpha_t = alpha_0 M_1 M_2 ... M_t``; the matrix products are associative and can be computed in any
+    grouping, in parallel.
+    """
+    return transitions + em[:, 1:].unsqueeze(2)
+
+
+def _log_partition_parallel(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """``log Z`` ``(B,)`` by a parallel reduction over time: O(log T) sequential steps instead of T.
+
+    ``log Z = logsumexp_{i,j}(alpha_0(i) + (M_1 ... M_{n-1})[i, j] + f[j])``. Matrices past a row's end are
+    replaced by the identity, so every row multiplies the same number of matrices; that number is padded with
+    identities to a power of two, and neighbouring matrices are multiplied pairwise until one is left.
+    """
+    batch_size, length, num_tags = em.shape
+    identity = _log_identity(num_tags, em.device)
+    steps = _step_matrices(em, transitions)  # (B, T-1, K, K)
+    in_sequence = torch.arange(1, length, device=em.device) < lengths.unsqueeze(1)  # (B, T-1)
+    steps = torch.where(in_sequence[:, :, None, None], steps, identity)
+    padded = 1 << max(length - 2, 0).bit_length()  # the power of two >= T - 1 (and >= 1)
+    if padded > length - 1:
+        padding = identity.expand(batch_size, padded - (length - 1), num_tags, num_tags)
+        steps = torch.cat([steps, padding], dim=1)
+    while steps.size(1) > 1:  # (M_1 M_2)(M_3 M_4)... : halve the number of matrices
+        steps = _log_matmul(steps[:, 0::2], steps[:, 1::2])
+    alpha_0 = start + em[:, 0]  # (B, K)
+    alpha_last = torch.logsumexp(alpha_0.unsqueeze(2) + steps[:, 0], dim=1)  # (B, K)
+    return torch.logsumexp(alpha_last + end, dim=-1)
+
+
+def _forward_alphas_parallel(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
+    """The forward algorithm as a parallel prefix scan: ``alpha`` ``(B, T, K)`` in O(log T) sequential steps.
+
+    Same result as ``_forward_alphas_sequential``. ``alpha_t = alpha_0 P_t`` with the prefix products
+    ``P_t = M_1 ... M_t`` (see ``_step_matrices``), which the Hillis-Steele scan computes: after the round with
+    offset ``d``, entry ``t`` holds the product of the last ``min(2d, t)`` matrices up to ``M_t``.
+    """
+    alpha_0 = start + em[:, 0]  # (B, K)
+    prefix = _step_matrices(em, transitions)  # (B, T-1, K, K)
+    offset = 1
+    while offset < prefix.size(1):
+        prefix = torch.cat([prefix[:, :offset], _log_matmul(prefix[:, :-offset], prefix[:, offset:])], dim=1)
+        offset *= 2
+    # alpha_t(j) = logsumexp_i(alpha_0(i) + P_t[i, j])
+    later = torch.logsumexp(alpha_0[:, None, :, None] + prefix, dim=2)  # (B, T-1, K)
+    return torch.cat([alpha_0.unsqueeze(1), later], dim=1)
+
+
+def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """Best tag sequences ``(B, T)`` by the Viterbi algorithm; values past a row's end are not meaningful.
+
+    The forward algorithm with max instead of log-sum-exp: ``v_t(j)``, the best score of a prefix ending in
+    ``y_t = j``, and the back-pointer ``p_t(j)``, the previous tag of that best prefix::
+
+        v_0(j) = s[j] + e[0, j]
+        v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
+
+    The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
+    ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
+    are traced back together from ``t = T-1``, one ``gather`` per step: a row's tag stays ``y_{n-1}`` until
+    ``t = n-1``.
+    """
+    batch_size, length, num_tags = em.shape
+    steps = em.unbind(dim=1)
+    score = start + steps[0]
+    scores, pointers = [score], []
+    for emission in steps[1:]:
+        best, pointer = (score.unsqueeze(2) + transitions).max(dim=1)  # over the previous tag i, (B, K)
+        score = best + emission
+        scores.append(score)
+        pointers.append(pointer)
+    last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
+    final = torch.stack(scores).gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
+    tag = final.argmax(dim=1)  # (B,)
+    path = [tag]
+    if length > 1:
+        in_sequence = torch.arange(1, length, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
+        identity = torch.arange(num_tags, device=em.device)
+        back = torch.where(in_sequence, torch.stack(pointers), identity)  # (T-1, B, K)
+        for pointer in back.flip(0).unbind(0):  # p_{T-1}, ..., p_1
+            tag = pointer.gather(1, tag.unsqueeze(1)).squeeze(1)
+            path.append(tag)
+    return torch.stack(path[::-1], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Masks
+
+
+def _left_align(emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Move the unmasked positions of each row to its front, keeping their order.
+
+    Args:
+        emissions: ``(B, T, K)`` any float dtype.
+        mask: ``(B, T)`` bool, any pattern.
+
+    Returns:
+        ``em`` ``(B, T, K)`` float32, left-aligned, 0 on padding; ``mask_c`` ``(B, T)``, the left-aligned mask;
+        ``lengths`` ``(B,)``; ``order`` ``(B, T)``, the original position of each compacted one (a permutation
+        of each row: ``x_c = x.gather(1, order)`` and ``x = empty.scatter(1, order, x_c)``).
+    """
+    batch_size, length, num_tags = emissions.shape
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # unmasked positions first, in order
+    lengths = mask.sum(dim=1)
+    mask_c = torch.arange(length, device=mask.device) < lengths.unsqueeze(1)
+    em = emissions.float().gather(1, order.unsqueeze(2).expand(batch_size, length, num_tags))
+    return em.masked_fill(~mask_c.unsqueeze(2), 0.0), mask_c, lengths, order
+
+
+def _reverse_index(mask_c: Tensor, lengths: Tensor) -> Tensor:
+    """``(B, T)`` index reversing each left-aligned row within its length (padding stays in place)."""
+    positions = torch.arange(mask_c.size(1), device=mask_c.device).expand_as(mask_c)
+    return torch.where(mask_c, lengths.unsqueeze(1) - 1 - positions, positions)
+
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b, t], :]`` for ``x`` ``(B, T, K)`` and ``index`` ``(B, T)``."""
+    return x.gather(1, index.unsqueeze(2).expand_as(x))
+
+
+def _at_last(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x[b, lengths[b] - 1, :]`` ``(B, K)`` for left-aligned ``x`` ``(B, T, K)`` (position 0 for empty rows)."""
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, x.size(2))
+    return x.gather(1, index).squeeze(1)
+
+
+def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context in which autocast is off for ``device``, so that float32 stays float32."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

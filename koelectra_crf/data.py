@@ -1,0 +1,233 @@
+"""KLUE NER data: the official v1.1 TSV files or the Hub dataset, as one `DatasetDict` schema.
+
+Every split has the features `guid`, `sentence` (plain text), `tokens` (one per character, spaces included)
+and `ner_tags` (`Sequence(ClassLabel)`). Labels travel by name: the label list is read from the data's
+features ([`label_names`]) and mapped onto a model's ids by one function ([`tags_to_ids`]), so two
+different label orders (KLUE-baseline's in the TSV path, the Hub's alphabetical one) can never be mixed up.
+"""
+
+import re
+import warnings
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
+
+from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
+
+ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
+"""The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
+
+HUB_DATASET = ("klue", "ner")
+"""The Hub dataset used when no file is given (KLUE v1; `klue` is an alias of `klue/klue`)."""
+
+# `<text:TAG>`: the entity text may hold spaces, digits and `:` (e.g. `<12:30:TI>`), never `<` or `>`.
+# Forbidding `<`/`>` keeps stray brackets literal: `<<레이:PS>>` is `<` + mark + `>`, and a broken mark such
+# as `<일:;LC>` is plain text in the official files (its characters are all tagged `O` there).
+_MARK = re.compile(rf"<([^<>]+):({'|'.join(ENTITY_TYPES)})>")
+
+_HEADER_PREFIX = "## "
+
+
+class KlueFormatError(ValueError):
+    """A KLUE NER TSV file that does not follow the v1.1 format; the message starts with `path:line:`."""
+
+
+def klue_features(names: list[str]) -> Features:
+    """The features of every split, with `ner_tags` a `ClassLabel` over `names` in their given order."""
+    return Features(
+        {
+            "guid": Value("string"),
+            "sentence": Value("string"),
+            "tokens": Sequence(Value("string")),
+            "ner_tags": Sequence(ClassLabel(names=names)),
+        }
+    )
+
+
+def strip_entity_marks(marked_sentence: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """Remove the `<text:TAG>` marks of a KLUE sentence.
+
+    Returns the plain text and the entities as `(start, end, type)` character offsets into it (end exclusive).
+    """
+    plain = []
+    entities = []
+    length = 0  # characters of plain text so far
+    last = 0  # end of the previous mark in `marked_sentence`
+    for match in _MARK.finditer(marked_sentence):
+        before = marked_sentence[last : match.start()]
+        text, entity_type = match.group(1), match.group(2)
+        plain += [before, text]
+        length += len(before)
+        entities.append((length, length + len(text), entity_type))
+        length += len(text)
+        last = match.end()
+    plain.append(marked_sentence[last:])
+    return "".join(plain), entities
+
+
+def entity_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """The entities of a BIO tag sequence as `(start, end, type)` (end exclusive).
+
+    `B-X` starts an entity and `I-X` continues one of the same type; an `I-X` that continues nothing
+    (after `O` or another type) starts a new entity, as conlleval reads it.
+    """
+    spans = []
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            continue
+        prefix, entity_type = tag.split("-", 1)
+        if prefix == "I" and spans and spans[-1][1] == i and spans[-1][2] == entity_type:
+            spans[-1] = (spans[-1][0], i + 1, entity_type)
+        else:
+            spans.append((i, i + 1, entity_type))
+    return spans
+
+
+def _count_ill_formed(tags: list[str]) -> int:
+    """Number of `I-X` tags that follow neither `B-X` nor `I-X` (ill-formed but parseable BIO)."""
+    previous = ["O"] + tags[:-1]
+    # "O"[2:] is "", so an I-X after O counts as well as one after another type.
+    return sum(1 for prev, tag in zip(previous, tags, strict=True) if tag.startswith("I-") and prev[2:] != tag[2:])
+
+
+def read_klue_tsv(path: str | Path) -> list[dict]:
+    """Parse a KLUE NER file in the official v1.1 TSV format.
+
+    The file starts with `## ` comment lines; then per sentence a header `## <guid>\\t<sentence with
+    <text:TAG> marks>`, one `CHAR\\tTAG` line per character (spaces are characters) and a blank line.
+
+    Returns one dict per sentence with `guid`, `sentence` (marks removed), `tokens` (the characters) and
+    `ner_tags` (tag names). Raises [`KlueFormatError`] naming the file and line for a line without a tab, a
+    tag outside the 13 KLUE tags, a field that is not one character, or characters that do not join to the
+    header's text. Ill-formed BIO (an `I-X` after `O`) is kept as is and counted in a warning.
+    """
+    label_set = set(KLUE_LABELS)
+    sentences = []
+    header = None  # (line number, guid, marked sentence) of the sentence being read
+    tokens: list[str] = []
+    tags: list[str] = []
+
+    def finish() -> None:
+        line_no, guid, marked = header
+        plain, _ = strip_entity_marks(marked)
+        if "".join(tokens) != plain:
+            raise KlueFormatError(
+                f"{path}:{line_no}: the characters below this header join to {''.join(tokens)!r}, "
+                f"but the header's text without marks is {plain!r}"
+            )
+        sentences.append({"guid": guid, "sentence": plain, "tokens": tokens, "ner_tags": tags})
+
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.rstrip("\n")  # only the newline: a trailing space may be a character or text
+            if line == "" or line.startswith(_HEADER_PREFIX):
+                if tokens:
+                    finish()
+                elif header is not None and sentences:
+                    raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
+                header, tokens, tags = None, [], []
+                if line:
+                    guid, tab, marked = line[len(_HEADER_PREFIX) :].partition("\t")
+                    # Before the first sentence, `## ` lines are the file's comments (the last one before
+                    # the characters is the first header); after it every `## ` line is a sentence header.
+                    if tab:
+                        header = (line_no, guid, marked)
+                    elif sentences:
+                        raise KlueFormatError(f"{path}:{line_no}: sentence header without a tab: {line!r}")
+                continue
+            char, tab, tag = line.partition("\t")
+            if not tab:
+                raise KlueFormatError(f"{path}:{line_no}: expected 'CHAR<tab>TAG', found no tab: {line!r}")
+            if header is None:
+                raise KlueFormatError(f"{path}:{line_no}: character line outside a sentence: {line!r}")
+            if len(char) != 1:
+                raise KlueFormatError(f"{path}:{line_no}: expected one character, found {char!r}")
+            if tag not in label_set:
+                raise KlueFormatError(f"{path}:{line_no}: tag {tag!r} is not one of {KLUE_LABELS}")
+            tokens.append(char)
+            tags.append(tag)
+    if tokens:  # the last sentence need not end with a blank line
+        finish()
+    elif header is not None:
+        raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
+
+    ill_formed = sum(_count_ill_formed(sentence["ner_tags"]) for sentence in sentences)
+    if ill_formed:
+        warnings.warn(
+            f"{path}: {ill_formed} ill-formed BIO tags (I-X not after B-X or I-X), kept as they are",
+            stacklevel=2,
+        )
+    return sentences
+
+
+def tags_to_ids(tag_names: list[str], label2id: dict[str, int]) -> list[int]:
+    """Map tag names to a model's ids: the one place where labels change from names to numbers."""
+    try:
+        return [label2id[tag] for tag in tag_names]
+    except KeyError as error:
+        raise ValueError(f"tag {error.args[0]!r} is not in the label set {sorted(label2id)}") from None
+
+
+def label_names(dataset: Dataset | DatasetDict) -> list[str]:
+    """The tag names of a dataset's `ner_tags`, in the order of their ids in that dataset."""
+    if isinstance(dataset, DatasetDict):
+        names = {split: label_names(part) for split, part in dataset.items()}
+        if len({tuple(split_names) for split_names in names.values()}) > 1:
+            raise ValueError(f"the splits have different label lists: {names}")
+        return next(iter(names.values()))
+    return list(dataset.features["ner_tags"].feature.names)
+
+
+def example_tag_names(example: dict, names: list[str]) -> list[str]:
+    """The tag names of one example, from its `ner_tags` ids and the dataset's [`label_names`]."""
+    return [names[i] for i in example["ner_tags"]]
+
+
+def _tsv_split(path: str | Path) -> Dataset:
+    """One split read from a TSV file, with `ner_tags` a `ClassLabel` in `KLUE_LABELS` order."""
+    label2id = {label: i for i, label in enumerate(KLUE_LABELS)}
+    records = read_klue_tsv(path)
+    for record in records:
+        record["ner_tags"] = tags_to_ids(record["ner_tags"], label2id)
+    return Dataset.from_list(records, features=klue_features(KLUE_LABELS))
+
+
+def normalize_hub_split(dataset: Dataset, split: str) -> Dataset:
+    """Bring a split of the Hub's `klue`/`ner` (`sentence` with marks, `tokens`, `ner_tags`) to our schema.
+
+    Adds `guid` (`klue-ner-{split}-{index}`, the Hub has none) and makes `sentence` plain text. The
+    `ClassLabel` names stay in the Hub's (alphabetical) order: labels travel by name.
+    """
+    names = label_names(dataset)
+
+    def convert(example: dict, index: int) -> dict:
+        return {
+            "guid": f"klue-ner-{split}-{index}",
+            # The characters are the Hub's `sentence` without its marks, and are the text the tags belong to
+            # even should a mark be broken (as some are in the v1.1 files): take the text from them.
+            "sentence": "".join(example["tokens"]),
+            "tokens": example["tokens"],
+            "ner_tags": example["ner_tags"],
+        }
+
+    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names, features=klue_features(names))
+
+
+def load_klue_ner(
+    train_file: str | Path | None = None,
+    validation_file: str | Path | None = None,
+    test_file: str | Path | None = None,
+) -> DatasetDict:
+    """Load KLUE NER as a `DatasetDict` with the features `guid`, `sentence`, `tokens`, `ner_tags`.
+
+    With files: parse them ([`read_klue_tsv`]) into the splits `train`, `validation`, `test` (only those
+    given); `ner_tags` then use `KLUE_LABELS` order. Without files: `load_dataset("klue/klue", "ner")` from the
+    Hub (KLUE v1), normalised by [`normalize_hub_split`]; its tags keep the Hub's alphabetical order. Read the
+    order with [`label_names`] and convert with [`tags_to_ids`], never assume it.
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {split: path for split, path in files.items() if path is not None}
+    if files:
+        return DatasetDict({split: _tsv_split(path) for split, path in files.items()})
+    hub = load_dataset(*HUB_DATASET)
+    return DatasetDict({split: normalize_hub_split(part, split) for split, part in hub.items()})

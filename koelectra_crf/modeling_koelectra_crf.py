@@ -1,0 +1,231 @@
+"""Encoder + optional BiLSTM + CRF token classifier (shipped to the Hub as remote code)."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import TokenClassifierOutput
+
+from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
+from .crf import LinearChainCRF, bio_constraints
+from .pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class KoElectraCrfOutput(TokenClassifierOutput):
+    r"""
+    Output of [`KoElectraCrfForTokenClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Mean over sequences of the CRF negative log-likelihood (cross-entropy per token when `use_crf=False`).
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_labels)`):
+            Emission scores (before the CRF).
+        predictions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Viterbi tags (argmax when `use_crf=False`), `-100` at positions that are not tagged. Computed in eval
+            mode only: training never needs them.
+        hidden_states, attentions: the encoder's, when asked for.
+    """
+
+    predictions: torch.LongTensor | None = None
+
+
+class KoElectraCrfPreTrainedModel(PreTrainedModel):
+    config_class = KoElectraCrfConfig
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers 5.x leaves a parameter that a checkpoint lacks as uninitialised memory unless this
+        # initialises it; the CRF's are plain nn.Parameters the base class knows nothing about.
+        # The same holds for the constraint masks, non-persistent buffers that no checkpoint holds.
+        if isinstance(module, LinearChainCRF):
+            for parameter in (module.start_transitions, module.end_transitions, module.transitions):
+                init.uniform_(parameter, -0.1, 0.1)
+            allowed = bio_constraints(self.config.label_names)
+            for buffer, value in zip((module.allowed_start, module.allowed_transitions, module.allowed_end), allowed):
+                init.copy_(buffer, value)
+        else:
+            super()._init_weights(module)
+
+
+class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
+    """Token classifier: encoder -> dropout -> [BiLSTM] -> (multi-sample) dropout + linear -> CRF.
+
+    The encoder is any `AutoModel` (its config is `config.encoder`). Emission scores have shape
+    (batch_size, sequence_length, num_labels); the CRF scores tag sequences over the positions that are tagged
+    (labels != -100 in training, `tag_mask` at inference), skipping special tokens and padding.
+    """
+
+    # The loss is a mean per sequence, not a sum over tokens: let the Trainer average it over accumulation steps.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: KoElectraCrfConfig):
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config.encoder)
+        # A token classifier never uses the pooler: without it no parameter is unused (DDP would fail on it).
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None
+        hidden_size = config.encoder.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.bilstm = None
+        if config.use_bilstm:
+            self.bilstm = nn.LSTM(hidden_size, config.lstm_hidden_size, batch_first=True, bidirectional=True)
+            hidden_size = 2 * config.lstm_hidden_size
+        self.classifier = nn.Linear(hidden_size, config.num_labels)
+        self.crf = None
+        if config.use_crf:
+            allowed_start, allowed_transitions, allowed_end = bio_constraints(config.label_names)
+            self.crf = LinearChainCRF(
+                config.num_labels, allowed_start, allowed_transitions, allowed_end, config.crf_constrain_training
+            )
+        self.post_init()
+
+    @classmethod
+    def from_encoder(
+        cls, encoder_name_or_path: str, labels: list[str] = KLUE_LABELS, **config_kwargs
+    ) -> "KoElectraCrfForTokenClassification":
+        """A fresh BiLSTM/CRF head on a pretrained encoder (e.g. `monologg/koelectra-base-v3-discriminator`).
+
+        `labels` are the tag names in id order; `config_kwargs` go to `KoElectraCrfConfig`. Weights are float32
+        whatever the checkpoint's dtype (fine-tuning needs float32 master weights).
+        """
+        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
+        encoder_config.dtype = torch.float32
+        config = KoElectraCrfConfig(
+            encoder=encoder_config,
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            **config_kwargs,
+        )
+        model = cls(config)
+        encoder = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.float32)
+        missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
+        if missing:
+            raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
+        return model.float()
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Save as usual, and name the CRF pipeline in config.json (`custom_pipelines`).
+
+        With `auto_map`, the remote-code files (this one and its relative imports: config, CRF, pipeline,
+        alignment) are copied next to the weights, so that `pipeline("token-classification", model=folder,
+        trust_remote_code=True)` builds the CRF pipeline in a process that never imported `koelectra_crf`.
+        """
+        pipeline_class = KoElectraCrfTokenClassificationPipeline
+        module_name = pipeline_class.__module__.rsplit(".", 1)[-1]
+        self.config.custom_pipelines = {
+            "token-classification": {
+                "impl": f"{module_name}.{pipeline_class.__name__}",
+                "pt": ["AutoModelForTokenClassification"],
+                "type": "text",
+            }
+        }
+        # register_for_auto_class records one Auto class per class; this model also serves as the AutoModel.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": self._auto_map_name()}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def _auto_map_name(cls) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    def emissions(self, sequence_output: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Emission scores (B, T, K) from encoder states (B, T, H)."""
+        sequence_output = self.dropout(sequence_output)
+        if self.bilstm is not None:
+            sequence_output = self._run_bilstm(sequence_output, attention_mask)
+        samples = self.config.multi_sample_dropout if self.training else 1
+        # Multi-sample dropout: average the emissions of several dropout masks (one pass when not training,
+        # where dropout is the identity).
+        return torch.stack([self.classifier(self.dropout(sequence_output)) for _ in range(samples)]).mean(0)
+
+    def _run_bilstm(self, states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None:
+            return self.bilstm(states)[0]
+        # Packed so that the backward direction starts at each sequence's last real token, not in the padding:
+        # a text's tags must not depend on what it is batched with.
+        lengths = attention_mask.sum(-1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
+        output, _ = self.bilstm(packed)
+        output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=states.shape[1])
+        return output
+
+    def decode(self, emissions: torch.Tensor, tag_mask: torch.Tensor) -> torch.LongTensor:
+        """Best tags (B, T): Viterbi with the CRF, argmax without; -100 where `tag_mask` is False."""
+        if self.crf is not None:
+            return self.crf.decode(emissions, tag_mask)
+        return emissions.argmax(-1).masked_fill(~tag_mask, IGNORE_INDEX)
+
+    def tag_probabilities(self, emissions: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
+        """P(tag_t = k | text), shape (B, T, K): CRF marginals, or the softmax without a CRF; 0 where untagged."""
+        if self.crf is not None:
+            return self.crf.marginals(emissions, tag_mask)
+        return emissions.float().softmax(-1) * tag_mask.unsqueeze(-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        tag_mask: torch.BoolTensor | None = None,
+        **kwargs,
+    ) -> KoElectraCrfOutput:
+        r"""
+        Args:
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds:
+                As for the encoder, each of shape `(batch_size, sequence_length)` (`inputs_embeds` with a last
+                dimension of the embedding size).
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Tag ids; -100 at positions that carry no tag (special tokens, padding, continuation pieces). These
+                positions never reach the CRF.
+            tag_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Positions to tag when there are no labels. Defaults to `labels != -100`, else `attention_mask`.
+            kwargs: passed to the encoder (`output_attentions`, `output_hidden_states`, ...).
+        """
+        encoder_inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+        }
+        encoder_outputs = self.encoder(
+            **{name: value for name, value in encoder_inputs.items() if value is not None}, return_dict=True, **kwargs
+        )
+        emissions = self.emissions(encoder_outputs.last_hidden_state, attention_mask)
+
+        if tag_mask is None:
+            if labels is not None:
+                tag_mask = labels != IGNORE_INDEX
+            elif attention_mask is not None:
+                tag_mask = attention_mask.bool()
+            else:
+                tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+
+        loss = None
+        if labels is not None:
+            if self.crf is not None:
+                loss = -self.crf.log_likelihood(emissions, labels, tag_mask).mean()
+            else:
+                loss = nn.functional.cross_entropy(
+                    emissions.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+                )
+
+        return KoElectraCrfOutput(
+            loss=loss,
+            logits=emissions,
+            predictions=None if self.training else self.decode(emissions, tag_mask),
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+
+__all__ = ["KoElectraCrfForTokenClassification", "KoElectraCrfOutput", "KoElectraCrfPreTrainedModel"]

@@ -1,0 +1,128 @@
+"""The model: loss and predictions over tagged positions only, initialisation, from_encoder, batching."""
+
+import torch
+from safetensors.torch import load_file, save_file
+from tiny import TINY_TEXT, character_tokenizer, tiny_encoder_config, tiny_model
+from transformers import AutoModel
+
+from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, bio_constraints
+from koelectra_crf.alignment import encode_texts
+
+
+def _batch(tokenizer, texts):
+    return tokenizer(texts, padding=True, return_tensors="pt")
+
+
+def test_loss_and_predictions_use_only_labelled_positions(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size)
+    batch = _batch(tokenizer, [TINY_TEXT, "김철수는 서울"])
+    labels = torch.randint(0, len(KLUE_LABELS), batch["input_ids"].shape)
+    labels[:, 0] = -100  # [CLS]
+    labels[batch["attention_mask"] == 0] = -100
+    labels[0, 5:9] = -100  # e.g. continuation pieces
+    output = model(**batch, labels=labels)
+
+    # Oracle: the CRF run on the labelled positions only, gathered to the left by hand.
+    losses = []
+    for row in range(2):
+        keep = (labels[row] != -100).nonzero().squeeze(-1)
+        emissions = output.logits[row, keep].unsqueeze(0)
+        tags = labels[row, keep].unsqueeze(0)
+        mask = torch.ones_like(tags, dtype=torch.bool)
+        losses.append(-model.crf.log_likelihood(emissions, tags, mask))
+        expected_path = model.crf.decode(emissions, mask)[0]
+        assert torch.equal(output.predictions[row, keep], expected_path)
+        assert (output.predictions[row][labels[row] == -100] == -100).all()
+    torch.testing.assert_close(output.loss, torch.cat(losses).mean())
+    assert output.logits.shape == (*batch["input_ids"].shape, len(KLUE_LABELS))
+
+
+def test_baseline_variant_uses_cross_entropy_and_argmax(tmp_path):
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size, use_crf=False, use_bilstm=False)
+    assert model.crf is None and model.bilstm is None
+    batch = _batch(tokenizer, [TINY_TEXT])
+    labels = torch.randint(0, len(KLUE_LABELS), batch["input_ids"].shape)
+    labels[:, [0, -1]] = -100
+    output = model(**batch, labels=labels)
+    logits = output.logits[0, 1:-1]
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(logits, labels[0, 1:-1]))
+    assert torch.equal(output.predictions[0, 1:-1], logits.argmax(-1))
+    assert (output.predictions[0, [0, -1]] == -100).all()
+
+
+def test_predictions_do_not_depend_on_padding(tmp_path):
+    """The BiLSTM is packed: a text's tags are the same alone and next to a longer text."""
+    torch.manual_seed(1)
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size, use_bilstm=True)
+    short = "서울에서 3개"
+    alone = model(**_batch(tokenizer, [short]))
+    padded = model(**_batch(tokenizer, [short, TINY_TEXT]))
+    length = alone.logits.shape[1]
+    torch.testing.assert_close(padded.logits[0, :length], alone.logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_multi_sample_dropout_averages_masks_in_training_only(tmp_path):
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size, multi_sample_dropout=5, classifier_dropout=0.5)
+    batch = _batch(tokenizer, [TINY_TEXT])
+    eval_logits = model(**batch).logits
+    model.train()
+    torch.manual_seed(3)
+    train_logits = model(**batch).logits
+    assert not torch.allclose(train_logits, eval_logits)
+    model.eval()
+    torch.testing.assert_close(model(**batch).logits, eval_logits)
+
+
+def test_crf_parameters_missing_from_a_checkpoint_are_initialised(tmp_path):
+    tokenizer = character_tokenizer(tmp_path / "tok")
+    model = tiny_model(tokenizer.vocab_size)
+    model.save_pretrained(tmp_path / "model")
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("crf.")}, tmp_path / "model" / "model.safetensors")
+    for _ in range(3):  # uninitialised memory would show up as huge, NaN or identical-to-garbage values
+        loaded = KoElectraCrfForTokenClassification.from_pretrained(tmp_path / "model")
+        for parameter in (loaded.crf.transitions, loaded.crf.start_transitions, loaded.crf.end_transitions):
+            assert torch.isfinite(parameter).all() and parameter.abs().max() <= 0.1
+            assert parameter.std() > 0.01
+        assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+def test_constraint_masks_are_rebuilt_when_loading(tmp_path):
+    """The BIO masks are non-persistent buffers: loading must rebuild them from the label names."""
+    tokenizer = character_tokenizer(tmp_path / "tok")
+    tiny_model(tokenizer.vocab_size, labels=sorted(KLUE_LABELS)).save_pretrained(tmp_path / "model")
+    loaded = KoElectraCrfForTokenClassification.from_pretrained(tmp_path / "model")
+    expected = bio_constraints(sorted(KLUE_LABELS))
+    actual = (loaded.crf.allowed_start, loaded.crf.allowed_transitions, loaded.crf.allowed_end)
+    for buffer, value in zip(actual, expected, strict=True):
+        assert torch.equal(buffer, value)
+
+
+def test_from_encoder_keeps_encoder_weights_in_float32(tmp_path):
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(tiny_encoder_config(50, "bert")).half()  # a float16 checkpoint with a pooler
+    encoder.save_pretrained(tmp_path / "encoder")
+    model = KoElectraCrfForTokenClassification.from_encoder(str(tmp_path / "encoder"), lstm_hidden_size=8)
+    assert model.config.encoder.model_type == "bert"
+    assert model.encoder.pooler is None
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    reference = encoder.state_dict()
+    for name, value in model.encoder.state_dict().items():
+        torch.testing.assert_close(value, reference[name].float())
+    assert [model.config.id2label[i] for i in range(13)] == KLUE_LABELS
+
+
+def test_tag_mask_excludes_special_tokens_at_inference(tmp_path):
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size)
+    encoded = encode_texts([TINY_TEXT], tokenizer, "subword")[0]
+    input_ids = torch.tensor([encoded.window_input_ids(0, len(encoded.token_ids))])
+    tag_mask = torch.tensor([[False] + encoded.tagged + [False]])
+    output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), tag_mask=tag_mask)
+    assert (output.predictions[0, [0, -1]] == -100).all()
+    assert (output.predictions[0, 1:-1] >= 0).all()
