@@ -47,8 +47,8 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
         if isinstance(module, LinearChainCRF):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
-            allowed = bio_constraints(self.config.label_names)
-            for buffer, value in zip((module.allowed_start, module.allowed_transitions, module.allowed_end), allowed):
+            buffers = (module.allowed_start, module.allowed_transitions, module.allowed_end)
+            for buffer, value in zip(buffers, bio_constraints(self.config.label_names), strict=True):
                 init.copy_(buffer, value)
         else:
             super()._init_weights(module)

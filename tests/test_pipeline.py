@@ -66,7 +66,7 @@ def oracle_forward(model, tokenizer, texts_and_spans):
             emissions_by_ids[ids] = emissions
 
     def forward(input_ids, attention_mask, tag_mask, **_):
-        rows = [emissions_by_ids[tuple(ids[mask.bool()].tolist())] for ids, mask in zip(input_ids, attention_mask)]
+        rows = [emissions_by_ids[tuple(ids[mask.bool()].tolist())] for ids, mask in zip(input_ids, attention_mask, strict=True)]
         emissions = torch.zeros(*input_ids.shape, config.num_labels)
         for row, values in enumerate(rows):
             emissions[row, : len(values)] = values
