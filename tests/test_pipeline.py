@@ -66,9 +66,9 @@ def oracle_forward(model, tokenizer, texts_and_spans):
             emissions_by_ids[ids] = emissions
 
     def forward(input_ids, attention_mask, tag_mask, **_):
-        rows = [emissions_by_ids[tuple(ids[mask.bool()].tolist())] for ids, mask in zip(input_ids, attention_mask, strict=True)]
         emissions = torch.zeros(*input_ids.shape, config.num_labels)
-        for row, values in enumerate(rows):
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask, strict=True)):
+            values = emissions_by_ids[tuple(ids[mask.bool()].tolist())]
             emissions[row, : len(values)] = values
         return KoElectraCrfOutput(logits=emissions, predictions=model.decode(emissions, tag_mask))
 
