@@ -164,3 +164,11 @@ def char_tags_to_spans(char_tags: list[str]) -> list[tuple[int, int, str]]:
         else:
             spans.append((i, i + 1, label_type))
     return spans
+
+
+def spans_to_char_tags(length: int, spans) -> list[str]:
+    """(start, end, type) spans -> BIO character tags of a text of `length` characters."""
+    tags = [OUTSIDE] * length
+    for start, end, label_type in spans:
+        tags[start:end] = [f"B-{label_type}"] + [f"I-{label_type}"] * (end - start - 1)
+    return tags

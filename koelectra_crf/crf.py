@@ -359,8 +359,58 @@ def _forward_alphas_sequential(em: Tensor, start: Tensor, transitions: Tensor) -
 
 def _log_partition_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
     """``log Z`` ``(B,)`` by the forward algorithm as a loop over time (see ``_forward_alphas_sequential``)."""
-    alphas = _forward_alphas_sequential(em, start, transitions)
-    return torch.logsumexp(_at_last(alphas, lengths) + end, dim=-1)
+    return _LogPartitionSequential.apply(em, lengths, start, transitions, end)
+
+
+class _LogPartitionSequential(torch.autograd.Function):
+    """``log Z`` by the forward loop, differentiated by the backward algorithm instead of autograd.
+
+    Autograd through the loop records and replays several small operations per time step; on a CPU that costs
+    more than the forward loop itself. The gradient of ``log Z`` is known in closed form: with the posterior
+    marginals ``P(y_t = j)``::
+
+        d log Z / d e[t, j] = P(y_t = j)              d log Z / d s[j] = P(y_0 = j)
+        d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j)    d log Z / d f[j] = P(y_{n-1} = j)
+
+    and the backward algorithm computes them from the saved alphas, in probability space. Given ``y_t = j``,
+    the prefix before it is distributed as in the forward algorithm, so the chain is also Markov backwards::
+
+        P(y_{t-1} = i | y_t = j) = softmax_i(alpha_{t-1}(i) + A[i, j])            =: W_t[j, i]
+        P(y_{n-1} = j) = softmax_j(alpha_{n-1}(j) + f[j])
+        P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i],   P(y_{t-1} = i, y_t = j) = P(y_t = j) W_t[j, i]
+
+    one small batched matrix product per step. Rows of different lengths are handled by starting each row's
+    recursion at its own end: ``P(y_{n-1})`` is added in at position ``n-1``, and zeros propagate before it.
+    """
+
+    @staticmethod
+    def forward(ctx, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+        alphas = _forward_alphas_sequential(em, start, transitions)
+        last = _at_last(alphas, lengths) + end  # alpha_{n-1} + f, (B, K)
+        ctx.save_for_backward(alphas, lengths, transitions, last)
+        return torch.logsumexp(last, dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_log_z: Tensor) -> tuple[Tensor, None, Tensor, Tensor, Tensor]:
+        alphas, lengths, transitions, last = ctx.saved_tensors
+        batch_size, length, num_tags = alphas.shape
+        alphas = alphas.transpose(0, 1)  # time-major (T, B, K)
+        # W[t-1, b, j, i] = P(y_{t-1} = i | y_t = j) for t = 1..T-1: (T-1, B, K, K)
+        conditionals = torch.softmax(alphas[:-1, :, None, :] + transitions.t(), dim=-1)
+        last_marginals = torch.softmax(last, dim=-1) * grad_log_z.unsqueeze(1)  # grad * P(y_{n-1}), (B, K)
+        ends = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
+        seeds = torch.zeros_like(alphas).scatter_(0, ends, last_marginals.unsqueeze(0)).unsqueeze(2)  # (T,B,1,K)
+        marginal = seeds[-1]  # grad * P(y_t) as (B, 1, K), from t = T-1 down
+        marginals = [marginal]
+        for t in range(length - 1, 0, -1):
+            # P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i], plus the seed of the rows that end at t - 1
+            marginal = torch.baddbmm(seeds[t - 1], marginal, conditionals[t - 1])
+            marginals.append(marginal)
+        marginals = torch.cat(marginals[::-1], dim=1)  # (B, T, K): grad * P(y_t = k)
+        # sum_{b, t} P(y_{t-1} = i, y_t = j) = sum_{b, t} P(y_t = j) W_t[j, i], laid out [j, i]
+        pairs = (conditionals * marginals.transpose(0, 1)[1:].unsqueeze(3)).sum(dim=(0, 1))
+        return marginals, None, marginals[:, 0].sum(0), pairs.t(), last_marginals.sum(0)
 
 
 def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -459,7 +509,7 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
         in_sequence = torch.arange(1, length, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
         identity = torch.arange(num_tags, device=em.device)
         back = torch.where(in_sequence, torch.stack(pointers), identity)  # (T-1, B, K)
-        for pointer in back.flip(0).unbind(0):  # p_{T-1}, ..., p_1
+        for pointer in reversed(back.unbind(0)):  # p_{T-1}, ..., p_1
             tag = pointer.gather(1, tag.unsqueeze(1)).squeeze(1)
             path.append(tag)
     return torch.stack(path[::-1], dim=1)

@@ -11,8 +11,11 @@ import warnings
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
+from transformers import ElectraTokenizerFast
 
+from koelectra_crf.alignment import encode_texts, token_labels
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
+from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX
 
 ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
 """The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
@@ -221,7 +224,7 @@ def load_klue_ner(
     """Load KLUE NER as a `DatasetDict` with the features `guid`, `sentence`, `tokens`, `ner_tags`.
 
     With files: parse them ([`read_klue_tsv`]) into the splits `train`, `validation`, `test` (only those
-    given); `ner_tags` then use `KLUE_LABELS` order. Without files: `load_dataset("klue/klue", "ner")` from the
+    given); `ner_tags` then use `KLUE_LABELS` order. Without files: `load_dataset("klue", "ner")` from the
     Hub (KLUE v1), normalised by [`normalize_hub_split`]; its tags keep the Hub's alphabetical order. Read the
     order with [`label_names`] and convert with [`tags_to_ids`], never assume it.
     """
@@ -231,3 +234,49 @@ def load_klue_ner(
         return DatasetDict({split: _tsv_split(path) for split, path in files.items()})
     hub = load_dataset(*HUB_DATASET)
     return DatasetDict({split: normalize_hub_split(part, split) for split, part in hub.items()})
+
+
+def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
+    """Model inputs for training: one row per window of every sentence (no character is dropped).
+
+    Uses the alignment the pipeline uses ([`koelectra_crf.alignment`]) in `config.tokenization` mode with
+    `config.max_length`/`config.stride`. `labels` holds the model's ids (`config.label2id`, matched by name) on
+    tagged tokens and -100 on special and untagged tokens. Padding is left to the data collator.
+    """
+    names = label_names(dataset)
+    use_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def windows(batch: dict) -> dict:
+        rows = {"input_ids": [], "attention_mask": [], "labels": []}
+        if use_token_types:
+            rows["token_type_ids"] = []
+        encoded_texts = encode_texts(["".join(tokens) for tokens in batch["tokens"]], tokenizer, config.tokenization)
+        for encoded, tag_ids in zip(encoded_texts, batch["ner_tags"], strict=True):
+            tags = token_labels(encoded, [names[i] for i in tag_ids])
+            label_ids = [IGNORE_INDEX if tag is None else tags_to_ids([tag], config.label2id)[0] for tag in tags]
+            prefix = [IGNORE_INDEX] * len(encoded.prefix_ids)
+            suffix = [IGNORE_INDEX] * len(encoded.suffix_ids)
+            for start, end in encoded.windows(config.max_length, config.stride):
+                input_ids = encoded.window_input_ids(start, end)
+                rows["input_ids"].append(input_ids)
+                rows["attention_mask"].append([1] * len(input_ids))
+                rows["labels"].append(prefix + label_ids[start:end] + suffix)
+                if use_token_types:
+                    rows["token_type_ids"].append([encoded.type_id] * len(input_ids))
+        return rows
+
+    return dataset.map(windows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+
+
+def character_tokenizer(texts: list[str], folder: str | Path) -> ElectraTokenizerFast:
+    """A WordPiece tokenizer whose vocabulary is the characters of `texts` (each also as a `##` piece).
+
+    For smoke runs and tests with a tiny random encoder: no download, every character of the data known. The
+    vocabulary is written to `folder/vocab.txt`.
+    """
+    chars = sorted({char for text in texts for char in text if not char.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{char}" for char in chars]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return ElectraTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)

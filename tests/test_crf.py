@@ -406,6 +406,30 @@ def test_constrained_training_keeps_gradients_finite(implementation):
     assert torch.isfinite(emissions.grad).all() and torch.isfinite(crf.transitions.grad).all()
 
 
+def test_gradients_agree_between_implementations():
+    # The loop's gradient is the backward algorithm (a custom autograd Function); the parallel one is autograd.
+    generator = torch.Generator().manual_seed(9)
+    labels = ["O", "B-X", "I-X", "B-Y", "I-Y"]
+    allowed_start, allowed_transitions, _ = bio_constraints(labels)
+    emissions = torch.randn(6, 15, 5, generator=generator) * 3
+    tags = torch.randint(5, (6, 15), generator=generator)
+    mask = torch.rand(6, 15, generator=generator) < 0.7
+    mask[1] = False
+    mask[2] = torch.arange(15) == 7  # a single position, not the first
+    gradients = {}
+    for implementation in IMPLEMENTATIONS:
+        torch.manual_seed(0)
+        crf = random_crf(5, allowed_start=allowed_start, allowed_transitions=allowed_transitions)
+        crf.constrain_training = True
+        crf.implementation = implementation
+        leaf = emissions.clone().requires_grad_()
+        weights = torch.arange(1.0, 7.0)  # a different upstream gradient per sequence
+        (crf.log_likelihood(leaf, tags, mask) * weights).sum().backward()
+        gradients[implementation] = [leaf.grad] + [p.grad for p in crf.parameters()]
+    for sequential, parallel in zip(gradients["sequential"], gradients["parallel"], strict=True):
+        torch.testing.assert_close(sequential, parallel, rtol=1e-5, atol=1e-5)
+
+
 def test_implementations_agree_on_long_sequences():
     generator = torch.Generator().manual_seed(8)
     crf = random_crf(13)

@@ -1,16 +1,13 @@
 """The CRF pipeline: character offsets, windows, aggregation, labels by name, and loading from a Hub folder."""
 
 import json
-import os
 import re
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 from conftest import shared_path
-from tiny import TINY_TEXT, character_tokenizer, tiny_model
+from tiny import TINY_TEXT, character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import AutoTokenizer, ElectraTokenizerFast, TokenClassificationPipeline, pipeline
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
@@ -203,27 +200,6 @@ def test_unsupported_arguments_are_refused(tiny_pipeline):
         tiny_pipeline(TINY_TEXT, stride=4)
 
 
-FRESH_PROCESS = """
-import json, sys, torch
-from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer, pipeline
-folder, texts = sys.argv[1], json.loads(sys.argv[2])
-config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-AutoModel.from_pretrained(folder, trust_remote_code=True)
-model = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-batch = tokenizer(texts, padding=True, return_tensors="pt")
-with torch.no_grad():
-    logits = model(**batch).logits
-ner = pipeline("token-classification", model=folder, trust_remote_code=True)
-print(json.dumps({
-    "config_class": type(config).__name__, "model_class": type(model).__name__,
-    "pipeline_class": type(ner).__name__, "imported_koelectra_crf": "koelectra_crf" in sys.modules,
-    "logits": logits.tolist(),
-    "entities": ner(texts, aggregation_strategy="simple"),
-}))
-"""
-
-
 def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, tiny_pipeline):
     folder = tmp_path / "hub"
     tiny_pipeline.model.save_pretrained(folder)
@@ -240,18 +216,7 @@ def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, 
         assert {module.split(".")[0] for module in imports} <= allowed, name
 
     texts = [TINY_TEXT, TINY_TEXT * 5]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env["PYTHONPATH"] = ""  # the fresh process must not see the package's source tree
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(folder), json.dumps(texts)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    fresh = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert fresh["imported_koelectra_crf"] is False
-    assert fresh["config_class"] == "KoElectraCrfConfig"
-    assert fresh["model_class"] == "KoElectraCrfForTokenClassification"
-    assert fresh["pipeline_class"] == "KoElectraCrfTokenClassificationPipeline"
+    fresh = load_in_fresh_process(folder, texts, tmp_path)
     batch = tiny_pipeline.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected_logits = tiny_pipeline.model(**batch).logits

@@ -1,22 +1,24 @@
-"""Tiny random models and tokenizers built inside the tests (no download, no ../shared)."""
+"""Tiny random models and tokenizers built inside the tests (no download, no ../shared), and loading a saved
+folder in a fresh process."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from transformers import BertConfig, ElectraConfig, ElectraTokenizerFast
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification
+from koelectra_crf.data import character_tokenizer as character_tokenizer_from_texts
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_TEXT = "김철수는 서울에서 2024년 3월 1일 오전 9시에 삼성전자 사과 3개를 샀다. ABC 123 李 😀"
 
 
 def character_tokenizer(folder: Path, text: str = TINY_TEXT) -> ElectraTokenizerFast:
-    """A WordPiece tokenizer whose vocabulary is the characters of `text` (each also as a ## continuation)."""
-    chars = sorted({char for char in text if not char.isspace()})
-    vocab = SPECIAL_TOKENS + chars + [f"##{char}" for char in chars]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    return ElectraTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)
+    """A WordPiece tokenizer whose vocabulary is the characters of `text`."""
+    return character_tokenizer_from_texts([text], folder)
 
 
 def tiny_encoder_config(vocab_size: int, model_type: str = "electra"):
@@ -36,3 +38,42 @@ def tiny_model(vocab_size: int, labels=KLUE_LABELS, model_type: str = "electra",
         **config_kwargs,
     )
     return KoElectraCrfForTokenClassification(config).eval()
+
+
+FRESH_PROCESS = """
+import json, sys, torch
+from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer, pipeline
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+AutoModel.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+batch = tokenizer(texts, padding=True, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits
+ner = pipeline("token-classification", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "config_class": type(config).__name__, "model_class": type(model).__name__,
+    "pipeline_class": type(ner).__name__, "imported_koelectra_crf": "koelectra_crf" in sys.modules,
+    "logits": logits.tolist(),
+    "entities": ner(texts, aggregation_strategy="simple"),
+}))
+"""
+
+
+def load_in_fresh_process(folder: Path, texts: list[str], work_dir: Path) -> dict:
+    """Load `folder` through the Auto classes and `pipeline(..., trust_remote_code=True)` in a new Python process
+    that never imports koelectra_crf (offline), and return its logits and entities for `texts`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules")}
+    env["PYTHONPATH"] = ""  # the fresh process must not see the package's source tree
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(folder), json.dumps(texts)],
+        capture_output=True, text=True, env=env, cwd=work_dir, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    fresh = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert fresh["imported_koelectra_crf"] is False
+    assert fresh["config_class"] == "KoElectraCrfConfig"
+    assert fresh["model_class"] == "KoElectraCrfForTokenClassification"
+    assert fresh["pipeline_class"] == "KoElectraCrfTokenClassificationPipeline"
+    return fresh

@@ -1,0 +1,146 @@
+"""Speed and agreement of ``koelectra_crf.crf.LinearChainCRF`` against pytorch-crf 0.7.2.
+
+Both CRFs get the same parameters (pytorch-crf's, copied), the same random emissions and the same random
+ragged left-aligned masks (lengths uniform in [T/2, T]; pytorch-crf needs the first position on). Timings are
+the median over ``--repeats`` runs after a warm-up, ours and pytorch-crf's interleaved so that both see the
+same machine load, with ``torch.cuda.synchronize()`` around each run on a GPU. Prints one JSON object.
+
+    python benchmarks/crf_speed.py                 # GPU when available, else CPU
+    python benchmarks/crf_speed.py --device cpu --lengths 128 512 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torchcrf import CRF
+
+# crf.py is standalone (torch only, shipped as remote code): load it without importing the package, and so
+# without transformers.
+_spec = importlib.util.spec_from_file_location("crf", Path(__file__).resolve().parents[1] / "koelectra_crf" / "crf.py")
+crf_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(crf_module)
+LinearChainCRF = crf_module.LinearChainCRF
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict:
+    """Median milliseconds of each function, run in turn ``repeats`` times after 3 warm-up rounds."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_index in range(3 + repeats):
+        for name, function in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            if round_index >= 3:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_length(length: int, args: argparse.Namespace, device: torch.device) -> dict:
+    generator = torch.Generator().manual_seed(length)
+    batch, num_tags = args.batch, args.num_tags
+    reference = CRF(num_tags, batch_first=True).to(device)
+    ours = LinearChainCRF(num_tags).to(device)
+    ours.load_state_dict(reference.state_dict())  # same names, same transitions[from, to] convention
+    other = "sequential" if ours._parallel(device) else "parallel"
+    ours_other = LinearChainCRF(num_tags).to(device)
+    ours_other.load_state_dict(reference.state_dict())
+    ours_other.implementation = other
+
+    emissions = torch.randn(batch, length, num_tags, generator=generator).to(device).requires_grad_()
+    tags = torch.randint(num_tags, (batch, length), generator=generator).to(device)
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator).clamp(min=1)
+    mask = (torch.arange(length) < lengths[:, None]).to(device)
+
+    # Agreement.
+    with torch.no_grad():
+        ll_ours = ours.log_likelihood(emissions, tags, mask).double()
+        ll_reference = reference(emissions, tags, mask, reduction="none").double()
+        ll_other = ours_other.log_likelihood(emissions, tags, mask).double()
+        paths_ours = ours.decode(emissions, mask).tolist()
+        paths_reference = reference.decode(emissions, mask)
+    relative = ((ll_ours - ll_reference).abs() / ll_reference.abs()).max().item()
+    relative_other = ((ll_other - ll_reference).abs() / ll_reference.abs()).max().item()
+    identical = all(ours_row[: len(row)] == row for ours_row, row in zip(paths_ours, paths_reference, strict=True))
+
+    def backward(loss: torch.Tensor) -> None:
+        loss.backward()
+        emissions.grad = None
+
+    def no_grad(function: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return function()
+
+        return run
+
+    times = time_interleaved(
+        {
+            "ll_ours": lambda: backward(ours.log_likelihood(emissions, tags, mask).sum()),
+            "ll_reference": lambda: backward(reference(emissions, tags, mask, reduction="sum")),
+            "ll_other": lambda: backward(ours_other.log_likelihood(emissions, tags, mask).sum()),
+            "ll_forward_ours": no_grad(lambda: ours.log_likelihood(emissions, tags, mask)),
+            "decode_ours": lambda: ours.decode(emissions, mask),
+            "decode_reference": no_grad(lambda: reference.decode(emissions, mask)),
+            "marginals_ours": no_grad(lambda: ours.marginals(emissions, mask)),
+        },
+        device,
+        args.repeats,
+    )
+    return {
+        "ll_fwd_bwd_ms": {"ours": times["ll_ours"], "pytorch_crf": times["ll_reference"]},
+        "ll_fwd_bwd_speedup": times["ll_reference"] / times["ll_ours"],
+        f"ll_fwd_bwd_ms_{other}_implementation": times["ll_other"],
+        "decode_ms": {"ours": times["decode_ours"], "pytorch_crf": times["decode_reference"]},
+        "decode_speedup": times["decode_reference"] / times["decode_ours"],
+        "ll_forward_ms_ours": times["ll_forward_ours"],
+        "marginals_ms_ours": times["marginals_ours"],
+        "marginals_over_ll_forward": times["marginals_ours"] / times["ll_forward_ours"],
+        "ll_max_relative_difference": relative,
+        f"ll_max_relative_difference_{other}_implementation": relative_other,
+        "ll_equal_within_1e-4": relative <= 1e-4 and relative_other <= 1e-4,
+        "decode_paths_identical": identical,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--num_tags", type=int, default=13)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    ours = LinearChainCRF(args.num_tags)
+    report = {
+        "device": f"{device.type}: {name}",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pytorch_crf": __import__("torchcrf").__version__,
+        "batch": args.batch,
+        "num_tags": args.num_tags,
+        "repeats": args.repeats,
+        "implementation": "parallel" if ours._parallel(device) else "sequential",
+        "lengths": {str(length): bench_length(length, args, device) for length in args.lengths},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model card (README.md) of a trained koelectra-crf model folder."""

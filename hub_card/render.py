@@ -1,0 +1,95 @@
+"""Render the model card of a trained folder from `template.md`, with metrics and example outputs computed by
+the model itself (the Hub's hosted widget cannot run the custom pipeline, so the widget shows static outputs)."""
+
+from pathlib import Path
+
+import yaml
+
+from koelectra_crf.data import ENTITY_TYPES
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+TEMPLATE = Path(__file__).with_name("template.md")
+# Written for this project (news-like, invented people and companies).
+EXAMPLE_TEXTS = [
+    "김민준 한빛전자 대표는 2024년 3월 5일 오전 10시 서울 강남구 본사에서 신제품 3종을 공개했다.",
+    "부산시는 다음 달 1일부터 시내버스 요금을 200원 올린다고 밝혔다.",
+    "이서연 선수가 이끄는 대한체육회 대표팀은 어제 저녁 7시 인천에서 2골 차로 이겼다.",
+]
+NOT_COMPARABLE = (
+    "These numbers are **not comparable with the KLUE leaderboard** unless the model was trained on the official "
+    "KLUE train split and evaluated on the official dev split (KLUE README, KoELECTRA-base: 86.11 entity F1, "
+    "92.56 character F1)."
+)
+
+
+def render_model_card(
+    model, tokenizer, metrics: dict[str, float], base_model: str | None, data_description: str, training_args,
+    license: str = "apache-2.0", model_id: str | None = None,
+) -> str:  # fmt: skip
+    """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
+    with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations."""
+    model_id = model_id or "your-name/koelectra-crf-klue-ner"
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
+    outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
+    outputs = [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
+    results = {name.removeprefix("eval_"): value for name, value in metrics.items()}
+    shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in ENTITY_TYPES]
+    metadata = {
+        "language": ["ko"],
+        "license": license,
+        "library_name": "transformers",
+        "pipeline_tag": "token-classification",
+        "tags": ["ner", "crf", "klue", "korean"],
+        "datasets": ["klue"],
+        **({"base_model": base_model} if base_model else {}),
+        "widget": [
+            {"text": text, "example_title": f"example {i + 1}", "output": output}
+            for i, (text, output) in enumerate(zip(EXAMPLE_TEXTS, outputs, strict=True))
+        ],
+        "model-index": [{
+            "name": model_id.split("/")[-1],
+            "results": [{
+                "task": {"type": "token-classification", "name": "Named entity recognition"},
+                "dataset": {"type": "klue", "name": f"KLUE NER ({data_description})", "config": "ner"},
+                "metrics": [
+                    {"type": "f1", "name": "entity F1 (KLUE)", "value": round(results["entity_f1"], 2)},
+                    {"type": "f1", "name": "character F1 (KLUE)", "value": round(results["char_f1"], 2)},
+                ],
+            }],
+        }],
+    }  # fmt: skip
+    config = model.config
+    architecture = " + ".join(
+        [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm + ["CRF" if config.use_crf else "softmax"]
+    )
+    training = "\n".join(
+        f"- {name}: {value}" for name, value in {
+            "base model": base_model or "randomly initialised encoder (smoke run)",
+            "tokenization": f"{config.tokenization}, windows of {config.max_length} tokens, stride {config.stride}",
+            "encoder / head learning rate": f"{training_args.learning_rate} / {training_args.head_learning_rate}",
+            "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
+            "epochs (max)": training_args.num_train_epochs,
+            "warmup": training_args.warmup_steps,
+            "gradient clipping": training_args.max_grad_norm,
+            "FGM epsilon": training_args.fgm_epsilon,
+            "R-Drop alpha": training_args.rdrop_alpha,
+            "multi-sample dropout": config.multi_sample_dropout,
+            "mixed precision": "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no",
+        }.items()
+    )  # fmt: skip
+    examples = "\n\n".join(
+        f"> {text}\n\n" + "\n".join(f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in output)
+        for text, output in zip(EXAMPLE_TEXTS, outputs, strict=True)
+    )
+    return TEMPLATE.read_text(encoding="utf-8").format(
+        metadata=yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(),
+        title=model_id.split("/")[-1],
+        architecture=architecture,
+        data_description=data_description,
+        results_table="\n".join(f"| {name} | {results[name]:.2f} |" for name in shown if name in results),
+        comparability=NOT_COMPARABLE,
+        model_id=model_id,
+        example_text=EXAMPLE_TEXTS[0],
+        examples=examples,
+        training=training,
+    )

@@ -1,0 +1,244 @@
+"""`koelectra-crf ablation`: the six variants of the original `korean_ner` project, over several seeds.
+
+Each run is `training/run.py --config PRESET --output_dir DIR/{variant}/seed-{seed} --seed SEED` with the variant's
+flag overrides, launched as a subprocess so that any training preset works. The runner is resumable: a run whose
+folder holds `eval_results.json` is done and skipped; a run that was interrupted starts again from its latest
+`checkpoint-N`. While a run trains, its folder holds `ablation.lock` with the runner's PID, so a second runner
+(or `--status`) sees it as running.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from koelectra_crf.analysis import plots
+from koelectra_crf.data import ENTITY_TYPES
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "run.py"
+RESULTS_FILE = "eval_results.json"
+LOCK_FILE = "ablation.lock"
+
+_NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]
+VARIANTS: dict[str, list[str]] = {
+    "baseline": ["--use_bilstm", "false", "--use_crf", "false", *_NO_TRICKS],
+    "+crf": ["--use_bilstm", "false", "--use_crf", "true", *_NO_TRICKS],
+    "+bilstm": ["--use_bilstm", "true", "--use_crf", "true", *_NO_TRICKS],
+    "full_no_fgm": ["--use_bilstm", "true", "--use_crf", "true", "--fgm_epsilon", "0"],
+    "full_no_rdrop": ["--use_bilstm", "true", "--use_crf", "true", "--rdrop_alpha", "0"],
+    "full": ["--use_bilstm", "true", "--use_crf", "true"],
+}
+"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none."""
+
+COMPARISONS = [
+    ("+crf", "baseline"),
+    ("+bilstm", "+crf"),
+    ("full", "+bilstm"),
+    ("full", "full_no_fgm"),
+    ("full", "full_no_rdrop"),
+]
+"""(variant, reference) pairs whose entity F1 difference the report states: each step of the ladder, and each
+training trick removed from the full recipe."""
+
+Launch = Callable[[list[str]], int]
+
+
+def launch_subprocess(command: list[str]) -> int:
+    """Run a command in the foreground (its output goes to this terminal); return its exit code."""
+    return subprocess.run(command, check=False).returncode
+
+
+def run_dir(output_dir: Path, variant: str, seed: int) -> Path:
+    return output_dir / variant / f"seed-{seed}"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The `checkpoint-N` folder with the highest N, if any."""
+    checkpoints = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def run_status(folder: Path) -> str:
+    """`done` (results written), `running` (locked by a live runner) or `missing` (not started, or interrupted)."""
+    if (folder / RESULTS_FILE).exists():
+        return "done"
+    lock = folder / LOCK_FILE
+    if lock.exists() and _alive(int(lock.read_text())):
+        return "running"
+    return "missing"
+
+
+def train_command(
+    config: Path, folder: Path, seed: int, variant: str, extra: Iterable[str] = (), train_script: Path = TRAIN_SCRIPT
+) -> list[str]:
+    """The training command of one run, resuming from the run's latest checkpoint when it has one."""
+    # `extra` comes before the variant's flags: with repeated flags the last wins, so a variant stays itself.
+    command = [
+        sys.executable,
+        str(train_script),
+        "--config",
+        str(config),
+        "--output_dir",
+        str(folder),
+        "--seed",
+        str(seed),
+        *extra,
+        *VARIANTS[variant],
+    ]
+    checkpoint = latest_checkpoint(folder)
+    if checkpoint is not None:
+        command += ["--resume_from_checkpoint", str(checkpoint)]
+    return command
+
+
+def run_ablation(
+    config: Path,
+    output_dir: Path,
+    seeds: int = 3,
+    extra: Iterable[str] = (),
+    launch: Launch = launch_subprocess,
+    train_script: Path = TRAIN_SCRIPT,
+) -> None:
+    """Train every variant × seed (seeds 0..seeds-1, all variants of a seed before the next seed) that is neither
+    done nor running elsewhere. Stops at the first run that fails; running again resumes."""
+    extra = list(extra)
+    for seed in range(seeds):
+        for variant in VARIANTS:
+            folder = run_dir(output_dir, variant, seed)
+            status = run_status(folder)
+            if status != "missing":
+                print(f"{variant} seed {seed}: {status}, skipped")
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / LOCK_FILE).write_text(str(os.getpid()))
+            try:
+                command = train_command(config, folder, seed, variant, extra, train_script)
+                print(f"{variant} seed {seed}: {' '.join(command)}")
+                exit_code = launch(command)
+            finally:
+                (folder / LOCK_FILE).unlink()
+            if exit_code != 0:
+                raise RuntimeError(f"{variant} seed {seed} failed (exit code {exit_code}); run again to resume it")
+
+
+def status_table(output_dir: Path, seeds: int = 3) -> str:
+    """Markdown table of every variant × seed: status, latest checkpoint, entity F1 when done."""
+    lines = ["| variant | seed | status | latest checkpoint | entity F1 |", "|---|---:|---|---|---:|"]
+    for variant in VARIANTS:
+        for seed in range(seeds):
+            folder = run_dir(output_dir, variant, seed)
+            status = run_status(folder)
+            checkpoint = latest_checkpoint(folder)
+            f1 = f"{_read_results(folder)['entity_f1']:.2f}" if status == "done" else ""
+            lines.append(f"| {variant} | {seed} | {status} | {checkpoint.name if checkpoint else ''} | {f1} |")
+    return "\n".join(lines) + "\n"
+
+
+def _read_results(folder: Path) -> dict[str, float]:
+    return json.loads((folder / RESULTS_FILE).read_text())
+
+
+def collect_results(output_dir: Path) -> dict[str, list[dict[str, float]]]:
+    """The `eval_results.json` of every finished run under `output_dir`, per variant, in seed order."""
+    results = {}
+    for variant in VARIANTS:
+        folders = sorted(
+            (output_dir / variant).glob("seed-*/" + RESULTS_FILE),
+            key=lambda p: int(p.parent.name.removeprefix("seed-")),
+        )
+        results[variant] = [json.loads(path.read_text()) for path in folders]
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1 denominator; None for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def difference(values: list[float], reference: list[float]) -> tuple[float, float | None]:
+    """Difference of means and its standard error sqrt(s1²/n1 + s2²/n2) (None with fewer than 2 runs a side)."""
+    (mean, std), (reference_mean, reference_std) = mean_std(values), mean_std(reference)
+    if std is None or reference_std is None:
+        return mean - reference_mean, None
+    return mean - reference_mean, (std**2 / len(values) + reference_std**2 / len(reference)) ** 0.5
+
+
+def ablation_report(output_dir: Path) -> str:
+    """Markdown: mean ± std over seeds of entity F1, char F1, per-type F1 and training time per variant, then the
+    entity F1 differences of `COMPARISONS` with their standard errors."""
+    results = collect_results(output_dir)
+    metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in ENTITY_TYPES)]
+    lines = [
+        f"# Ablation ({output_dir})",
+        "",
+        "Mean ± sample standard deviation over seeds. F1 × 100; train time in minutes.",
+        "",
+        "| variant | runs | entity F1 | char F1 | " + " | ".join(f"{t} F1" for t in ENTITY_TYPES) + " | train time |",
+        "|---|---:|" + "---:|" * (len(metrics) + 1),
+    ]
+    for variant, runs in results.items():
+        cells = [_cell([run[m] for run in runs]) for m in metrics] + [
+            _cell([run["train_runtime"] / 60 for run in runs])
+        ]
+        lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Entity F1 differences",
+        "",
+        "Δ = difference of the mean entity F1; SE = its standard error over seeds, sqrt(s1²/n1 + s2²/n2). A |Δ| "
+        "under 2 SE is within seed-to-seed variation; with a few seeds a larger one is an indication, not a test.",
+        "",
+        "| variant | reference | Δ entity F1 | SE | beyond 2 SE |",
+        "|---|---|---:|---:|---|",
+    ]
+    for variant, reference in COMPARISONS:
+        if not results[variant] or not results[reference]:
+            lines.append(f"| {variant} | {reference} | – | – | not enough runs |")
+            continue
+        delta, se = difference([r["entity_f1"] for r in results[variant]], [r["entity_f1"] for r in results[reference]])
+        verdict = "no spread (one run)" if se is None else ("yes" if abs(delta) > 2 * se else "no")
+        lines.append(f"| {variant} | {reference} | {delta:+.2f} | {'–' if se is None else f'{se:.2f}'} | {verdict} |")
+    lines += ["", "A resumed run's train time counts only the part after resuming."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output_dir: Path) -> str:
+    """Write `ablation.md` and `ablation.png` (entity and char F1 per variant, error bars = std) into
+    `output_dir`; return the Markdown."""
+    report = ablation_report(output_dir)
+    (output_dir / "ablation.md").write_text(report)
+    results = {variant: runs for variant, runs in collect_results(output_dir).items() if runs}
+    series, errors = {}, {}
+    for metric, name in (("entity_f1", "entity F1"), ("char_f1", "char F1")):
+        stats = [mean_std([run[metric] for run in runs]) for runs in results.values()]
+        series[name] = [mean for mean, _ in stats]
+        errors[name] = [std or 0.0 for _, std in stats]
+    plots.bar_chart(
+        output_dir / "ablation.png",
+        list(results),
+        series,
+        errors,
+        title="Ablation: mean over seeds, error bars = std",
+        ylabel="F1",
+    )
+    return report

@@ -1,0 +1,218 @@
+"""`koelectra-crf calibration`: how far the CRF marginals can be read as probabilities of being right.
+
+- Token level: a tagged token's confidence is the CRF marginal of its Viterbi tag (the pipeline's `score` with
+  `aggregation_strategy="none"`); it is right when that tag is the gold tag of the token's first character (the
+  tag the token is trained on).
+- Entity level: a predicted entity's confidence is the mean marginal of its tokens (the pipeline's group score
+  with `aggregation_strategy="simple"`); it is right when gold has an entity with the same span and type.
+
+Expected calibration error over `num_bins` equal-width bins of confidence:
+ECE = sum over bins of (n_b / N) * |accuracy_b - mean confidence_b|.
+
+Temperature scaling divides the emissions by one scalar T before the CRF, T chosen on validation data to minimise
+the negative log marginal of the gold tags. The transitions are not scaled, so the Viterbi tags (and the
+accuracy) can change as well as the confidences; both are reported before and after.
+"""
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+
+from koelectra_crf.alignment import token_labels
+from koelectra_crf.data import example_tag_names, label_names
+from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX, KoElectraCrfForTokenClassification
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+from . import plots
+from .predictions import SentencePrediction, predict_dataset, run_pipeline
+
+DEFAULT_BINS = 15
+TEMPERATURES = [2.0 ** (k / 12) for k in range(-24, 25)]
+"""The temperatures tried: 0.25 to 4 in steps of 2^(1/12) (about 6%), 1 included."""
+
+
+def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS) -> list[dict]:
+    """Per equal-width bin [lower, upper) of confidence (1.0 in the last): count, mean confidence, accuracy.
+
+    Mean confidence and accuracy are None for an empty bin.
+    """
+    confidences = np.asarray(confidences, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    index = np.minimum((confidences * num_bins).astype(int), num_bins - 1)
+    bins = []
+    for b in range(num_bins):
+        in_bin = index == b
+        count = int(in_bin.sum())
+        bins.append(
+            {
+                "lower": b / num_bins,
+                "upper": (b + 1) / num_bins,
+                "count": count,
+                "confidence": float(confidences[in_bin].mean()) if count else None,
+                "accuracy": float(correct[in_bin].mean()) if count else None,
+            }
+        )
+    return bins
+
+
+def expected_calibration_error(
+    confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS
+) -> float:
+    """ECE over `num_bins` equal-width bins (see the module docstring); NaN without any prediction."""
+    bins = reliability_bins(confidences, correct, num_bins)
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return float("nan")
+    return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+
+
+def calibration_summary(confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS) -> dict:
+    """Count, accuracy, mean confidence, ECE and the reliability bins of one set of predictions."""
+    return {
+        "count": len(confidences),
+        "accuracy": float(np.mean(correct)) if len(correct) else float("nan"),
+        "mean_confidence": float(np.mean(confidences)) if len(confidences) else float("nan"),
+        "ece": expected_calibration_error(confidences, correct, num_bins),
+        "bins": reliability_bins(confidences, correct, num_bins),
+    }
+
+
+def token_confidences(
+    ner: KoElectraCrfTokenClassificationPipeline, predictions: list[SentencePrediction], batch_size: int = 8
+) -> tuple[list[float], list[bool]]:
+    """Confidence and correctness of every tagged token of the sentences (`O` tokens included)."""
+    outputs = run_pipeline(
+        ner, [p.text for p in predictions], batch_size, aggregation_strategy="none", ignore_labels=[]
+    )
+    confidences, correct = [], []
+    for sentence, tokens in zip(predictions, outputs, strict=True):
+        for token in tokens:
+            confidences.append(token["score"])
+            correct.append(token["entity"] == sentence.gold_tags[token["start"]])
+    return confidences, correct
+
+
+def entity_confidences(predictions: list[SentencePrediction]) -> tuple[list[float], list[bool]]:
+    """Confidence and correctness (same span and type in gold) of every predicted entity."""
+    confidences, correct = [], []
+    for sentence in predictions:
+        gold = set(sentence.gold_spans)
+        for entity, span in zip(sentence.entities, sentence.predicted_spans, strict=True):
+            confidences.append(entity["score"])
+            correct.append(span in gold)
+    return confidences, correct
+
+
+def calibrate(
+    ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, num_bins: int = DEFAULT_BINS, batch_size: int = 8
+) -> dict[str, dict]:
+    """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split."""
+    predictions = predict_dataset(ner, dataset, batch_size)
+    return {
+        "token": calibration_summary(*token_confidences(ner, predictions, batch_size), num_bins),
+        "entity": calibration_summary(*entity_confidences(predictions), num_bins),
+    }
+
+
+def window_emissions(
+    ner: KoElectraCrfTokenClassificationPipeline, text: str, gold_tags: list[str]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(emissions (n, K), gold tag ids (n,)) of the n tagged tokens of each window the pipeline runs on `text`."""
+    # The pipeline's own preprocessing and forward, so the emissions are exactly those it decodes.
+    outputs = [ner.forward(inputs) for inputs in ner.preprocess(text)]
+    encoded = outputs[0]["encoded"]
+    gold = token_labels(encoded, gold_tags)
+    label2id = ner.model.config.label2id
+    windows = []
+    for output in outputs:
+        start, end = output["window"]
+        tagged = [k for k in range(start, end) if encoded.tagged[k]]
+        if tagged:
+            positions = [len(encoded.prefix_ids) + k - start for k in tagged]
+            windows.append((output["emissions"][0, positions], torch.tensor([label2id[gold[k]] for k in tagged])))
+    return windows
+
+
+def gold_nll(
+    model: KoElectraCrfForTokenClassification, windows: list[tuple[torch.Tensor, torch.Tensor]], temperature: float
+) -> float:
+    """Mean negative log marginal probability of the gold tags with the emissions divided by `temperature`."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), 256):  # chunks keep the CRF's (B, T, K) buffers small
+        chunk = windows[i : i + 256]
+        emissions = pad_sequence([e for e, _ in chunk], batch_first=True).to(model.device)
+        gold = pad_sequence([g for _, g in chunk], batch_first=True, padding_value=IGNORE_INDEX).to(model.device)
+        mask = gold != IGNORE_INDEX
+        with torch.no_grad():
+            probabilities = model.tag_probabilities(emissions / temperature, mask)
+        gold_probabilities = probabilities.gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+        total -= gold_probabilities.clamp_min(1e-12).log().sum().item()
+        count += int(mask.sum())
+    return total / count
+
+
+def fit_temperature(
+    model: KoElectraCrfForTokenClassification,
+    windows: list[tuple[torch.Tensor, torch.Tensor]],
+    temperatures: Sequence[float] = TEMPERATURES,
+) -> float:
+    """The temperature of `temperatures` with the lowest `gold_nll` (a grid: one scalar, no optimiser to tune)."""
+    return min(tqdm(temperatures, desc="fitting temperature"), key=lambda t: gold_nll(model, windows, t))
+
+
+def temperature_scaled(model: KoElectraCrfForTokenClassification, temperature: float):
+    """A copy of `model` whose emissions are divided by `temperature`.
+
+    Emissions are linear in the classifier (one pass at inference), so dividing its weight and bias divides them.
+    """
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.classifier.weight.div_(temperature)
+        scaled.classifier.bias.div_(temperature)
+    return scaled
+
+
+def write_calibration(
+    ner: KoElectraCrfTokenClassificationPipeline,
+    dataset: Dataset,
+    output_dir: Path,
+    num_bins: int = DEFAULT_BINS,
+    batch_size: int = 8,
+    validation: Dataset | None = None,
+) -> dict:
+    """Write `calibration.json` and `reliability_diagram.png`; with `validation`, also fit a temperature on it
+    and report the test data again with the scaled emissions (`after`)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "num_bins": num_bins,
+        "binning": "equal width",
+        "temperature": None,
+        "before": calibrate(ner, dataset, num_bins, batch_size),
+    }
+    panels = {level: {"T = 1": summary["bins"]} for level, summary in report["before"].items()}
+    if validation is not None:
+        names = label_names(validation)
+        windows = [
+            window
+            for example in tqdm(validation, desc="validation emissions", unit="sentence")
+            for window in window_emissions(ner, example["sentence"], example_tag_names(example, names))
+        ]
+        temperature = fit_temperature(ner.model, windows)
+        scaled = KoElectraCrfTokenClassificationPipeline(
+            model=temperature_scaled(ner.model, temperature), tokenizer=ner.tokenizer, device=ner.device
+        )
+        report["temperature"] = temperature
+        report["temperature_at_grid_edge"] = temperature in (TEMPERATURES[0], TEMPERATURES[-1])
+        report["after"] = calibrate(scaled, dataset, num_bins, batch_size)
+        for level, summary in report["after"].items():
+            panels[level][f"T = {temperature:.2f}"] = summary["bins"]
+    (output_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    plots.reliability_diagram(output_dir / "reliability_diagram.png", panels, num_bins)
+    return report

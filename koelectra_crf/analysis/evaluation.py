@@ -1,0 +1,100 @@
+"""`koelectra-crf evaluate`: KLUE metrics, a classification report, charts and per-sentence predictions."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
+from koelectra_crf.data import ENTITY_TYPES
+from koelectra_crf.metrics import klue_ner_metrics
+
+from . import plots
+from .predictions import SentencePrediction
+
+
+def prediction_metrics(predictions: list[SentencePrediction]) -> dict[str, float]:
+    """`metrics.klue_ner_metrics` of the predictions, spaces dropped as KLUE does."""
+    return klue_ner_metrics(
+        [p.gold_tags for p in predictions], [p.predicted_tags for p in predictions], [p.tokens for p in predictions]
+    )
+
+
+def char_confusion_matrix(predictions: list[SentencePrediction]) -> np.ndarray:
+    """Counts of (gold tag, predicted tag) over the characters, rows and columns in `KLUE_LABELS` order.
+
+    KLUE's tokens are characters; spaces are left out, as the metrics leave them out.
+    """
+    gold, predicted = [], []
+    for p in predictions:
+        predicted_tags = p.predicted_tags
+        kept = [i for i, char in enumerate(p.tokens) if char != " "]
+        gold += [p.gold_tags[i] for i in kept]
+        predicted += [predicted_tags[i] for i in kept]
+    return confusion_matrix(gold, predicted, labels=KLUE_LABELS)
+
+
+def row_normalised(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the share of a gold tag's characters given each tag); empty rows stay 0."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+
+
+def _report_row(name: str, precision: float, recall: float, f1: float, support: float) -> str:
+    return f"{name:<10}{precision:>10.2f}{recall:>10.2f}{f1:>10.2f}{support:>10.0f}"
+
+
+def classification_report(metrics: dict[str, float]) -> str:
+    """Per-type precision, recall, F1 and support (entity level, strict IOB2), then the overall scores."""
+    lines = [f"{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    lines += [
+        _report_row(t, metrics[f"{t}_precision"], metrics[f"{t}_recall"], metrics[f"{t}_f1"], metrics[f"{t}_support"])
+        for t in ENTITY_TYPES
+    ]
+    support = sum(metrics[f"{t}_support"] for t in ENTITY_TYPES)
+    lines += [
+        _report_row("macro avg", metrics["entity_precision"], metrics["entity_recall"], metrics["entity_f1"], support),
+        "",
+        f"entity F1 (macro, KLUE): {metrics['entity_f1']:.2f}   entity F1 (micro): {metrics['entity_micro_f1']:.2f}",
+        f"char F1 (KLUE, O included): {metrics['char_f1']:.2f}   char F1 without O: {metrics['char_f1_without_o']:.2f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(predictions: list[SentencePrediction], output_dir: Path) -> dict[str, float]:
+    """Write `metrics.json`, `classification_report.txt`, `entity_f1.png`, `confusion_matrix.{json,png}` and
+    `predictions.jsonl` (one line per sentence: guid, text, gold and predicted entities); return the metrics."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = prediction_metrics(predictions)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "classification_report.txt").write_text(classification_report(metrics))
+    plots.bar_chart(
+        output_dir / "entity_f1.png",
+        ENTITY_TYPES,
+        {"F1": [metrics[f"{t}_f1"] for t in ENTITY_TYPES]},
+        title=f"Entity F1 per type (macro {metrics['entity_f1']:.2f})",
+        ylabel="F1",
+    )
+    counts = char_confusion_matrix(predictions)
+    (output_dir / "confusion_matrix.json").write_text(
+        json.dumps({"labels": KLUE_LABELS, "rows": "gold", "columns": "predicted", "counts": counts.tolist()}) + "\n"
+    )
+    plots.heatmap(
+        output_dir / "confusion_matrix.png",
+        row_normalised(counts),
+        KLUE_LABELS,
+        KLUE_LABELS,
+        title="Character tags, each gold row normalised (spaces excluded)",
+        xlabel="predicted",
+        ylabel="gold",
+    )
+    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for p in predictions:
+            gold = [
+                {"entity_group": label_type, "word": p.text[start:end], "start": start, "end": end}
+                for start, end, label_type in p.gold_spans
+            ]
+            record = {"guid": p.guid, "text": p.text, "gold": gold, "predicted": p.entities}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return metrics

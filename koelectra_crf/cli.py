@@ -1,0 +1,198 @@
+"""The `koelectra-crf` command: predict, evaluate, analyse, benchmark and ablate a KoELECTRA-CRF model.
+
+    koelectra-crf predict MODEL [TEXT ...] [--input FILE]       (no text and no file: one text per stdin line)
+    koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR]
+    koelectra-crf errors MODEL [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
+    koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
+    koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
+    koelectra-crf benchmark MODEL [--input FILE] [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
+    koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report] [-- ARGS ...]
+
+MODEL is a model folder or a Hub id. The data is a KLUE NER TSV file, or the Hub `klue` validation split when no
+`--test_file` is given.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from koelectra_crf import ablation
+from koelectra_crf.analysis import attention, benchmark, calibration, errors, evaluation
+from koelectra_crf.analysis.predictions import load_pipeline, load_test_split, predict_dataset, run_pipeline
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder or Hub id")
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+    parser.add_argument("--batch_size", type=int, default=8, help="sentences per forward pass (default: 8)")
+
+
+def _data_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--test_file", help="KLUE NER TSV file (default: the Hub klue/ner validation split)")
+    parser.add_argument("--max_sentences", type=int, help="only the first N sentences of the data")
+    _output_argument(parser, command)
+
+
+def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
+    default = Path("koelectra-crf-output", command)
+    parser.add_argument("--output_dir", type=Path, default=default, help=f"(default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="koelectra-crf", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="entities of texts, one JSON line per text")
+    _model_arguments(predict)
+    predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
+    predict.add_argument("--input", type=Path, help="file with one text per line")
+
+    evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
+    errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
+    errors_parser.add_argument("--examples", type=int, default=5, help="examples per category (default: 5)")
+    calibration_parser = commands.add_parser("calibration", help="ECE and reliability diagram of the CRF marginals")
+    calibration_parser.add_argument(
+        "--bins",
+        type=int,
+        default=calibration.DEFAULT_BINS,
+        help=f"equal-width confidence bins (default: {calibration.DEFAULT_BINS})",
+    )
+    calibration_parser.add_argument(
+        "--validation_file", help="KLUE TSV file to fit a temperature on (then ECE is reported before/after)"
+    )
+    for name, subparser in (("evaluate", evaluate), ("errors", errors_parser), ("calibration", calibration_parser)):
+        _model_arguments(subparser)
+        _data_arguments(subparser, name)
+
+    attention_parser = commands.add_parser("attention", help="attention heatmaps and attention to entity tokens")
+    _model_arguments(attention_parser)
+    attention_parser.add_argument(
+        "sentence",
+        help="the sentence; KLUE marks such as <서울:LC> name its entities "
+        "(otherwise the model's predictions are used)",
+    )
+    attention_parser.add_argument(
+        "--layers", type=int, nargs="+", default=[0, -1], help="layers to draw, negative from the last (default: 0 -1)"
+    )
+    attention_parser.add_argument("--heads", type=int, nargs="+", help="heads to draw (default: all)")
+    _output_argument(attention_parser, "attention")
+
+    benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
+    _model_arguments(benchmark_parser)
+    benchmark_parser.add_argument(
+        "--input",
+        type=Path,
+        default=benchmark.DEFAULT_SENTENCES,
+        help="sentences, one per line or <id>\\t<sentence> (default: %(default)s)",
+    )
+    benchmark_parser.add_argument("--num_sentences", type=int, default=500, help="(default: 500)")
+    benchmark_parser.add_argument(
+        "--batch_sizes", type=int, nargs="+", default=[1, 8, 32], help="throughput batch sizes (default: 1 8 32)"
+    )
+    _output_argument(benchmark_parser, "benchmark")
+
+    ablation_parser = commands.add_parser("ablation", help="train the six ablation variants over seeds (resumable)")
+    ablation_parser.add_argument("--config", type=Path, help="training preset (JSON); needed to train")
+    ablation_parser.add_argument("--output_dir", type=Path, required=True, help="one folder per variant and seed")
+    ablation_parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    ablation_parser.add_argument(
+        "--train_script", type=Path, default=ablation.TRAIN_SCRIPT, help="(default: %(default)s)"
+    )
+    mode = ablation_parser.add_mutually_exclusive_group()
+    mode.add_argument("--status", action="store_true", help="list every variant × seed as done, running or missing")
+    mode.add_argument("--report", action="store_true", help="write ablation.md and ablation.png from the results")
+    ablation_parser.add_argument("extra", nargs="*", help="after --: arguments for every training run")
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> None:
+    if args.texts:
+        texts = args.texts
+    else:
+        lines = args.input.read_text(encoding="utf-8").splitlines() if args.input else sys.stdin.read().splitlines()
+        texts = [line for line in lines if line.strip()]
+    ner = load_pipeline(args.model, args.device)
+    for text, entities in zip(
+        texts, run_pipeline(ner, texts, args.batch_size, aggregation_strategy="simple"), strict=True
+    ):
+        print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    ner = load_pipeline(args.model, args.device)
+    predictions = predict_dataset(ner, load_test_split(args.test_file, args.max_sentences), args.batch_size)
+    metrics = evaluation.write_evaluation(predictions, args.output_dir)
+    print(evaluation.classification_report(metrics), end="")
+
+
+def _errors(args: argparse.Namespace) -> None:
+    ner = load_pipeline(args.model, args.device)
+    predictions = predict_dataset(ner, load_test_split(args.test_file, args.max_sentences), args.batch_size)
+    report = errors.write_error_analysis(predictions, args.output_dir, args.examples)
+    for category in errors.CATEGORIES:
+        print(f"{category:<15}{report['counts'][category]:>8}{report['percentages'][category]:>8.2f}%")
+
+
+def _calibration(args: argparse.Namespace) -> None:
+    ner = load_pipeline(args.model, args.device)
+    validation = load_test_split(args.validation_file) if args.validation_file else None
+    report = calibration.write_calibration(
+        ner,
+        load_test_split(args.test_file, args.max_sentences),
+        args.output_dir,
+        args.bins,
+        args.batch_size,
+        validation,
+    )
+    for stage in ("before", "after"):
+        if stage in report:
+            scores = ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
+            print(f"{stage} (T = {report['temperature'] if stage == 'after' else 1}): {scores} ({args.bins} bins)")
+
+
+def _attention(args: argparse.Namespace) -> None:
+    ner = load_pipeline(args.model, args.device)
+    report = attention.write_attention(ner, args.sentence, args.output_dir, args.layers, args.heads)
+    shares = ", ".join(f"{share:.3f}" for share in report["share_to_entities_by_layer"])
+    print(f"share of attention to entity tokens by layer: {shares} (uniform: {report['share_if_uniform']:.3f})")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    sentences = benchmark.read_sentences(args.input, args.num_sentences)
+    report = benchmark.run_benchmark(args.model, sentences, args.batch_sizes, benchmark.benchmark_devices())
+    benchmark.write_benchmark(report, args.output_dir)
+    print(benchmark.benchmark_table(report), end="")
+
+
+def _ablation(args: argparse.Namespace) -> None:
+    if args.status:
+        print(ablation.status_table(args.output_dir, args.seeds), end="")
+    elif args.report:
+        print(ablation.write_report(args.output_dir), end="")
+    else:
+        ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra, train_script=args.train_script)
+
+
+COMMANDS = {
+    "predict": _predict,
+    "evaluate": _evaluate,
+    "errors": _errors,
+    "calibration": _calibration,
+    "attention": _attention,
+    "benchmark": _benchmark,
+    "ablation": _ablation,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `koelectra-crf` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "ablation" and not (args.status or args.report or args.config):
+        parser.error("ablation: --config is needed to train (or give --status or --report)")
+    COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Training: the smoke preset end to end, FGM, R-Drop, optimizer groups, two processes, resume."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from tiny import TINY_TEXT, character_tokenizer, load_in_fresh_process, tiny_model
+from transformers import DataCollatorForTokenClassification, Trainer
+
+from koelectra_crf.data import load_klue_ner, tokenize_and_align
+from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report_to", "none"]
+
+
+def run_training(output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> dict:
+    completed = subprocess.run(
+        [*launcher, *SMOKE, "--output_dir", str(output_dir), *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads((output_dir / "eval_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("smoke")
+    run_training(output_dir, "--push_dry_run", "true")
+    return output_dir
+
+
+def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
+    losses = [entry["loss"] for entry in json.loads((smoke_run / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]  # fmt: skip
+    assert losses[-1] < losses[0] / 4
+    results = json.loads((smoke_run / "eval_results.json").read_text())
+    assert {"eval_entity_f1", "eval_char_f1", "eval_char_f1_without_o", "eval_PS_f1", "eval_QT_recall"} <= set(results)
+    assert results["eval_entity_f1"] > 50  # templated sentences: a working model learns them
+
+    card = ModelCard.load(smoke_run / "README.md")
+    assert card.data.pipeline_tag == "token-classification" and card.data.library_name == "transformers"
+    metrics = {m["name"]: m["value"] for m in card.data.eval_results_to_dict()["model-index"][0]["results"][0]["metrics"]} \
+        if hasattr(card.data, "eval_results_to_dict") else {
+        m["name"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}  # fmt: skip
+    assert metrics["entity F1 (KLUE)"] == round(results["eval_entity_f1"], 2)
+    assert metrics["character F1 (KLUE)"] == round(results["eval_char_f1"], 2)
+    assert "trust_remote_code=True" in card.text
+
+    predictions = [json.loads(line) for line in (smoke_run / "predictions_validation.jsonl").read_text().splitlines()]
+    assert len(predictions) == 40 and all(len(p["tags"]) == len(p["sentence"]) for p in predictions)
+    manifest = json.loads((smoke_run / "upload_manifest.json").read_text())
+    assert "model.safetensors" in manifest and "README.md" in manifest and "modeling_koelectra_crf.py" in manifest
+    assert not any(name.startswith("checkpoint-") for name in manifest)
+
+    fresh = load_in_fresh_process(smoke_run, [TINY_TEXT], tmp_path)
+    widget = card.data.to_dict()["widget"]
+    assert fresh["entities"] is not None and all(example["output"] is not None for example in widget)
+
+
+def _tiny_trainer(tmp_path, trainer_class=NerTrainer, **arguments):
+    torch.manual_seed(0)
+    raw = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"].select(range(8))
+    tokenizer = character_tokenizer(tmp_path / "tokenizer", "".join(raw["sentence"]))
+    model = tiny_model(tokenizer.vocab_size, classifier_dropout=0.0)
+    args = NerTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=8,
+                                use_cpu=True, **arguments)  # fmt: skip
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=tokenize_and_align(raw, tokenizer, model.config),
+        data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer,
+    )  # fmt: skip
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests bypass
+    return trainer, batch
+
+
+def _gradients_after_step(trainer, batch) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    trainer.training_step(trainer.model, batch)
+    return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def test_fgm_off_equals_plain_training_and_restores_embeddings(tmp_path):
+    plain, batch = _tiny_trainer(tmp_path / "a", Trainer)
+    fgm_off, _ = _tiny_trainer(tmp_path / "b", fgm_epsilon=0.0, rdrop_alpha=0.0)
+    fgm_on, _ = _tiny_trainer(tmp_path / "c", fgm_epsilon=1.0, rdrop_alpha=0.0)
+    expected = _gradients_after_step(plain, batch)
+    assert _gradients_after_step(fgm_off, batch).keys() == expected.keys()
+    for name, gradient in _gradients_after_step(fgm_off, batch).items():
+        torch.testing.assert_close(gradient, expected[name], rtol=0, atol=0)
+
+    embeddings = fgm_on.model.get_input_embeddings().weight
+    before = embeddings.detach().clone()
+    attacked = _gradients_after_step(fgm_on, batch)
+    assert torch.equal(embeddings.detach(), before)  # bit-identical after the attack
+    name = "classifier.weight"
+    assert not torch.allclose(attacked[name], expected[name])
+
+
+def test_fgm_attacks_along_the_current_batch_gradient_under_accumulation(tmp_path):
+    trainer, batch = _tiny_trainer(tmp_path, fgm_epsilon=1.0, rdrop_alpha=0.0)
+    embeddings = trainer.model.get_input_embeddings().weight
+    directions = []
+    original_add = torch.Tensor.add_
+
+    def spy(tensor, other, *args, alpha=1, **kwargs):
+        if tensor is embeddings:
+            directions.append((other * alpha).clone())
+        return original_add(tensor, other, *args, alpha=alpha, **kwargs)
+
+    torch.Tensor.add_ = spy
+    try:
+        trainer.model.zero_grad(set_to_none=True)
+        for _ in range(2):  # the second micro-batch finds the first one's gradients (normal and adversarial)
+            torch.manual_seed(5)  # same dropout masks: the same batch has the same own gradient
+            trainer.training_step(trainer.model, batch)
+    finally:
+        torch.Tensor.add_ = original_add
+    assert len(directions) == 2
+    for direction in directions:
+        assert direction.norm().item() == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(directions[0], directions[1], rtol=1e-4, atol=1e-6)
+
+
+def test_symmetric_kl():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert symmetric_kl(logits, logits.clone(), mask).item() == pytest.approx(0.0, abs=1e-7)
+    other = torch.randn(2, 5, 4)
+    changed_outside = other.clone()
+    changed_outside[~mask] = 100.0  # padding / -100 positions must not count
+    value = symmetric_kl(logits, other, mask)
+    assert symmetric_kl(logits, changed_outside, mask) == value
+    p, q = logits.softmax(-1), other.softmax(-1)
+    kl = lambda a, b: (a * (a / b).log()).sum(-1)  # noqa: E731
+    expected = ((kl(p, q) + kl(q, p)) / 2)[mask].mean()
+    torch.testing.assert_close(value, expected)
+
+
+def test_rdrop_off_equals_plain_loss_and_on_adds_the_kl(tmp_path):
+    plain, batch = _tiny_trainer(tmp_path / "a", Trainer)
+    rdrop_off, _ = _tiny_trainer(tmp_path / "b", rdrop_alpha=0.0, fgm_epsilon=0.0)
+    rdrop_on, _ = _tiny_trainer(tmp_path / "c", rdrop_alpha=1.0, fgm_epsilon=0.0)
+    for trainer in (plain, rdrop_off, rdrop_on):
+        trainer.model.train()
+    torch.manual_seed(2)
+    plain_loss = plain.compute_loss(plain.model, batch)
+    torch.manual_seed(2)
+    assert rdrop_off.compute_loss(rdrop_off.model, batch) == plain_loss
+    rdrop_on.model.eval()  # no dropout: both copies agree, the KL is 0 and the loss is the plain loss
+    torch.testing.assert_close(
+        rdrop_on.compute_loss(rdrop_on.model, batch), plain.compute_loss(plain.model, batch), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_optimizer_groups_carry_two_learning_rates(tmp_path):
+    trainer, _ = _tiny_trainer(tmp_path, learning_rate=3e-5, head_learning_rate=1e-3, weight_decay=0.01)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        is_encoder = {name.startswith("encoder.") for name in group_names}
+        assert len(is_encoder) == 1
+        assert group["lr"] == (3e-5 if is_encoder.pop() else 1e-3)
+        has_decay = group["weight_decay"] > 0
+        assert all(("bias" in n or "LayerNorm" in n) != has_decay for n in group_names)
+    covered = sum(len(group["params"]) for group in trainer.optimizer.param_groups)
+    assert covered == sum(1 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_two_processes_match_one(tmp_path, smoke_run):
+    """DDP over 2 CPU processes with the per-process batch halved sees the same global batches."""
+    single = json.loads((smoke_run / "eval_results.json").read_text())
+    accelerate = shutil.which("accelerate")
+    assert accelerate is not None
+    double = run_training(
+        tmp_path, "--per_device_train_batch_size", "8",
+        launcher=(accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision",
+                  "no", "--dynamo_backend", "no"),
+    )  # fmt: skip
+    # Same data, schedule and global batch; dropout masks and reduction order differ: within 10 F1 points.
+    assert abs(double["eval_entity_f1"] - single["eval_entity_f1"]) <= 10
+    assert double["epoch"] == single["epoch"]
+
+
+def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
+    steps = ["--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "10", "--eval_strategy", "no",
+             "--load_best_model_at_end", "false", "--save_total_limit", "5"]  # fmt: skip
+    reference = tmp_path / "reference"
+    run_training(reference, *steps)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    shutil.copytree(reference / "checkpoint-10", interrupted / "checkpoint-10")  # as if killed after step 10
+    run_training(interrupted, *steps, "--resume_from_checkpoint", str(interrupted / "checkpoint-10"))
+    state = json.loads((interrupted / "trainer_state.json").read_text())
+    assert state["global_step"] == json.loads((reference / "trainer_state.json").read_text())["global_step"] == 20
+    resumed, expected = load_file(interrupted / "model.safetensors"), load_file(reference / "model.safetensors")
+    for name, value in expected.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
