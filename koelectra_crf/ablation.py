@@ -20,6 +20,7 @@ from koelectra_crf.data import ENTITY_TYPES
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "run.py"
 RESULTS_FILE = "eval_results.json"
+TRAIN_RESULTS_FILE = "train_results.json"
 LOCK_FILE = "ablation.lock"
 
 _NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]
@@ -142,24 +143,30 @@ def status_table(output_dir: Path, seeds: int = 3) -> str:
             folder = run_dir(output_dir, variant, seed)
             status = run_status(folder)
             checkpoint = latest_checkpoint(folder)
-            f1 = f"{_read_results(folder)['entity_f1']:.2f}" if status == "done" else ""
+            f1 = f"{read_run_results(folder)['entity_f1']:.2f}" if status == "done" else ""
             lines.append(f"| {variant} | {seed} | {status} | {checkpoint.name if checkpoint else ''} | {f1} |")
     return "\n".join(lines) + "\n"
 
 
-def _read_results(folder: Path) -> dict[str, float]:
-    return json.loads((folder / RESULTS_FILE).read_text())
+def read_run_results(folder: Path) -> dict[str, float]:
+    """A finished run's metrics, as `training/run.py` writes them: `eval_results.json` without the Trainer's `eval_`
+    prefix (`entity_f1`, `char_f1`, `PS_f1`, ...) and `train_runtime` (seconds) from `train_results.json`."""
+    results = json.loads((folder / RESULTS_FILE).read_text())
+    train_results = json.loads((folder / TRAIN_RESULTS_FILE).read_text())
+    return {key.removeprefix("eval_"): value for key, value in results.items()} | {
+        "train_runtime": train_results["train_runtime"]
+    }
 
 
 def collect_results(output_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """The `eval_results.json` of every finished run under `output_dir`, per variant, in seed order."""
+    """`read_run_results` of every finished run under `output_dir`, per variant, in seed order."""
     results = {}
     for variant in VARIANTS:
         folders = sorted(
-            (output_dir / variant).glob("seed-*/" + RESULTS_FILE),
-            key=lambda p: int(p.parent.name.removeprefix("seed-")),
+            (path.parent for path in (output_dir / variant).glob("seed-*/" + RESULTS_FILE)),
+            key=lambda folder: int(folder.name.removeprefix("seed-")),
         )
-        results[variant] = [json.loads(path.read_text()) for path in folders]
+        results[variant] = [read_run_results(folder) for folder in folders]
     return results
 
 
@@ -206,7 +213,8 @@ def ablation_report(output_dir: Path) -> str:
         "## Entity F1 differences",
         "",
         "Δ = difference of the mean entity F1; SE = its standard error over seeds, sqrt(s1²/n1 + s2²/n2). A |Δ| "
-        "under 2 SE is within seed-to-seed variation; with a few seeds a larger one is an indication, not a test.",
+        "under 2 SE cannot be told apart from seed-to-seed variation; with a few seeds, one beyond 2 SE is an "
+        "indication, not a significance test.",
         "",
         "| variant | reference | Δ entity F1 | SE | beyond 2 SE |",
         "|---|---|---:|---:|---|",

@@ -33,12 +33,14 @@ disallowed path. Constraints always apply to ``decode`` and ``marginals``; they 
 and ``log_partition`` only with ``constrain_training=True``.
 
 Implementations. The forward algorithm is a loop over time. On a CPU the loop, a few small operations per
-step, is the fastest. On a GPU each of those steps is a separate kernel launch, and 128 of them cost more than
-the encoder, so there the same quantities are computed with O(log T) sequential steps by multiplying the
-per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
+step, is the fastest, and its gradient comes from the backward algorithm (:class:`_LogPartitionSequential`),
+which is cheaper than autograd replaying the loop. On a GPU each step is a separate kernel launch, and 128 of
+them cost more than the encoder, so there the same quantities are computed with O(log T) sequential steps by
+multiplying the per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
 :func:`_forward_alphas_parallel`). :attr:`LinearChainCRF.implementation` selects one: ``"auto"`` (the
 default: the loop on CPU, the parallel one on any other device), ``"sequential"`` or ``"parallel"``.
-Viterbi decoding is always the loop, because it must follow back-pointers of one exact best path.
+Viterbi decoding always runs its forward pass as a loop, storing the back-pointers of one exact best path,
+and traces them back in O(log T) steps (:func:`_viterbi`).
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -244,7 +246,7 @@ class LinearChainCRF(nn.Module):
         after ``y_t = k`` (the backward algorithm, including ``f``), every path through ``y_t = k`` is a
         prefix joined to a suffix, so::
 
-            P(y_t = k | x) = exp(alpha_t(k) + beta_t(k) - log Z).
+            P(y_t = k | x) = exp(alpha_t(k) + beta_t(k) - log Z) = softmax_k(alpha_t(k) + beta_t(k)).
 
         Args:
             emissions: ``(B, T, K)`` float.
@@ -489,8 +491,9 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
 
     The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
     ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
-    are traced back together from ``t = T-1``, one ``gather`` per step: a row's tag stays ``y_{n-1}`` until
-    ``t = n-1``.
+    are traced back together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of
+    ``T`` dependent ``gather`` steps, the back-pointer maps are composed by pointer doubling, O(log T) steps:
+    ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
     """
     batch_size, length, num_tags = em.shape
     steps = em.unbind(dim=1)
@@ -503,16 +506,19 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
         pointers.append(pointer)
     last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
     final = torch.stack(scores).gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
-    tag = final.argmax(dim=1)  # (B,)
-    path = [tag]
-    if length > 1:
-        in_sequence = torch.arange(1, length, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
-        identity = torch.arange(num_tags, device=em.device)
-        back = torch.where(in_sequence, torch.stack(pointers), identity)  # (T-1, B, K)
-        for pointer in reversed(back.unbind(0)):  # p_{T-1}, ..., p_1
-            tag = pointer.gather(1, tag.unsqueeze(1)).squeeze(1)
-            path.append(tag)
-    return torch.stack(path[::-1], dim=1)
+    best_last = final.argmax(dim=1)  # y_{n-1}, (B,)
+
+    # maps[t] = p_{t+1}, from the tag at t+1 to the tag at t: (T, B, K); the identity where t+1 >= n.
+    identity = torch.arange(num_tags, device=em.device).expand(batch_size, num_tags)
+    in_sequence = torch.arange(1, length + 1, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
+    maps = torch.where(in_sequence, torch.stack([*pointers, identity]), identity)
+    # After the round with offset d, maps[t] = p_{t+1} o ... o p_{t+2d} (composition f o g = f.gather(g)).
+    offset = 1
+    while offset < length:
+        maps = torch.cat([maps[:-offset].gather(2, maps[offset:]), maps[-offset:]], dim=0)
+        offset *= 2
+    # maps[t] now takes y_{T-1} (= y_{n-1}, through the identities) to y_t.
+    return maps.gather(2, best_last.view(1, -1, 1).expand(length, -1, 1)).squeeze(2).t()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -146,19 +146,34 @@ def test_symmetric_kl():
     torch.testing.assert_close(value, expected)
 
 
-def test_rdrop_off_equals_plain_loss_and_on_adds_the_kl(tmp_path):
+def test_rdrop_off_equals_plain_loss_and_on_adds_a_weighted_kl(tmp_path):
     plain, batch = _tiny_trainer(tmp_path / "a", Trainer)
     rdrop_off, _ = _tiny_trainer(tmp_path / "b", rdrop_alpha=0.0, fgm_epsilon=0.0)
-    rdrop_on, _ = _tiny_trainer(tmp_path / "c", rdrop_alpha=1.0, fgm_epsilon=0.0)
-    for trainer in (plain, rdrop_off, rdrop_on):
-        trainer.model.train()
+    plain.model.train()
+    rdrop_off.model.train()
     torch.manual_seed(2)
     plain_loss = plain.compute_loss(plain.model, batch)
     torch.manual_seed(2)
     assert rdrop_off.compute_loss(rdrop_off.model, batch) == plain_loss
-    rdrop_on.model.eval()  # no dropout: both copies agree, the KL is 0 and the loss is the plain loss
+
+    losses = {}
+    for alpha in (1.0, 2.0):  # same seed, same dropout masks: the losses differ by exactly one KL term
+        trainer, _ = _tiny_trainer(tmp_path / f"alpha{alpha}", rdrop_alpha=alpha, fgm_epsilon=0.0)
+        trainer.model.train()
+        torch.manual_seed(3)
+        losses[alpha] = trainer.compute_loss(trainer.model, batch)
+    kl = losses[2.0] - losses[1.0]
+    assert kl > 0  # two dropout passes disagree
+
+    without_dropout, _ = _tiny_trainer(tmp_path / "nodrop", rdrop_alpha=5.0, fgm_epsilon=0.0)
+    without_dropout.model.train()
+    for module in without_dropout.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    plain.model.eval()  # identical copies: KL 0, R-Drop loss = plain loss
     torch.testing.assert_close(
-        rdrop_on.compute_loss(rdrop_on.model, batch), plain.compute_loss(plain.model, batch), rtol=1e-4, atol=1e-4
+        without_dropout.compute_loss(without_dropout.model, batch), plain.compute_loss(plain.model, batch),
+        rtol=1e-4, atol=1e-4,
     )
 
 

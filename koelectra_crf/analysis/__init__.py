@@ -1,7 +1,6 @@
 """Analyses of a trained model behind the `koelectra-crf` command (see `koelectra_crf.cli`).
 
-- `predictions`: load a model's CRF pipeline and KLUE data, tag every sentence (`predict_dataset`),
-  spans -> character tags (`spans_to_char_tags`).
+- `predictions`: load a model's CRF pipeline and KLUE data, tag every sentence (`predict_dataset`).
 - `evaluation`: KLUE metrics, classification report, per-type F1 chart, character confusion matrix.
 - `errors`: gold/predicted entity pairs sorted into error categories, type confusion, examples.
 - `calibration`: reliability bins, expected calibration error, temperature scaling of the emissions.

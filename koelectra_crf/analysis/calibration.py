@@ -24,9 +24,9 @@ import torch
 from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
+from transformers import DataCollatorForTokenClassification
 
-from koelectra_crf.alignment import token_labels
-from koelectra_crf.data import example_tag_names, label_names
+from koelectra_crf.data import tokenize_and_align
 from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX, KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -121,35 +121,47 @@ def calibrate(
     }
 
 
-def window_emissions(
-    ner: KoElectraCrfTokenClassificationPipeline, text: str, gold_tags: list[str]
+def gold_windows(
+    model: KoElectraCrfForTokenClassification, tokenizer, dataset: Dataset, batch_size: int = 8
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(emissions (n, K), gold tag ids (n,)) of the n tagged tokens of each window the pipeline runs on `text`."""
-    # The pipeline's own preprocessing and forward, so the emissions are exactly those it decodes.
-    outputs = [ner.forward(inputs) for inputs in ner.preprocess(text)]
-    encoded = outputs[0]["encoded"]
-    gold = token_labels(encoded, gold_tags)
-    label2id = ner.model.config.label2id
+    """(emissions (n, K), gold tag ids (n,)) of the n tagged tokens of every window of every sentence.
+
+    The windows and labels are the training ones (`data.tokenize_and_align`), the same alignment the pipeline uses.
+    """
+    rows = tokenize_and_align(dataset, tokenizer, model.config)
+    collate = DataCollatorForTokenClassification(tokenizer)
     windows = []
-    for output in outputs:
-        start, end = output["window"]
-        tagged = [k for k in range(start, end) if encoded.tagged[k]]
-        if tagged:
-            positions = [len(encoded.prefix_ids) + k - start for k in tagged]
-            windows.append((output["emissions"][0, positions], torch.tensor([label2id[gold[k]] for k in tagged])))
+    for i in tqdm(range(0, len(rows), batch_size), desc="validation emissions", unit="batch"):
+        batch = collate(rows.select(range(i, min(i + batch_size, len(rows)))).to_list())
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            emissions = model(**batch.to(model.device)).logits.float().cpu()
+        for window_emissions, gold in zip(emissions, labels, strict=True):
+            tagged = gold != IGNORE_INDEX
+            if tagged.any():
+                windows.append((window_emissions[tagged], gold[tagged]))
     return windows
 
 
-def gold_nll(
-    model: KoElectraCrfForTokenClassification, windows: list[tuple[torch.Tensor, torch.Tensor]], temperature: float
-) -> float:
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Padded emissions (B, T, K), gold tag ids (B, T) and mask (B, T) of some windows."""
+
+
+def padded_batches(windows: list[tuple[torch.Tensor, torch.Tensor]], device, size: int = 256) -> list[Batch]:
+    """The windows of `gold_windows` padded into batches of `size` (small enough for the CRF's buffers)."""
+    batches = []
+    for i in range(0, len(windows), size):
+        chunk = windows[i : i + size]
+        emissions = pad_sequence([e for e, _ in chunk], batch_first=True).to(device)
+        gold = pad_sequence([g for _, g in chunk], batch_first=True, padding_value=IGNORE_INDEX).to(device)
+        batches.append((emissions, gold, gold != IGNORE_INDEX))
+    return batches
+
+
+def gold_nll(model: KoElectraCrfForTokenClassification, batches: list[Batch], temperature: float) -> float:
     """Mean negative log marginal probability of the gold tags with the emissions divided by `temperature`."""
     total, count = 0.0, 0
-    for i in range(0, len(windows), 256):  # chunks keep the CRF's (B, T, K) buffers small
-        chunk = windows[i : i + 256]
-        emissions = pad_sequence([e for e, _ in chunk], batch_first=True).to(model.device)
-        gold = pad_sequence([g for _, g in chunk], batch_first=True, padding_value=IGNORE_INDEX).to(model.device)
-        mask = gold != IGNORE_INDEX
+    for emissions, gold, mask in batches:
         with torch.no_grad():
             probabilities = model.tag_probabilities(emissions / temperature, mask)
         gold_probabilities = probabilities.gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
@@ -164,7 +176,8 @@ def fit_temperature(
     temperatures: Sequence[float] = TEMPERATURES,
 ) -> float:
     """The temperature of `temperatures` with the lowest `gold_nll` (a grid: one scalar, no optimiser to tune)."""
-    return min(tqdm(temperatures, desc="fitting temperature"), key=lambda t: gold_nll(model, windows, t))
+    batches = padded_batches(windows, model.device)
+    return min(tqdm(temperatures, desc="fitting temperature"), key=lambda t: gold_nll(model, batches, t))
 
 
 def temperature_scaled(model: KoElectraCrfForTokenClassification, temperature: float):
@@ -198,12 +211,7 @@ def write_calibration(
     }
     panels = {level: {"T = 1": summary["bins"]} for level, summary in report["before"].items()}
     if validation is not None:
-        names = label_names(validation)
-        windows = [
-            window
-            for example in tqdm(validation, desc="validation emissions", unit="sentence")
-            for window in window_emissions(ner, example["sentence"], example_tag_names(example, names))
-        ]
+        windows = gold_windows(ner.model, ner.tokenizer, validation, batch_size)
         temperature = fit_temperature(ner.model, windows)
         scaled = KoElectraCrfTokenClassificationPipeline(
             model=temperature_scaled(ner.model, temperature), tokenizer=ner.tokenizer, device=ner.device

@@ -8,7 +8,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans
+from koelectra_crf.alignment import char_tags_to_spans, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names, load_klue_ner
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -35,14 +35,6 @@ def load_test_split(test_file: str | None = None, max_sentences: int | None = No
     if max_sentences is not None:
         dataset = dataset.select(range(min(max_sentences, len(dataset))))
     return dataset
-
-
-def spans_to_char_tags(length: int, spans: Sequence[Span]) -> list[str]:
-    """BIO tags of `length` characters from non-overlapping (start, end, type) spans."""
-    tags = [OUTSIDE] * length
-    for start, end, label_type in spans:
-        tags[start:end] = [f"B-{label_type}"] + [f"I-{label_type}"] * (end - start - 1)
-    return tags
 
 
 @dataclass

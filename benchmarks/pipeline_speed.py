@@ -1,0 +1,97 @@
+"""The CRF pipeline vs transformers' built-in token-classification pipeline on the same encoder weights.
+
+    python benchmarks/pipeline_speed.py                 # multilingual-e5-small-ko from ../shared
+    python benchmarks/pipeline_speed.py --random_encoder  # same architecture, random weights (no ../shared)
+
+Both pipelines get the same encoder weights, tokenizer, batch size and real KLUE sentences; the CRF model has no
+BiLSTM (the BiLSTM variant is reported separately). Prints one JSON object with seconds per pipeline and the
+ratio ours / built-in (target <= 1.10: CRF, marginals and character alignment cost at most 10%).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+E5 = SHARED / "encoders/multilingual-e5-small-ko"
+SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
+
+
+def crf_model(random_encoder: bool, use_bilstm: bool) -> KoElectraCrfForTokenClassification:
+    if random_encoder:
+        torch.manual_seed(0)
+        labels = dict(enumerate(KLUE_LABELS))
+        model = KoElectraCrfForTokenClassification(
+            KoElectraCrfForTokenClassification.config_class(
+                encoder=AutoConfig.from_pretrained(E5), id2label=labels,
+                label2id={v: k for k, v in labels.items()}, use_bilstm=use_bilstm,
+            )
+        )  # fmt: skip
+        return model
+    return KoElectraCrfForTokenClassification.from_encoder(str(E5), use_bilstm=use_bilstm)
+
+
+def built_in_model(ours: KoElectraCrfForTokenClassification):
+    """The plain `*ForTokenClassification` model of the encoder, with our encoder and classifier weights."""
+    labels = ours.config.id2label
+    model = AutoModelForTokenClassification.from_config(ours.config.encoder, num_labels=len(labels), id2label=labels,
+                                                        label2id=ours.config.label2id)  # fmt: skip
+    base = getattr(model, model.base_model_prefix)
+    missing, _ = base.load_state_dict(ours.encoder.state_dict(), strict=False)
+    assert not [name for name in missing if "pooler" not in name], missing
+    model.classifier.load_state_dict(ours.classifier.state_dict())
+    return model
+
+
+def seconds(ner, texts: list[str], batch_size: int, repeats: int) -> float:
+    ner(texts[:batch_size], aggregation_strategy="simple", batch_size=batch_size)  # warm up
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        ner(texts, aggregation_strategy="simple", batch_size=batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--random_encoder", action="store_true")
+    args = parser.parse_args()
+    lines = SENTENCES.read_text(encoding="utf-8").splitlines()[: args.sentences]
+    texts = [line.split("\t", 1)[1] for line in lines]
+    tokenizer = AutoTokenizer.from_pretrained(E5)
+    device = 0 if torch.cuda.is_available() else -1
+
+    crf = crf_model(args.random_encoder, use_bilstm=False).eval()
+    pipelines = {
+        "built_in": pipeline("token-classification", model=built_in_model(crf).eval(), tokenizer=tokenizer,
+                             device=device),
+        "crf": KoElectraCrfTokenClassificationPipeline(model=crf, tokenizer=tokenizer, device=device),
+        "crf_bilstm": KoElectraCrfTokenClassificationPipeline(
+            model=crf_model(args.random_encoder, use_bilstm=True).eval(), tokenizer=tokenizer, device=device),
+    }  # fmt: skip
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "sentences": len(texts), "batch_size": args.batch_size}  # fmt: skip
+    with torch.inference_mode():
+        for name, ner in pipelines.items():
+            result[f"{name}_seconds"] = seconds(ner, texts, args.batch_size, args.repeats)
+    result["ratio_crf_over_built_in"] = result["crf_seconds"] / result["built_in_seconds"]
+    result["ratio_crf_bilstm_over_built_in"] = result["crf_bilstm_seconds"] / result["built_in_seconds"]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The ablation runner with a fake trainer: flags per variant, skipping, resuming, --status and --report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_analysis import assert_valid_png
+
+from koelectra_crf.ablation import LOCK_FILE, VARIANTS, latest_checkpoint, run_ablation
+from koelectra_crf.cli import build_parser, main
+
+
+def flags(command: list[str]) -> dict[str, str]:
+    """The command's `--flag value` pairs, the last of a repeated flag winning (as argparse reads them)."""
+    return dict(zip(command[2::2], command[3::2], strict=True))
+
+
+class FakeTrainer:
+    """Stands in for `training/run.py`: saves checkpoint-10 and checkpoint-20, then writes the results files as
+    the Trainer does. A run listed in `interrupt` stops (Ctrl-C) right after its first checkpoint."""
+
+    def __init__(self, interrupt: tuple[str, int] | None = None):
+        self.commands: list[list[str]] = []
+        self.interrupt = interrupt
+
+    def __call__(self, command: list[str]) -> int:
+        self.commands.append(command)
+        args = flags(command)
+        folder = Path(args["--output_dir"])
+        variant, seed = folder.parent.name, int(args["--seed"])
+        assert (folder / LOCK_FILE).exists()  # the runner marks the run as running while it trains
+        if "--resume_from_checkpoint" not in args:
+            (folder / "checkpoint-10").mkdir()
+        if (variant, seed) == self.interrupt:
+            raise KeyboardInterrupt
+        (folder / "checkpoint-20").mkdir()
+        f1 = 80.0 + list(VARIANTS).index(variant) + seed
+        (folder / "eval_results.json").write_text(json.dumps({"eval_entity_f1": f1, "eval_char_f1": f1 + 10}))
+        (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60.0 * (seed + 1)}))
+        return 0
+
+
+def test_every_variant_and_seed_runs_once_with_its_flags(tmp_path):
+    trainer = FakeTrainer()
+    run_ablation(tmp_path / "preset.json", tmp_path / "out", seeds=2, extra=["--num_train_epochs", "2"], launch=trainer)
+    assert [(Path(flags(c)["--output_dir"]).parent.name, flags(c)["--seed"]) for c in trainer.commands] == [
+        (variant, str(seed)) for seed in (0, 1) for variant in VARIANTS
+    ]
+    by_variant = {Path(flags(c)["--output_dir"]).parent.name: flags(c) for c in trainer.commands}
+    expected = {
+        "baseline": ("false", "false", "0", "0"),
+        "+crf": ("false", "true", "0", "0"),
+        "+bilstm": ("true", "true", "0", "0"),
+        "full_no_fgm": ("true", "true", "0", None),
+        "full_no_rdrop": ("true", "true", None, "0"),
+        "full": ("true", "true", None, None),
+    }
+    for variant, (bilstm, crf, fgm, rdrop) in expected.items():
+        args = by_variant[variant]
+        assert (args["--use_bilstm"], args["--use_crf"]) == (bilstm, crf), variant
+        assert (args.get("--fgm_epsilon"), args.get("--rdrop_alpha")) == (fgm, rdrop), variant
+        assert args["--config"] == str(tmp_path / "preset.json") and args["--num_train_epochs"] == "2"
+        assert "--resume_from_checkpoint" not in args
+    assert not list((tmp_path / "out").rglob(LOCK_FILE))
+
+
+def test_variant_flags_win_over_extra_arguments(tmp_path):
+    trainer = FakeTrainer()
+    run_ablation(tmp_path / "p.json", tmp_path / "out", seeds=1, extra=["--fgm_epsilon", "0.3"], launch=trainer)
+    by_variant = {Path(flags(c)["--output_dir"]).parent.name: flags(c) for c in trainer.commands}
+    assert by_variant["full"]["--fgm_epsilon"] == "0.3"
+    assert by_variant["full_no_fgm"]["--fgm_epsilon"] == "0"
+
+
+def test_finished_runs_are_skipped_and_an_interrupted_run_resumes(tmp_path):
+    output_dir = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=FakeTrainer(interrupt=("+crf", 0)))
+    interrupted = output_dir / "+crf" / "seed-0"
+    assert latest_checkpoint(interrupted) == interrupted / "checkpoint-10"
+    assert not (interrupted / LOCK_FILE).exists()
+    assert not (output_dir / "+bilstm").exists()  # nothing ran after the interruption
+
+    trainer = FakeTrainer()
+    run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=trainer)
+    launched = [Path(flags(c)["--output_dir"]).parent.name for c in trainer.commands]
+    assert launched == [v for v in VARIANTS if v != "baseline"]  # baseline was done
+    assert flags(trainer.commands[0])["--resume_from_checkpoint"] == str(interrupted / "checkpoint-10")
+    assert all("--resume_from_checkpoint" not in flags(c) for c in trainer.commands[1:])
+    assert all((output_dir / v / "seed-0" / "eval_results.json").exists() for v in VARIANTS)
+
+    trainer = FakeTrainer()
+    run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=trainer)
+    assert trainer.commands == []
+
+
+def test_a_failed_run_stops_the_ablation(tmp_path):
+    with pytest.raises(RuntimeError, match="baseline seed 0 failed"):
+        run_ablation(tmp_path / "p.json", tmp_path / "out", seeds=1, launch=lambda command: 1)
+    assert not (tmp_path / "out" / "+crf").exists()
+
+
+def test_latest_checkpoint_is_the_highest_step(tmp_path):
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-x", "runs"):
+        (tmp_path / name).mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert latest_checkpoint(tmp_path / "runs") is None
+
+
+def test_status_reads_done_running_and_missing(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=FakeTrainer(interrupt=("+bilstm", 0)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (output_dir / "+bilstm" / "seed-0" / LOCK_FILE).write_text(str(dead.pid))  # a runner that died: missing
+    running = output_dir / "full" / "seed-0"
+    running.mkdir(parents=True)
+    (running / LOCK_FILE).write_text(str(os.getpid()))  # a live runner
+    capsys.readouterr()
+    main(["ablation", "--output_dir", str(output_dir), "--seeds", "2", "--status"])
+    rows = [tuple(cell.strip() for cell in line.split("|")[1:5]) for line in capsys.readouterr().out.splitlines()]
+    assert ("baseline", "0", "done", "checkpoint-20") in rows
+    assert ("+crf", "0", "done", "checkpoint-20") in rows
+    assert ("+bilstm", "0", "missing", "checkpoint-10") in rows
+    assert ("full", "0", "running", "") in rows
+    assert ("full_no_fgm", "0", "missing", "") in rows
+    assert ("baseline", "1", "missing", "") in rows
+    assert len(rows) == len(set(rows)) == 2 + 2 * len(VARIANTS)  # header, separator, variant × seed
+
+
+def write_run(folder: Path, entity_f1: float, char_f1: float, minutes: float) -> None:
+    folder.mkdir(parents=True)
+    results = {"eval_entity_f1": entity_f1, "eval_char_f1": char_f1, "eval_loss": 1.0}
+    results |= {f"eval_{t}_f1": entity_f1 - k for k, t in enumerate(["PS", "LC", "OG", "DT", "TI", "QT"])}
+    (folder / "eval_results.json").write_text(json.dumps(results))
+    (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60 * minutes, "train_loss": 0.5}))
+
+
+def test_report_reads_the_results_directory(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    for seed, (f1, minutes) in enumerate([(80.0, 10.0), (81.0, 11.0), (82.0, 12.0)]):
+        write_run(output_dir / "baseline" / f"seed-{seed}", f1, 90.0 + seed, minutes)
+    for seed, f1 in enumerate([84.0, 84.5, 85.0]):
+        write_run(output_dir / "+bilstm" / f"seed-{seed}", f1, 95.0, 20.0)
+    for seed, f1 in enumerate([86.0, 85.0, 87.0]):
+        write_run(output_dir / "full" / f"seed-{seed}", f1, 96.0, 30.0)
+    write_run(output_dir / "+crf" / "seed-0", 83.0, 93.0, 15.0)
+    (output_dir / "full_no_fgm" / "seed-0" / "checkpoint-10").mkdir(parents=True)  # unfinished: not reported
+
+    main(["ablation", "--output_dir", str(output_dir), "--report"])
+    report = (output_dir / "ablation.md").read_text()
+    assert capsys.readouterr().out == report
+    summary = report.split("## Entity F1 differences")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in summary.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")}  # fmt: skip
+    # runs, entity F1, char F1, PS..QT F1, train time (minutes)
+    assert rows["baseline"] == ["3", "81.00 ± 1.00", "91.00 ± 1.00", "81.00 ± 1.00", "80.00 ± 1.00", "79.00 ± 1.00",
+                                "78.00 ± 1.00", "77.00 ± 1.00", "76.00 ± 1.00", "11.00 ± 1.00"]  # fmt: skip
+    assert rows["+crf"][:3] == ["1", "83.00", "93.00"]
+    assert rows["full_no_fgm"][:3] == ["0", "–", "–"]
+    # Differences: full − +bilstm = 1.5 with SE sqrt(1/3 + 0.25/3) = 0.645 (beyond 2 SE);
+    # +bilstm − +crf has one run on one side; full − full_no_fgm has no runs on one side.
+    assert "| full | +bilstm | +1.50 | 0.65 | yes |" in report
+    assert "| +crf | baseline | +2.00 | – | no spread (one run) |" in report
+    assert "| full | full_no_fgm | – | – | not enough runs |" in report
+    assert_valid_png(output_dir / "ablation.png")
+
+
+def test_ablation_arguments_after_double_dash_go_to_every_run(tmp_path):
+    args = build_parser().parse_args(["ablation", "--config", "p.json", "--output_dir", "d", "--", "--max_steps", "5"])
+    assert args.extra == ["--max_steps", "5"]
+    with pytest.raises(SystemExit):
+        main(["ablation", "--output_dir", str(tmp_path)])  # training needs --config

@@ -1,0 +1,174 @@
+"""The `koelectra-crf` subcommands end to end on a tiny random model and a small KLUE TSV file."""
+
+import io
+import json
+
+import pytest
+import torch
+from test_analysis import assert_valid_png
+from tiny import character_tokenizer, tiny_model
+
+from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.alignment import spans_to_char_tags
+from koelectra_crf.analysis.calibration import TEMPERATURES
+from koelectra_crf.analysis.errors import CATEGORIES
+from koelectra_crf.cli import main
+from koelectra_crf.data import read_klue_tsv, strip_entity_marks
+from koelectra_crf.metrics import klue_ner_metrics
+
+MARKED = [
+    "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
+    "<이재용:PS> 회장이 <서울 강남구:LC> 본사를 찾았다.",
+    "오늘은 날씨가 맑고 바람이 분다.",
+    "<ABC:OG> 주식 <123:QT>주를 <李舜臣:PS>이 샀다 😀",
+    "<삼성전자:OG>는 <3월:DT>에 <서울:LC>에서 <이재용:PS> 회장과 만났다. " * 3,
+]
+
+
+@pytest.fixture(scope="module")
+def klue_file(tmp_path_factory):
+    """The sentences in the official v1.1 TSV format."""
+    lines = ["## 토큰, 레이블 구분자 : \\t", "## 컬럼명 : CHAR\tNE_TAG"]
+    for k, marked in enumerate(MARKED):
+        text, spans = strip_entity_marks(marked)
+        lines.append(f"## test-{k}\t{marked}")
+        lines += [f"{char}\t{tag}" for char, tag in zip(text, spans_to_char_tags(len(text), spans), strict=True)]
+        lines.append("")
+    path = tmp_path_factory.mktemp("data") / "test.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A saved tiny model (windows of 32 tokens) whose biased head predicts entities now and then."""
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = character_tokenizer(folder / "tokenizer", "".join(strip_entity_marks(m)[0] for m in MARKED))
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_pipeline(model_dir):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    return KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
+
+
+def run(*args) -> None:
+    main([str(a) for a in args])
+
+
+def test_evaluate_writes_klue_metrics_charts_and_predictions(model_dir, klue_file, reference_pipeline, tmp_path):
+    run("evaluate", model_dir, "--test_file", klue_file, "--output_dir", tmp_path, "--device", "cpu", "--batch_size", 2)
+
+    sentences = read_klue_tsv(klue_file)
+    texts = [s["sentence"] for s in sentences]
+    predicted = [
+        spans_to_char_tags(len(text), [(e["start"], e["end"], e["entity_group"]) for e in entities])
+        for text, entities in zip(texts, reference_pipeline(texts, aggregation_strategy="simple"), strict=True)
+    ]
+    expected = klue_ner_metrics([s["ner_tags"] for s in sentences], predicted, [s["tokens"] for s in sentences])
+    assert json.loads((tmp_path / "metrics.json").read_text()) == expected
+    report = (tmp_path / "classification_report.txt").read_text()
+    assert f"{expected['entity_f1']:.2f}" in report and all(t in report for t in ("PS", "LC", "OG", "DT", "TI", "QT"))
+
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["guid"] for r in records] == [s["guid"] for s in sentences]
+    assert sum(len(r["predicted"]) for r in records) > 0
+    assert records[1]["gold"][0] == {"entity_group": "PS", "word": "이재용", "start": 0, "end": 3}
+
+    counts = json.loads((tmp_path / "confusion_matrix.json").read_text())["counts"]
+    assert sum(map(sum, counts)) == sum(len([c for c in s["tokens"] if c != " "]) for s in sentences)
+    assert_valid_png(tmp_path / "entity_f1.png")
+    assert_valid_png(tmp_path / "confusion_matrix.png")
+
+
+def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tmp_path, capsys, monkeypatch):
+    texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
+    expected = reference_pipeline(texts, aggregation_strategy="simple")
+
+    def check(output: str) -> None:
+        lines = [json.loads(line) for line in output.splitlines()]
+        assert [line["text"] for line in lines] == texts
+        for line, entities in zip(lines, expected, strict=True):
+            assert [{**e, "score": 0} for e in line["entities"]] == [{**e, "score": 0} for e in entities]
+            # Batched (padded) and one by one, the scores agree to float precision.
+            assert [e["score"] for e in line["entities"]] == pytest.approx([e["score"] for e in entities], abs=1e-5)
+        assert sum(len(line["entities"]) for line in lines) > 0
+
+    run("predict", model_dir, *texts, "--device", "cpu")
+    check(capsys.readouterr().out)
+    (tmp_path / "texts.txt").write_text(texts[0] + "\n\n" + texts[1] + "\n", encoding="utf-8")
+    run("predict", model_dir, "--input", tmp_path / "texts.txt", "--device", "cpu")
+    check(capsys.readouterr().out)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts)))
+    run("predict", model_dir, "--device", "cpu")
+    check(capsys.readouterr().out)
+
+
+def test_errors_writes_categories_and_examples(model_dir, klue_file, tmp_path):
+    run("errors", model_dir, "--test_file", klue_file, "--output_dir", tmp_path, "--device", "cpu", "--examples", 2)
+    report = json.loads((tmp_path / "errors.json").read_text())
+    assert list(report["counts"]) == list(CATEGORIES)
+    assert sum(report["counts"].values()) == report["pairs"] > 0
+    gold_entities = sum(len(strip_entity_marks(m)[1]) for m in MARKED)
+    paired_gold = report["counts"]["missed"] + sum(
+        n for gold_type, row in report["type_confusion"].items() if gold_type != "O" for n in row.values()
+    )
+    assert paired_gold >= gold_entities  # every gold entity is in at least one pair
+    assert all(len(examples) <= 2 for examples in report["examples"].values())
+    markdown = (tmp_path / "errors.md").read_text()
+    assert "# Error analysis" in markdown and "## Type confusion" in markdown
+
+
+def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path):
+    run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
+        "--device", "cpu", "--bins", 5)  # fmt: skip
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    assert report["num_bins"] == 5 and report["temperature"] in TEMPERATURES
+    for stage in ("before", "after"):
+        for level in ("token", "entity"):
+            summary = report[stage][level]
+            assert len(summary["bins"]) == 5 and sum(b["count"] for b in summary["bins"]) == summary["count"] > 0
+            assert 0.0 <= summary["ece"] <= 1.0
+    # Every tagged token of every sentence is scored (the tiny tokenizer has one token per character).
+    assert report["before"]["token"]["count"] == sum(len(strip_entity_marks(m)[0].replace(" ", "")) for m in MARKED)
+    assert_valid_png(tmp_path / "reliability_diagram.png")
+
+
+def test_attention_draws_heatmaps_and_shares_by_layer(model_dir, tmp_path):
+    run("attention", model_dir, "<김철수:PS>는 <서울:LC>에서 사과를 샀다.", "--layers", 0, -1, "--heads", 1,
+        "--output_dir", tmp_path, "--device", "cpu")  # fmt: skip
+    report = json.loads((tmp_path / "attention.json").read_text())
+    assert report["text"] == "김철수는 서울에서 사과를 샀다." and report["entities_from"] == "marks"
+    assert [report["tokens"][i] for i in report["entity_tokens"]] == ["김", "##철", "##수", "서", "##울"]
+    shares = report["share_to_entities_by_layer_and_head"]
+    assert len(shares) == 2 and all(len(layer) == 2 and all(0 < s < 1 for s in layer) for layer in shares)
+    assert report["share_if_uniform"] == pytest.approx(5 / len(report["tokens"]))
+    assert_valid_png(tmp_path / "attention_heatmaps.png")
+    assert_valid_png(tmp_path / "attention_to_entities.png")
+    with pytest.raises(ValueError, match="2 heads"):
+        run("attention", model_dir, "김철수", "--heads", 2, "--output_dir", tmp_path, "--device", "cpu")
+
+
+def test_benchmark_writes_json_and_table(model_dir, tmp_path, capsys):
+    sentences = tmp_path / "sentences.tsv"
+    sentences.write_text("".join(f"id-{k}\t김철수는 서울에서 {k}개를 샀다.\n" for k in range(6)), encoding="utf-8")
+    run("benchmark", model_dir, "--input", sentences, "--num_sentences", 4, "--batch_sizes", 1, 2,
+        "--output_dir", tmp_path / "out")  # fmt: skip
+    report = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert report["sentences"] == 4 and report["results"][0]["device"] == "cpu"
+    for result in report["results"]:
+        latency = result["latency_batch_1"]
+        assert 0 < latency["p50_ms"] <= latency["p95_ms"]
+        assert set(result["sentences_per_second"]) == {"1", "2"} and min(result["sentences_per_second"].values()) > 0
+    table = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| device | p50 ms (batch 1) | p95 ms (batch 1) | sent/s batch 1 | sent/s batch 2 |" in table
+    assert table in capsys.readouterr().out
