@@ -3,7 +3,8 @@
 Both CRFs get the same parameters (pytorch-crf's, copied), the same random emissions and the same random
 ragged left-aligned masks (lengths uniform in [T/2, T]; pytorch-crf needs the first position on). Timings are
 the median over ``--repeats`` runs after a warm-up, ours and pytorch-crf's interleaved so that both see the
-same machine load, with ``torch.cuda.synchronize()`` around each run on a GPU. Prints one JSON object.
+same machine load, with ``torch.cuda.synchronize()`` around each run on a GPU; speedups are the median of the
+per-round ratios. Prints one JSON object.
 
     python benchmarks/crf_speed.py                 # GPU when available, else CPU
     python benchmarks/crf_speed.py --device cpu --lengths 128 512 --repeats 20
@@ -36,8 +37,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(functions: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict:
-    """Median milliseconds of each function, run in turn ``repeats`` times after 3 warm-up rounds."""
+def time_interleaved(
+    functions: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, list[float]]:
+    """Milliseconds of each function per round: all run in turn, ``repeats`` rounds after 3 warm-up rounds."""
     times: dict[str, list[float]] = {name: [] for name in functions}
     for round_index in range(3 + repeats):
         for name, function in functions.items():
@@ -47,7 +50,13 @@ def time_interleaved(functions: dict[str, Callable[[], object]], device: torch.d
             synchronize(device)
             if round_index >= 3:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of one time over another, both measured in the same round: more robust than a ratio
+    of medians when the machine's load changes during the run."""
+    return statistics.median(n / d for n, d in zip(times[numerator], times[denominator], strict=True))
 
 
 def bench_length(length: int, args: argparse.Namespace, device: torch.device) -> dict:
@@ -88,7 +97,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
 
         return run
 
-    times = time_interleaved(
+    rounds = time_interleaved(
         {
             "ll_ours": lambda: backward(ours.log_likelihood(emissions, tags, mask).sum()),
             "ll_reference": lambda: backward(reference(emissions, tags, mask, reduction="sum")),
@@ -101,15 +110,16 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
         device,
         args.repeats,
     )
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     return {
         "ll_fwd_bwd_ms": {"ours": times["ll_ours"], "pytorch_crf": times["ll_reference"]},
-        "ll_fwd_bwd_speedup": times["ll_reference"] / times["ll_ours"],
+        "ll_fwd_bwd_speedup": median_ratio(rounds, "ll_reference", "ll_ours"),
         f"ll_fwd_bwd_ms_{other}_implementation": times["ll_other"],
         "decode_ms": {"ours": times["decode_ours"], "pytorch_crf": times["decode_reference"]},
-        "decode_speedup": times["decode_reference"] / times["decode_ours"],
+        "decode_speedup": median_ratio(rounds, "decode_reference", "decode_ours"),
         "ll_forward_ms_ours": times["ll_forward_ours"],
         "marginals_ms_ours": times["marginals_ours"],
-        "marginals_over_ll_forward": times["marginals_ours"] / times["ll_forward_ours"],
+        "marginals_over_ll_forward": median_ratio(rounds, "marginals_ours", "ll_forward_ours"),
         "ll_max_relative_difference": relative,
         f"ll_max_relative_difference_{other}_implementation": relative_other,
         "ll_equal_within_1e-4": relative <= 1e-4 and relative_other <= 1e-4,

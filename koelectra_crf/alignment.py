@@ -93,9 +93,7 @@ def _align(text: str, batch, index: int, char_positions: list[int] | None) -> En
     else:
         word_ids = batch.word_ids(index)
         spans = [(char_positions[word_ids[i]], char_positions[word_ids[i]] + 1) for i in content]
-    tagged = [
-        start < end and (k + 1 == len(spans) or spans[k + 1][0] != start) for k, (start, end) in enumerate(spans)
-    ]
+    tagged = [start < end and (k + 1 == len(spans) or spans[k + 1][0] != start) for k, (start, end) in enumerate(spans)]
     return EncodedText(
         token_ids=[ids[i] for i in content],
         char_spans=spans,

@@ -19,18 +19,22 @@ from pathlib import Path
 
 from koelectra_crf import ablation
 from koelectra_crf.analysis import attention, benchmark, calibration, errors, evaluation
-from koelectra_crf.analysis.predictions import load_pipeline, load_test_split, predict_dataset, run_pipeline
+from koelectra_crf.analysis.predictions import load_klue_split, load_pipeline, predict_dataset, run_pipeline
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or Hub id")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+
+
+def _batch_size_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="sentences per forward pass (default: 8)")
 
 
 def _data_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--test_file", help="KLUE NER TSV file (default: the Hub klue/ner validation split)")
     parser.add_argument("--max_sentences", type=int, help="only the first N sentences of the data")
+    _batch_size_argument(parser)
     _output_argument(parser, command)
 
 
@@ -40,13 +44,16 @@ def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="koelectra-crf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="koelectra-crf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="entities of texts, one JSON line per text")
     _model_arguments(predict)
     predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
     predict.add_argument("--input", type=Path, help="file with one text per line")
+    _batch_size_argument(predict)
 
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
     errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
@@ -79,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     _output_argument(attention_parser, "attention")
 
     benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
-    _model_arguments(benchmark_parser)
+    benchmark_parser.add_argument("model", help="model folder or Hub id")
+    benchmark_parser.add_argument(
+        "--devices", nargs="+", default=benchmark.benchmark_devices(), help="(default: the CPU, and the GPU if any)"
+    )
     benchmark_parser.add_argument(
         "--input",
         type=Path,
@@ -121,14 +131,14 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     ner = load_pipeline(args.model, args.device)
-    predictions = predict_dataset(ner, load_test_split(args.test_file, args.max_sentences), args.batch_size)
+    predictions = predict_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
     metrics = evaluation.write_evaluation(predictions, args.output_dir)
     print(evaluation.classification_report(metrics), end="")
 
 
 def _errors(args: argparse.Namespace) -> None:
     ner = load_pipeline(args.model, args.device)
-    predictions = predict_dataset(ner, load_test_split(args.test_file, args.max_sentences), args.batch_size)
+    predictions = predict_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
     report = errors.write_error_analysis(predictions, args.output_dir, args.examples)
     for category in errors.CATEGORIES:
         print(f"{category:<15}{report['counts'][category]:>8}{report['percentages'][category]:>8.2f}%")
@@ -136,19 +146,19 @@ def _errors(args: argparse.Namespace) -> None:
 
 def _calibration(args: argparse.Namespace) -> None:
     ner = load_pipeline(args.model, args.device)
-    validation = load_test_split(args.validation_file) if args.validation_file else None
+    validation = load_klue_split(args.validation_file) if args.validation_file else None
     report = calibration.write_calibration(
         ner,
-        load_test_split(args.test_file, args.max_sentences),
+        load_klue_split(args.test_file, args.max_sentences),
         args.output_dir,
         args.bins,
         args.batch_size,
         validation,
     )
-    for stage in ("before", "after"):
-        if stage in report:
-            scores = ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
-            print(f"{stage} (T = {report['temperature'] if stage == 'after' else 1}): {scores} ({args.bins} bins)")
+    temperatures = {"before": 1.0, "after": report["temperature"]}
+    for stage in ("before", "after") if "after" in report else ("before",):
+        scores = ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
+        print(f"T = {temperatures[stage]:.3g}: {scores} ({args.bins} equal-width bins)")
 
 
 def _attention(args: argparse.Namespace) -> None:
@@ -160,7 +170,7 @@ def _attention(args: argparse.Namespace) -> None:
 
 def _benchmark(args: argparse.Namespace) -> None:
     sentences = benchmark.read_sentences(args.input, args.num_sentences)
-    report = benchmark.run_benchmark(args.model, sentences, args.batch_sizes, benchmark.benchmark_devices())
+    report = benchmark.run_benchmark(args.model, sentences, args.batch_sizes, args.devices)
     benchmark.write_benchmark(report, args.output_dir)
     print(benchmark.benchmark_table(report), end="")
 

@@ -371,13 +371,13 @@ class _LogPartitionSequential(torch.autograd.Function):
     more than the forward loop itself. The gradient of ``log Z`` is known in closed form: with the posterior
     marginals ``P(y_t = j)``::
 
-        d log Z / d e[t, j] = P(y_t = j)              d log Z / d s[j] = P(y_0 = j)
-        d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j)    d log Z / d f[j] = P(y_{n-1} = j)
+        d log Z / d e[t, j] = P(y_t = j)           d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j)
+        d log Z / d s[j] = P(y_0 = j)              d log Z / d f[j] = P(y_{n-1} = j)
 
     and the backward algorithm computes them from the saved alphas, in probability space. Given ``y_t = j``,
     the prefix before it is distributed as in the forward algorithm, so the chain is also Markov backwards::
 
-        P(y_{t-1} = i | y_t = j) = softmax_i(alpha_{t-1}(i) + A[i, j])            =: W_t[j, i]
+        P(y_{t-1} = i | y_t = j) = softmax_i(alpha_{t-1}(i) + A[i, j]) =: W_t[j, i]
         P(y_{n-1} = j) = softmax_j(alpha_{n-1}(j) + f[j])
         P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i],   P(y_{t-1} = i, y_t = j) = P(y_t = j) W_t[j, i]
 

@@ -68,24 +68,6 @@ def strip_entity_marks(marked_sentence: str) -> tuple[str, list[tuple[int, int, 
     return "".join(plain), entities
 
 
-def entity_spans(tags: list[str]) -> list[tuple[int, int, str]]:
-    """The entities of a BIO tag sequence as `(start, end, type)` (end exclusive).
-
-    `B-X` starts an entity and `I-X` continues one of the same type; an `I-X` that continues nothing
-    (after `O` or another type) starts a new entity, as conlleval reads it.
-    """
-    spans = []
-    for i, tag in enumerate(tags):
-        if tag == "O":
-            continue
-        prefix, entity_type = tag.split("-", 1)
-        if prefix == "I" and spans and spans[-1][1] == i and spans[-1][2] == entity_type:
-            spans[-1] = (spans[-1][0], i + 1, entity_type)
-        else:
-            spans.append((i, i + 1, entity_type))
-    return spans
-
-
 def _count_ill_formed(tags: list[str]) -> int:
     """Number of `I-X` tags that follow neither `B-X` nor `I-X` (ill-formed but parseable BIO)."""
     previous = ["O"] + tags[:-1]

@@ -4,6 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tests run tiny models: one thread each. On a busy 2-core machine two OpenMP threads wait on each other and a
+# step that takes milliseconds alone can take seconds.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

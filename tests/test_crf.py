@@ -463,6 +463,20 @@ def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
         crf.log_partition(emissions)
 
 
+def test_no_data_dependent_host_synchronisation(implementation):
+    # Meta tensors have shapes but no values: any .item(), .tolist(), bool(tensor) or nonzero() raises, so this
+    # shows (on CPU) that the hot paths never wait for the device.
+    crf = LinearChainCRF(len(KLUE_LABELS), *bio_constraints(KLUE_LABELS), constrain_training=True).to("meta")
+    crf.implementation = implementation
+    emissions = torch.randn(4, 9, len(KLUE_LABELS), device="meta", requires_grad=True)
+    tags = torch.zeros(4, 9, dtype=torch.long, device="meta")
+    mask = torch.ones(4, 9, dtype=torch.bool, device="meta")
+    crf.log_likelihood(emissions, tags, mask).sum().backward()
+    assert emissions.grad.shape == emissions.shape
+    assert crf.decode(emissions, mask).shape == (4, 9)
+    assert crf.marginals(emissions, mask).shape == emissions.shape
+
+
 def test_state_dict_holds_only_the_parameters():
     crf = LinearChainCRF(len(KLUE_LABELS), *bio_constraints(KLUE_LABELS))
     assert set(crf.state_dict()) == {"start_transitions", "end_transitions", "transitions"}

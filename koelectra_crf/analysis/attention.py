@@ -15,8 +15,13 @@ from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassification
 from . import plots
 from .predictions import Span
 
+TokenSpan = tuple[int, int] | None
+"""A token's character span, None for a special token."""
 
-def attention_maps(ner: KoElectraCrfTokenClassificationPipeline, text: str) -> tuple[list[str], list, torch.Tensor]:
+
+def attention_maps(
+    ner: KoElectraCrfTokenClassificationPipeline, text: str
+) -> tuple[list[str], list[TokenSpan], torch.Tensor]:
     """Tokens, their character spans (None for special tokens) and the attentions (layers, heads, tokens, tokens)
     of the first window the pipeline feeds the model for `text`."""
     inputs = next(iter(ner.preprocess(text)))
@@ -31,8 +36,8 @@ def attention_maps(ner: KoElectraCrfTokenClassificationPipeline, text: str) -> t
     return ner.tokenizer.convert_ids_to_tokens(input_ids), spans, torch.stack([a[0] for a in attentions]).float().cpu()
 
 
-def entity_token_mask(spans: list, entities: list[Span]) -> torch.Tensor:
-    """Whether each token (given its character span, None for special tokens) overlaps an entity."""
+def entity_token_mask(spans: list[TokenSpan], entities: list[Span]) -> torch.Tensor:
+    """Whether each token overlaps an entity (never for special tokens)."""
     return torch.tensor(
         [span is not None and any(span[0] < end and start < span[1] for start, end, _ in entities) for span in spans]
     )
@@ -80,17 +85,11 @@ def write_attention(
         "share_to_entities_by_layer_and_head": shares.tolist(),
         "share_if_uniform": uniform,
     }
-    series = {"mean over heads": report["share_to_entities_by_layer"]}
-    series |= {f"head {h}": shares[:, h].tolist() for h in range(num_heads)}
-    series["uniform attention"] = [uniform] * num_layers
-    plots.line_chart(
+    plots.attention_by_layer(
         output_dir / "attention_to_entities.png",
-        list(range(num_layers)),
-        series,
+        shares.numpy(),
+        uniform,
         title=f"Attention to entity tokens ({source} entities)",
-        xlabel="layer",
-        ylabel="share of attention",
-        dashed=["uniform attention"],
     )
     (output_dir / "attention.json").write_text(
         json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"

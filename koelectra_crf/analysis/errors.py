@@ -55,6 +55,10 @@ def mark_entities(text: str, spans: list[Span]) -> str:
     return "".join(pieces) + text[position:]
 
 
+def _describe(text: str, span: Span | None) -> str | None:
+    return None if span is None else f"{text[span[0] : span[1]]} ({span[2]})"
+
+
 def error_analysis(predictions: list[SentencePrediction], examples_per_category: int = 5) -> dict:
     """Counts and percentages of the categories, the entity type-confusion matrix and examples.
 
@@ -73,10 +77,8 @@ def error_analysis(predictions: list[SentencePrediction], examples_per_category:
                 examples[category].append(
                     {
                         "guid": sentence.guid,
-                        "gold": None if gold is None else f"{sentence.text[gold[0] : gold[1]]} ({gold[2]})",
-                        "predicted": None
-                        if predicted is None
-                        else f"{sentence.text[predicted[0] : predicted[1]]} ({predicted[2]})",
+                        "gold": _describe(sentence.text, gold),
+                        "predicted": _describe(sentence.text, predicted),
                         "gold_marks": mark_entities(sentence.text, gold_spans),
                         "predicted_marks": mark_entities(sentence.text, predicted_spans),
                     }

@@ -32,7 +32,7 @@ def _korean_text() -> Iterator[None]:
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    figure.savefig(path, dpi=120)
     return path
 
 
@@ -45,7 +45,7 @@ def bar_chart(
     ylabel: str = "",
 ) -> Path:
     """Grouped bars: one group per category, one bar per series, with optional error bars (e.g. std)."""
-    figure = Figure(figsize=(max(6.0, 0.9 * len(categories) * len(series)), 4.5))
+    figure = Figure(figsize=(max(6.0, 0.9 * len(categories) * len(series)), 4.5), layout="constrained")
     axes = figure.subplots()
     width = 0.8 / len(series)
     positions = np.arange(len(categories))
@@ -73,7 +73,7 @@ def heatmap(
 ) -> Path:
     """A matrix as colours, each cell annotated with its value."""
     size = max(5.0, 0.45 * max(matrix.shape))
-    figure = Figure(figsize=(size + 1, size))
+    figure = Figure(figsize=(size + 1, size), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes)
@@ -93,7 +93,7 @@ def attention_grid(path: Path, tokens: Sequence[str], maps: dict[tuple[int, int]
     layers = sorted({layer for layer, _ in maps})
     heads = sorted({head for _, head in maps})
     cell = max(3.0, 0.18 * len(tokens))
-    figure = Figure(figsize=(cell * len(heads), cell * len(layers)))
+    figure = Figure(figsize=(cell * len(heads), cell * len(layers)), layout="constrained")
     grid = figure.subplots(len(layers), len(heads), squeeze=False)
     with _korean_text():
         for (layer, head), attention in maps.items():
@@ -106,21 +106,17 @@ def attention_grid(path: Path, tokens: Sequence[str], maps: dict[tuple[int, int]
         return _save(figure, path)
 
 
-def line_chart(
-    path: Path,
-    x: Sequence[float],
-    series: dict[str, Sequence[float]],
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    dashed: Sequence[str] = (),
-) -> Path:
-    """Lines over a shared x axis; the series named in `dashed` (references, baselines) are drawn dashed."""
-    figure = Figure(figsize=(7, 4.5))
+def attention_by_layer(path: Path, shares: np.ndarray, uniform: float, title: str = "") -> Path:
+    """Share of attention to entity tokens per layer: mean over heads, the range over heads shaded, and the share
+    uniform attention would give (dashed)."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
-    for name, values in series.items():
-        axes.plot(x, values, "--" if name in dashed else "-o", label=name, markersize=4)
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    layers = np.arange(len(shares))
+    axes.plot(layers, shares.mean(axis=1), "-o", label="mean over heads")
+    axes.fill_between(layers, shares.min(axis=1), shares.max(axis=1), alpha=0.25, label="range over heads")
+    axes.axhline(uniform, linestyle="--", color="black", label="uniform attention")
+    axes.set_xticks(layers)
+    axes.set(title=title, xlabel="layer", ylabel="share of attention to entity tokens", ylim=(0, None))
     axes.legend(fontsize=8)
     return _save(figure, path)
 
@@ -131,7 +127,7 @@ def reliability_diagram(path: Path, panels: dict[str, dict[str, list[dict]]], nu
 
     `panels[level][model]` is a list of bins as written by `calibration.reliability_bins` (empty bins skipped).
     """
-    figure = Figure(figsize=(5.5 * len(panels), 5))
+    figure = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
     for axes, (level, models) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels.items(), strict=True):
         axes.plot([0, 1], [0, 1], "k--", label="perfect calibration")
         for name, bins in models.items():

@@ -17,6 +17,7 @@ Span = tuple[int, int, str]
 
 
 def default_device() -> str:
+    """The GPU when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -29,9 +30,10 @@ def load_pipeline(model: str, device: str | None = None) -> KoElectraCrfTokenCla
     )
 
 
-def load_test_split(test_file: str | None = None, max_sentences: int | None = None) -> Dataset:
-    """A KLUE TSV file, or the Hub `klue` validation split when no file is given; optionally its first sentences."""
-    dataset = load_klue_ner(test_file=test_file)["test"] if test_file else load_klue_ner()["validation"]
+def load_klue_split(file: str | None = None, max_sentences: int | None = None) -> Dataset:
+    """A KLUE NER TSV file, or the Hub `klue` validation split when no file is given; optionally its first
+    `max_sentences` sentences."""
+    dataset = load_klue_ner(test_file=file)["test"] if file else load_klue_ner()["validation"]
     if max_sentences is not None:
         dataset = dataset.select(range(min(max_sentences, len(dataset))))
     return dataset
