@@ -59,9 +59,8 @@ def render_model_card(
         }],
     }  # fmt: skip
     config = model.config
-    architecture = " + ".join(
-        [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm + ["CRF" if config.use_crf else "softmax"]
-    )
+    parts = [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm
+    architecture = " + ".join(parts + ["CRF" if config.use_crf else "softmax"])
     training = "\n".join(
         f"- {name}: {value}" for name, value in {
             "base model": base_model or "randomly initialised encoder (smoke run)",

@@ -46,9 +46,7 @@ def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
 
     card = ModelCard.load(smoke_run / "README.md")
     assert card.data.pipeline_tag == "token-classification" and card.data.library_name == "transformers"
-    metrics = {m["name"]: m["value"] for m in card.data.eval_results_to_dict()["model-index"][0]["results"][0]["metrics"]} \
-        if hasattr(card.data, "eval_results_to_dict") else {
-        m["name"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}  # fmt: skip
+    metrics = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert metrics["entity F1 (KLUE)"] == round(results["eval_entity_f1"], 2)
     assert metrics["character F1 (KLUE)"] == round(results["eval_char_f1"], 2)
     assert "trust_remote_code=True" in card.text

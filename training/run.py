@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("test", trainer.evaluate(raw["test"], metric_key_prefix="test"))
     if trainer.is_world_process_zero():
         for split, dataset in splits.items():
-            write_predictions(output_dir / f"predictions_{split}.jsonl", dataset, trainer.predict_char_tags(dataset["sentence"]))
+            predictions = trainer.predict_char_tags(dataset["sentence"])
+            write_predictions(output_dir / f"predictions_{split}.jsonl", dataset, predictions)
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.encoder_name_or_path if model_args.random_encoder_config is None else None,
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 def describe_data(data_args: DataArguments) -> str:
     if data_args.train_file is None:
         return "KLUE NER (Hub `klue`/`ner`): train split for training, validation split for evaluation"
-    return f"training file `{Path(data_args.train_file).name}`, evaluation file `{Path(data_args.validation_file).name}`"
+    train, validation = Path(data_args.train_file).name, Path(data_args.validation_file).name
+    return f"training file `{train}`, evaluation file `{validation}`"
 
 
 def upload(folder: Path, repo_id: str | None, dry_run: bool) -> list[str]:
