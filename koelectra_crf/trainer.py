@@ -70,6 +70,7 @@ class NerTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._adversarial_pass = False
+        self.last_predictions: list[list[str]] = []  # character tags of the last `evaluate` call
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.rdrop_alpha == 0 or not model.training or self._adversarial_pass:
@@ -135,7 +136,7 @@ class NerTrainer(Trainer):
     ) -> dict[str, float]:
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         started = time.perf_counter()
-        predictions = self.predict_char_tags(dataset["sentence"])
+        predictions = self.last_predictions = self.predict_char_tags(dataset["sentence"])
         names = label_names(dataset)
         references = [example_tag_names(example, names) for example in dataset]
         metrics = klue_ner_metrics(references, predictions, tokens=list(dataset["tokens"]))

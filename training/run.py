@@ -156,13 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
-    splits = {"validation": raw["validation"]} | ({"test": raw["test"]} if "test" in raw else {})
+    predictions = {"validation": trainer.last_predictions}
     if "test" in raw:
         trainer.save_metrics("test", trainer.evaluate(raw["test"], metric_key_prefix="test"))
+        predictions["test"] = trainer.last_predictions
     if trainer.is_world_process_zero():
-        for split, dataset in splits.items():
-            predictions = trainer.predict_char_tags(dataset["sentence"])
-            write_predictions(output_dir / f"predictions_{split}.jsonl", dataset, predictions)
+        for split, tags in predictions.items():
+            write_predictions(output_dir / f"predictions_{split}.jsonl", raw[split], tags)
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.encoder_name_or_path if model_args.random_encoder_config is None else None,
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )  # fmt: skip
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         if push_to_hub or card_args.push_dry_run:
-            upload(output_dir, training_args.hub_model_id, dry_run=card_args.push_dry_run or not push_to_hub)
+            upload(output_dir, training_args.hub_model_id, dry_run=card_args.push_dry_run)
     return metrics
 
 
