@@ -25,7 +25,7 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
         # Registered for "token-classification", this class takes the built-in pipeline's place in the registry;
         # models without a CRF head keep getting the built-in pipeline.
         if cls is KoElectraCrfTokenClassificationPipeline and not hasattr(model, "tag_probabilities"):
-            return TokenClassificationPipeline(model, *args, **kwargs)
+            return TokenClassificationPipeline(*args, model=model, **kwargs)
         return super().__new__(cls)
 
     def _sanitize_parameters(self, ignore_labels=None, aggregation_strategy=None, **unsupported):
