@@ -338,68 +338,78 @@ def _path_score(
     return score.masked_fill(lengths == 0, 0.0)
 
 
-def _forward_alphas_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
-    """The forward algorithm as a loop over time: ``alpha`` ``(B, T, K)``.
+def _forward_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward algorithm as a loop over time: ``alpha`` and the incoming messages ``m``, both ``(B, T, K)``.
 
     ``alpha_t(j)`` is the log-sum of the scores of all prefixes ``y_0..y_t`` with ``y_t = j`` (emission at
     ``t`` included). Splitting on the previous tag ``y_{t-1} = i`` gives the recursion::
 
         alpha_0(j) = s[j] + e[0, j]
-        alpha_t(j) = logsumexp_i(alpha_{t-1}(i) + A[i, j]) + e[t, j]
+        m_t(j) = logsumexp_i(alpha_{t-1}(i) + A[i, j]),   alpha_t(j) = m_t(j) + e[t, j]
 
-    so ``log Z = logsumexp_j(alpha_{n-1}(j) + f[j])``. Values past a row's end are not meaningful (finite).
+    so ``log Z = logsumexp_j(alpha_{n-1}(j) + f[j])``. ``m_0`` is 0. Values past a row's end are not
+    meaningful (but finite).
     """
     steps = em.unbind(dim=1)  # T tensors (B, K)
     alpha = start + steps[0]
-    alphas = [alpha]
+    alphas, messages = [alpha], [torch.zeros_like(alpha)]
     for emission in steps[1:]:
         # (B, K, 1) + (K, K) -> (B, K, K) indexed [b, i, j]; log-sum-exp over the previous tag i.
-        alpha = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emission
+        message = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1)
+        alpha = message + emission
         alphas.append(alpha)
-    return torch.stack(alphas, dim=1)
+        messages.append(message)
+    return torch.stack(alphas, dim=1), torch.stack(messages, dim=1)
+
+
+def _forward_alphas_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
+    """``alpha`` ``(B, T, K)`` by the forward loop (see ``_forward_sequential``)."""
+    return _forward_sequential(em, start, transitions)[0]
 
 
 def _log_partition_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-    """``log Z`` ``(B,)`` by the forward algorithm as a loop over time (see ``_forward_alphas_sequential``)."""
+    """``log Z`` ``(B,)`` by the forward algorithm as a loop over time (see ``_forward_sequential``)."""
     return _LogPartitionSequential.apply(em, lengths, start, transitions, end)
 
 
 class _LogPartitionSequential(torch.autograd.Function):
     """``log Z`` by the forward loop, differentiated by the backward algorithm instead of autograd.
 
-    Autograd through the loop records and replays several small operations per time step; on a CPU that costs
-    more than the forward loop itself. The gradient of ``log Z`` is known in closed form: with the posterior
-    marginals ``P(y_t = j)``::
+    Autograd through the loop would record and replay several small operations per time step, which on a CPU
+    costs about as much as the forward loop again; here the backward pass is one small batched matrix product
+    per step. The gradient of ``log Z`` is known in closed form: with the posterior marginals ``P(y_t = j)``::
 
         d log Z / d e[t, j] = P(y_t = j)           d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j)
         d log Z / d s[j] = P(y_0 = j)              d log Z / d f[j] = P(y_{n-1} = j)
 
-    and the backward algorithm computes them from the saved alphas, in probability space. Given ``y_t = j``,
-    the prefix before it is distributed as in the forward algorithm, so the chain is also Markov backwards::
+    and the backward algorithm computes them from the saved alphas and messages, in probability space. Given
+    ``y_t = j``, the prefix before it is distributed as in the forward algorithm, so the chain is also Markov
+    backwards::
 
-        P(y_{t-1} = i | y_t = j) = softmax_i(alpha_{t-1}(i) + A[i, j]) =: W_t[j, i]
+        P(y_{t-1} = i | y_t = j) = exp(alpha_{t-1}(i) + A[i, j] - m_t(j)) =: W_t[j, i]
         P(y_{n-1} = j) = softmax_j(alpha_{n-1}(j) + f[j])
         P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i],   P(y_{t-1} = i, y_t = j) = P(y_t = j) W_t[j, i]
 
-    one small batched matrix product per step. Rows of different lengths are handled by starting each row's
-    recursion at its own end: ``P(y_{n-1})`` is added in at position ``n-1``, and zeros propagate before it.
+    where ``W_t`` comes from the saved alphas and messages in one vectorised operation. Rows of different
+    lengths run the recursion together from ``t = T-1`` down: a row's positions past its end hold zeros, and
+    its ``P(y_{n-1})`` is added in at ``t = n-1``.
     """
 
     @staticmethod
     def forward(ctx, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-        alphas = _forward_alphas_sequential(em, start, transitions)
+        alphas, messages = _forward_sequential(em, start, transitions)
         last = _at_last(alphas, lengths) + end  # alpha_{n-1} + f, (B, K)
-        ctx.save_for_backward(alphas, lengths, transitions, last)
+        ctx.save_for_backward(alphas, messages, lengths, transitions, last)
         return torch.logsumexp(last, dim=-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_z: Tensor) -> tuple[Tensor, None, Tensor, Tensor, Tensor]:
-        alphas, lengths, transitions, last = ctx.saved_tensors
+        alphas, messages, lengths, transitions, last = ctx.saved_tensors
         batch_size, length, num_tags = alphas.shape
-        alphas = alphas.transpose(0, 1)  # time-major (T, B, K)
+        alphas, messages = alphas.transpose(0, 1).contiguous(), messages.transpose(0, 1).contiguous()  # (T, B, K)
         # W[t-1, b, j, i] = P(y_{t-1} = i | y_t = j) for t = 1..T-1: (T-1, B, K, K)
-        conditionals = torch.softmax(alphas[:-1, :, None, :] + transitions.t(), dim=-1)
+        conditionals = (alphas[:-1, :, None, :] + transitions.t()).sub_(messages[1:, :, :, None]).exp_()
         last_marginals = torch.softmax(last, dim=-1) * grad_log_z.unsqueeze(1)  # grad * P(y_{n-1}), (B, K)
         ends = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
         seeds = torch.zeros_like(alphas).scatter_(0, ends, last_marginals.unsqueeze(0)).unsqueeze(2)  # (T,B,1,K)

@@ -9,10 +9,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
-from .crf import LinearChainCRF, bio_constraints
+from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
 from .pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-
-IGNORE_INDEX = -100
 
 
 @dataclass
