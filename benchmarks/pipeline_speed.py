@@ -9,6 +9,7 @@ ratio ours / built-in (target <= 1.10: CRF, marginals and character alignment co
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -39,9 +40,9 @@ def crf_model(random_encoder: bool, use_bilstm: bool) -> KoElectraCrfForTokenCla
 
 def built_in_model(ours: KoElectraCrfForTokenClassification):
     """The plain `*ForTokenClassification` model of the encoder, with our encoder and classifier weights."""
-    labels = ours.config.id2label
-    model = AutoModelForTokenClassification.from_config(ours.config.encoder, num_labels=len(labels), id2label=labels,
-                                                        label2id=ours.config.label2id)  # fmt: skip
+    config = copy.deepcopy(ours.config.encoder)
+    config.id2label, config.label2id = ours.config.id2label, ours.config.label2id
+    model = AutoModelForTokenClassification.from_config(config)
     base = getattr(model, model.base_model_prefix)
     missing, _ = base.load_state_dict(ours.encoder.state_dict(), strict=False)
     assert not [name for name in missing if "pooler" not in name], missing

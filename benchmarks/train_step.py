@@ -3,12 +3,14 @@
     python benchmarks/train_step.py                       # e5-small-ko from ../shared (CPU)
     python benchmarks/train_step.py --random_base --fp16  # KoELECTRA-base-sized random encoder (GPU)
 
-Prints one JSON object: median seconds per step of each, their ratio, and peak GPU memory when on CUDA. The
+Prints one JSON object: median seconds per step of each, their ratio, and peak memory (GPU memory on CUDA; on
+a CPU the process's peak resident memory after each variant, plain first). The
 floor is about 3x: R-Drop doubles the batch, FGM adds one forward and backward of the plain batch.
 """
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -79,6 +81,8 @@ def main() -> None:
         result[f"{name}_seconds_per_step"] = statistics.median(times)
         if torch.cuda.is_available():
             result[f"{name}_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        else:  # the process's peak resident memory so far: plain runs first, so the second value covers the recipe
+            result[f"{name}_process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result["ratio_full_over_plain"] = result["full_recipe_seconds_per_step"] / result["plain_seconds_per_step"]
     print(json.dumps(result, indent=1))
 
