@@ -3,8 +3,12 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Everything the tests load is local: never wait on the Hub (this environment has no route to it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # The tests run tiny models: one thread each. On a busy 2-core machine two OpenMP threads wait on each other and a
 # step that takes milliseconds alone can take seconds.
