@@ -48,7 +48,6 @@ parameters.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -572,8 +571,8 @@ def _at_last(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index).squeeze(1)
 
 
-def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context in which autocast is off for ``device``, so that float32 stays float32."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+def _autocast_disabled(device: torch.device) -> torch.autocast:
+    """Context in which autocast is off for ``device``, so that float32 stays float32. A device without autocast
+    (e.g. ``meta``) is never inside one: disabling the CPU's is then a no-op."""
+    device_type = device.type if torch.amp.is_autocast_available(device.type) else "cpu"
+    return torch.autocast(device_type=device_type, enabled=False)

@@ -12,27 +12,16 @@ from transformers import AutoTokenizer, ElectraTokenizerFast, TokenClassificatio
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import encode_texts, token_labels
+from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
-MARK = re.compile(r"<([^<>:]+):(PS|LC|OG|DT|TI|QT)>")
 # Gold sentences with KLUE-style marks. Entities end where a subword of both real tokenizers ends, so that
 # subword tagging can represent them exactly (char tagging always can).
 MARKED = [
     "<이재용:PS> <삼성전자:OG> 회장이 <2024년 3월 1일:DT> <오전 9시:TI> <서울 강남구:LC> 본사를 찾았다.",
     "  Apple CEO <팀 쿡:PS> 도   李舜臣 😀 함께 사과 <3개:QT> 를 샀다 ",
 ]
-
-
-def parse_marks(marked: str) -> tuple[str, list[tuple[int, int, str]]]:
-    """Plain text and (start, end, type) spans, written independently of the package's parser."""
-    text, spans, position = "", [], 0
-    for match in MARK.finditer(marked):
-        text += marked[position : match.start()]
-        spans.append((len(text), len(text) + len(match.group(1)), match.group(2)))
-        text += match.group(1)
-        position = match.end()
-    return text + marked[position:], spans
 
 
 def char_tags(text: str, spans) -> list[str]:
@@ -88,8 +77,8 @@ def test_pipeline_recovers_gold_entities_through_real_tokenizers(tmp_path, token
     tokenizer = real_tokenizers(tmp_path)[tokenizer_name]
     model = tiny_model(len(tokenizer), tokenization=tokenization, max_length=48, stride=12)
     filler = "오늘은 날씨가 맑고 바람이 분다. " * 120  # ~2,300 characters of text without entities
-    texts = [parse_marks(marked) for marked in MARKED]
-    long_text, long_spans = parse_marks(filler + MARKED[0] + " " + MARKED[1])
+    texts = [strip_entity_marks(marked) for marked in MARKED]
+    long_text, long_spans = strip_entity_marks(filler + MARKED[0] + " " + MARKED[1])
     assert len(long_text) >= 2_300 and min(start for start, _, _ in long_spans) > len(long_text) - 200
     texts.append((long_text, long_spans))
     model.forward = oracle_forward(model, tokenizer, texts)
