@@ -505,11 +505,14 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
     ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
     """
     batch_size, length, num_tags = em.shape
-    steps = em.unbind(dim=1)
+    # Time-major contiguous steps and A transposed ([j, i]): each step's max runs over the innermost dimension,
+    # the fastest reduction on a CPU. The values added and compared are the same as in the textbook layout.
+    steps = em.transpose(0, 1).contiguous().unbind(dim=0)
+    transitions_to = transitions.t().contiguous()
     score = start + steps[0]
     scores, pointers = [score], []
     for emission in steps[1:]:
-        best, pointer = (score.unsqueeze(2) + transitions).max(dim=1)  # over the previous tag i, (B, K)
+        best, pointer = (score.unsqueeze(1) + transitions_to).max(dim=2)  # over the previous tag i, (B, K)
         score = best + emission
         scores.append(score)
         pointers.append(pointer)
