@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf import (
+    KoElectraCrfConfig,
+    KoElectraCrfForTokenClassification,
+    KoElectraCrfTokenClassificationPipeline,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 E5 = SHARED / "encoders/multilingual-e5-small-ko"
@@ -27,14 +31,8 @@ SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 def crf_model(random_encoder: bool, use_bilstm: bool) -> KoElectraCrfForTokenClassification:
     if random_encoder:
         torch.manual_seed(0)
-        labels = dict(enumerate(KLUE_LABELS))
-        model = KoElectraCrfForTokenClassification(
-            KoElectraCrfForTokenClassification.config_class(
-                encoder=AutoConfig.from_pretrained(E5), id2label=labels,
-                label2id={v: k for k, v in labels.items()}, use_bilstm=use_bilstm,
-            )
-        )  # fmt: skip
-        return model
+        config = KoElectraCrfConfig(encoder=AutoConfig.from_pretrained(E5), use_bilstm=use_bilstm)
+        return KoElectraCrfForTokenClassification(config)
     return KoElectraCrfForTokenClassification.from_encoder(str(E5), use_bilstm=use_bilstm)
 
 

@@ -28,9 +28,7 @@ KOELECTRA_BASE = ElectraConfig(vocab_size=35000, embedding_size=768, hidden_size
 
 def build_model(random_base: bool) -> KoElectraCrfForTokenClassification:
     if random_base:
-        labels = dict(enumerate(KLUE_LABELS))
-        config = KoElectraCrfConfig(encoder=KOELECTRA_BASE, id2label=labels, label2id={v: k for k, v in labels.items()},
-                                    multi_sample_dropout=5)  # fmt: skip
+        config = KoElectraCrfConfig(encoder=KOELECTRA_BASE, multi_sample_dropout=5)  # KLUE labels by default
         return KoElectraCrfForTokenClassification(config)
     return KoElectraCrfForTokenClassification.from_encoder(str(E5), multi_sample_dropout=5)
 

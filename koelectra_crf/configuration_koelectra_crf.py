@@ -47,6 +47,8 @@ class KoElectraCrfConfig(PreTrainedConfig):
             Tokens per window, special tokens included. Longer texts are split into overlapping windows.
         stride (`int`, defaults to 32):
             Tokens shared by consecutive windows.
+        labels (`list[str]`, *optional*):
+            Tag names in id order; sets `id2label` and `label2id`. Defaults to `KLUE_LABELS`.
         crf_constrain_training (`bool`, defaults to `False`):
             Also apply the BIO transition constraints in the training likelihood (they always apply in decoding).
     """
@@ -67,11 +69,14 @@ class KoElectraCrfConfig(PreTrainedConfig):
     stride: int = 32
     crf_constrain_training: bool = False
 
-    def __post_init__(self, **kwargs):
-        if self.id2label is None and "num_labels" not in kwargs:
-            self.id2label = dict(enumerate(KLUE_LABELS))
-            self.label2id = {label: i for i, label in enumerate(KLUE_LABELS)}
+    def __post_init__(self, labels: list[str] | None = None, **kwargs):
+        # `labels` (tag names in id order) is the one way to set the label set; id2label/label2id derive from it.
+        if labels is not None or (self.id2label is None and "num_labels" not in kwargs):
+            self.id2label = dict(enumerate(KLUE_LABELS if labels is None else labels))
+            self.label2id = None
         super().__post_init__(**kwargs)
+        if self.label2id is None:
+            self.label2id = {label: i for i, label in self.id2label.items()}
         if self.tokenization not in TOKENIZATION_MODES:
             raise ValueError(f"tokenization must be one of {TOKENIZATION_MODES}, got {self.tokenization!r}")
         if self.multi_sample_dropout < 1:

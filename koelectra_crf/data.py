@@ -15,7 +15,7 @@ from transformers import ElectraTokenizerFast
 
 from koelectra_crf.alignment import encode_texts, token_labels
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
-from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX
+from koelectra_crf.crf import IGNORE_INDEX
 
 ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
 """The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""

@@ -95,12 +95,7 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         """
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
         encoder_config.dtype = torch.float32
-        config = KoElectraCrfConfig(
-            encoder=encoder_config,
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            **config_kwargs,
-        )
+        config = KoElectraCrfConfig(encoder=encoder_config, labels=labels, **config_kwargs)
         model = cls(config)
         encoder = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.float32)
         missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)

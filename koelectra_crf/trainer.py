@@ -8,9 +8,9 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from koelectra_crf.alignment import spans_to_char_tags
+from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import example_tag_names, label_names
 from koelectra_crf.metrics import klue_ner_metrics
-from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 

@@ -56,12 +56,20 @@ def brute_force(emissions, start, transitions, end, allowed=None):
     return scores.logsumexp(0), paths[scores.argmax()], marginals
 
 
-def random_crf(num_tags, scale=1.0, **kwargs):
+def random_crf(num_tags, scale=1.0, implementation="auto", **kwargs):
     crf = LinearChainCRF(num_tags, **kwargs)
+    crf.implementation = implementation
     with torch.no_grad():
         for parameter in crf.parameters():
             parameter.normal_(0.0, scale)
     return crf
+
+
+def pytorch_crf_copy(crf: LinearChainCRF) -> CRF:
+    """The oracle: pytorch-crf in float64 with the same parameters (same names, same convention)."""
+    reference = CRF(crf.num_tags, batch_first=True).double()
+    reference.load_state_dict(crf.state_dict())
+    return reference
 
 
 def valid_bio(labels):
@@ -141,8 +149,7 @@ def test_bio_constraints_rejects_other_labels():
 @pytest.mark.parametrize("num_tags", [3, 4])
 def test_brute_force_unconstrained(implementation, num_tags):
     torch.manual_seed(num_tags)
-    crf = random_crf(num_tags)
-    crf.implementation = implementation
+    crf = random_crf(num_tags, implementation=implementation)
     mask = BRUTE_FORCE_MASKS
     emissions = torch.randn(*mask.shape, num_tags) * 2
 
@@ -193,10 +200,8 @@ def test_brute_force_constrained(implementation, labels):
 def test_matches_pytorch_crf(implementation):
     generator = torch.Generator().manual_seed(1)
     batch, length, num_tags = 8, 20, 5
-    ours = random_crf(num_tags)
-    ours.implementation = implementation
-    reference = CRF(num_tags, batch_first=True).double()
-    reference.load_state_dict(ours.state_dict())  # same names, same convention
+    ours = random_crf(num_tags, implementation=implementation)
+    reference = pytorch_crf_copy(ours)
 
     emissions = torch.randn(batch, length, num_tags, generator=generator) * 2
     tags = torch.randint(num_tags, (batch, length), generator=generator)
@@ -225,10 +230,8 @@ def test_matches_pytorch_crf(implementation):
 def test_non_left_aligned_mask_equals_compacted_sequence(implementation):
     generator = torch.Generator().manual_seed(2)
     batch, length, num_tags = 6, 12, 4
-    ours = random_crf(num_tags)
-    ours.implementation = implementation
-    reference = CRF(num_tags, batch_first=True).double()
-    reference.load_state_dict(ours.state_dict())
+    ours = random_crf(num_tags, implementation=implementation)
+    reference = pytorch_crf_copy(ours)
     emissions = torch.randn(batch, length, num_tags, generator=generator)
     tags = torch.randint(num_tags, (batch, length), generator=generator)
     mask = torch.rand(batch, length, generator=generator) < 0.6
@@ -286,8 +289,7 @@ def test_constrained_decode_never_emits_invalid_bio(labels):
 def test_half_precision_and_autocast_compute_in_float32(implementation):
     generator = torch.Generator().manual_seed(4)
     batch, length, num_tags = 4, 9, 5
-    crf = random_crf(num_tags)
-    crf.implementation = implementation
+    crf = random_crf(num_tags, implementation=implementation)
     emissions = torch.randn(batch, length, num_tags, generator=generator) * 3
     tags = torch.randint(num_tags, (batch, length), generator=generator)
     mask = ragged_mask(batch, length, generator)
@@ -328,8 +330,7 @@ def test_low_precision_parameters_compute_in_float32(implementation):
 def test_tags_at_masked_positions_are_ignored(implementation):
     generator = torch.Generator().manual_seed(6)
     batch, length, num_tags = 5, 10, 4
-    crf = random_crf(num_tags)
-    crf.implementation = implementation
+    crf = random_crf(num_tags, implementation=implementation)
     emissions = torch.randn(batch, length, num_tags, generator=generator, requires_grad=True)
     mask = torch.rand(batch, length, generator=generator) < 0.6
     tags = torch.randint(num_tags, (batch, length), generator=generator)
@@ -356,8 +357,7 @@ def test_marginals_are_distributions_on_unmasked_positions(implementation):
 
 
 def test_empty_rows_and_empty_batches(implementation):
-    crf = random_crf(3)
-    crf.implementation = implementation
+    crf = random_crf(3, implementation=implementation)
     emissions = torch.randn(2, 4, 3, requires_grad=True)
     mask = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 1]], dtype=torch.bool)
     tags = torch.full((2, 4), -100)
@@ -381,8 +381,7 @@ def test_empty_rows_and_empty_batches(implementation):
 
 
 def test_length_one_and_default_mask(implementation):
-    crf = random_crf(3)
-    crf.implementation = implementation
+    crf = random_crf(3, implementation=implementation)
     emissions = torch.randn(2, 1, 3)
     expected = torch.logsumexp(crf.start_transitions + emissions[:, 0] + crf.end_transitions, dim=-1)
     torch.testing.assert_close(crf.log_partition(emissions), expected)

@@ -140,14 +140,6 @@ def test_empty_and_blank_texts_give_no_entities(tiny_pipeline):
     assert tiny_pipeline(["", "   "], aggregation_strategy="simple") == [[], []]
 
 
-def test_windowed_text_matches_unwindowed_tags_inside_windows(tiny_pipeline):
-    """A text that needs windows is tagged whole; with a window big enough for it, the result is the same when
-    every window gives the same emissions (the encoder sees the whole text either way)."""
-    text = TINY_TEXT * 6
-    windowed = tiny_pipeline(text, aggregation_strategy="none")
-    assert windowed and max(e["end"] for e in windowed) > len(text) - len(TINY_TEXT)
-
-
 def test_labels_travel_by_name(tmp_path):
     """A model whose label ids are in the Hub's alphabetical order gives the same spans as the same model in
     KLUE-baseline order (head rows and CRF scores permuted accordingly)."""

@@ -32,8 +32,7 @@ def tiny_encoder_config(vocab_size: int, model_type: str = "electra"):
 def tiny_model(vocab_size: int, labels=KLUE_LABELS, model_type: str = "electra", **config_kwargs):
     config = KoElectraCrfConfig(
         encoder=tiny_encoder_config(vocab_size, model_type),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        labels=labels,
         lstm_hidden_size=8,
         **config_kwargs,
     )

@@ -102,10 +102,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, labels: li
         return KoElectraCrfForTokenClassification.from_encoder(model_args.encoder_name_or_path, labels, **head)
     encoder_dict = json.loads(Path(model_args.random_encoder_config).read_text(encoding="utf-8"))
     encoder = AutoConfig.for_model(**{**encoder_dict, "vocab_size": vocab_size})
-    config = KoElectraCrfConfig(
-        encoder=encoder, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}, **head
-    )
-    return KoElectraCrfForTokenClassification(config)
+    return KoElectraCrfForTokenClassification(KoElectraCrfConfig(encoder=encoder, labels=labels, **head))
 
 
 def write_predictions(path: Path, dataset, predictions: list[list[str]]) -> None:
