@@ -3,8 +3,9 @@
 Each run is `training/run.py --config PRESET --output_dir DIR/{variant}/seed-{seed} --seed SEED` with the variant's
 flag overrides, launched as a subprocess so that any training preset works. The runner is resumable: a run whose
 folder holds `eval_results.json` is done and skipped; a run that was interrupted starts again from its latest
-`checkpoint-N`. While a run trains, its folder holds `ablation.lock` with the runner's PID, so a second runner
-(or `--status`) sees it as running.
+`checkpoint-N`. While a run trains, its folder holds `ablation.lock` with the runner's PID, so `--status` sees it as
+running and other runners leave it alone: several runners may share one output folder (each claims a run by
+creating its lock atomically), which is how one large GPU trains several small runs at once.
 """
 
 import json
@@ -76,10 +77,32 @@ def run_status(folder: Path) -> str:
     """`done` (results written), `running` (locked by a live runner) or `missing` (not started, or interrupted)."""
     if (folder / RESULTS_FILE).exists():
         return "done"
-    lock = folder / LOCK_FILE
-    if lock.exists() and _alive(int(lock.read_text())):
+    try:
+        pid = int((folder / LOCK_FILE).read_text())
+    except FileNotFoundError:
+        return "missing"
+    except ValueError:  # a runner has just created the lock and not yet written its PID
         return "running"
-    return "missing"
+    return "running" if _alive(pid) else "missing"
+
+
+def claim(folder: Path) -> bool:
+    """Create the run's lock with this process's PID, unless a live runner holds it; True if this process now owns
+    the run. A lock left by a runner that died is replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one runner wins
+        except FileExistsError:
+            if run_status(folder) == "running":
+                return False
+            lock.unlink(missing_ok=True)  # stale: its runner died
+            continue
+        with os.fdopen(descriptor, "w") as file:
+            file.write(str(os.getpid()))
+        return True
+    return False
 
 
 def train_command(
@@ -114,17 +137,14 @@ def run_ablation(
     train_script: Path = TRAIN_SCRIPT,
 ) -> None:
     """Train every variant × seed (seeds 0..seeds-1, all variants of a seed before the next seed) that is neither
-    done nor running elsewhere. Stops at the first run that fails; running again resumes."""
+    done nor claimed by another runner. Stops at the first run that fails; running again resumes."""
     extra = list(extra)
     for seed in range(seeds):
         for variant in VARIANTS:
             folder = run_dir(output_dir, variant, seed)
-            status = run_status(folder)
-            if status != "missing":
-                print(f"{variant} seed {seed}: {status}, skipped")
+            if run_status(folder) == "done" or not claim(folder):
+                print(f"{variant} seed {seed}: {run_status(folder)}, skipped")
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / LOCK_FILE).write_text(str(os.getpid()))
             try:
                 command = train_command(config, folder, seed, variant, extra, train_script)
                 print(f"{variant} seed {seed}: {' '.join(command)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_analysis import assert_valid_png
 
-from koelectra_crf.ablation import LOCK_FILE, VARIANTS, latest_checkpoint, run_ablation
+from koelectra_crf.ablation import LOCK_FILE, VARIANTS, claim, latest_checkpoint, run_ablation
 from koelectra_crf.cli import build_parser, main
 
 
@@ -95,6 +95,44 @@ def test_finished_runs_are_skipped_and_an_interrupted_run_resumes(tmp_path):
     trainer = FakeTrainer()
     run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=trainer)
     assert trainer.commands == []
+
+
+def test_runners_sharing_a_folder_train_each_run_once(tmp_path):
+    output_dir = tmp_path / "out"
+    second_runner = FakeTrainer()
+    first_runner_commands = []
+
+    def first_runner(command: list[str]) -> int:
+        # While the first runner trains its first run, a second runner starts on the same folder.
+        if not first_runner_commands:
+            run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=second_runner)
+        first_runner_commands.append(command)
+        return FakeTrainer()(command)
+
+    run_ablation(tmp_path / "p.json", output_dir, seeds=1, launch=first_runner)
+    trained = [Path(flags(c)["--output_dir"]).parent.name for c in first_runner_commands + second_runner.commands]
+    assert trained == list(VARIANTS)  # the first runner's claimed run, then the second runner took all the others
+    assert not list(output_dir.rglob(LOCK_FILE))
+
+
+def test_a_run_is_claimed_once(tmp_path):
+    assert claim(tmp_path / "run")
+    assert (tmp_path / "run" / LOCK_FILE).read_text() == str(os.getpid())
+    assert not claim(tmp_path / "run")  # held by a live runner
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / LOCK_FILE).touch()  # created by another runner that has not written its PID yet
+    assert not claim(tmp_path / "other")
+
+
+def test_a_lock_left_by_a_dead_runner_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "out" / "baseline" / "seed-0"
+    folder.mkdir(parents=True)
+    (folder / LOCK_FILE).write_text(str(dead.pid))
+    trainer = FakeTrainer()
+    run_ablation(tmp_path / "p.json", tmp_path / "out", seeds=1, launch=trainer)
+    assert [Path(flags(c)["--output_dir"]).parent.name for c in trainer.commands] == list(VARIANTS)
 
 
 def test_a_failed_run_stops_the_ablation(tmp_path):
