@@ -30,7 +30,10 @@ def main() -> None:
     ids = torch.randint(5, model.config.encoder.vocab_size, (args.sentences, args.length), generator=generator)
     labels = torch.randint(0, len(KLUE_LABELS), ids.shape, generator=generator)
     labels[:, [0, -1]] = -100
-    rows = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": y} for i, y in zip(ids, labels, strict=True)]
+    rows = [
+        {"input_ids": row_ids, "attention_mask": torch.ones_like(row_ids), "labels": row_labels}
+        for row_ids, row_labels in zip(ids, labels, strict=True)
+    ]
     training_args = NerTrainingArguments(
         output_dir="/tmp/klue-epoch-benchmark", report_to="none", fp16=on_gpu, use_cpu=not on_gpu,
         per_device_train_batch_size=args.batch_size,
