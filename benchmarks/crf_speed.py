@@ -67,6 +67,16 @@ def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str
     return statistics.median(n / d for n, d in zip(times[numerator], times[denominator], strict=True))
 
 
+def path_score(reference: CRF, emissions: torch.Tensor, path: list[int]) -> float:
+    """Exact (float64) score of one tag path: start + emissions + transitions + end."""
+    tags = torch.tensor(path, device=emissions.device)
+    start, transitions, end = (p.detach().double() for p in (reference.start_transitions, reference.transitions,
+                                                             reference.end_transitions))  # fmt: skip
+    row = emissions[: len(path)].detach().double()
+    score = start[tags[0]] + row[torch.arange(len(path)), tags].sum() + transitions[tags[:-1], tags[1:]].sum()
+    return (score + end[tags[-1]]).item()
+
+
 def bench_length(length: int, args: argparse.Namespace, device: torch.device) -> dict:
     generator = torch.Generator().manual_seed(length)
     batch, num_tags = args.batch, args.num_tags
@@ -97,7 +107,12 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
     gradient_difference = (gradients[0] - gradients[1]).abs().max().item()
     relative = ((ll_ours - ll_reference).abs() / ll_reference.abs()).max().item()
     relative_other = ((ll_other - ll_reference).abs() / ll_reference.abs()).max().item()
-    identical = all(ours_row[: len(row)] == row for ours_row, row in zip(paths_ours, paths_reference, strict=True))
+    differing = [b for b, row in enumerate(paths_reference) if paths_ours[b][: len(row)] != row]
+    # Where the paths differ, both should be best paths: equal exact (float64) scores up to float32 rounding.
+    score_gaps = [
+        path_score(reference, emissions[b], paths_reference[b]) - path_score(reference, emissions[b], paths_ours[b])
+        for b in differing
+    ]
 
     def backward(loss: torch.Tensor) -> None:
         loss.backward()
@@ -125,7 +140,10 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
     # The other implementation, only to show that "auto" picks the faster one here; fewer rounds (slow on CPU).
     rounds.update(
         time_interleaved(
-            {"ll_other": lambda: backward(ours_other.log_likelihood(emissions, tags, mask).sum())},
+            {
+                "ll_other": lambda: backward(ours_other.log_likelihood(emissions, tags, mask).sum()),
+                "decode_other": lambda: ours_other.decode(emissions, mask),
+            },
             device,
             max(3, args.repeats // 4),
         )
@@ -137,6 +155,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
         f"ll_fwd_bwd_ms_{other}_implementation": times["ll_other"],
         "decode_ms": {"ours": times["decode_ours"], "pytorch_crf": times["decode_reference"]},
         "decode_speedup": median_ratio(rounds, "decode_reference", "decode_ours"),
+        f"decode_ms_{other}_implementation": times["decode_other"],
         "ll_forward_no_grad_ms_ours": times["ll_forward_ours"],
         "marginals_no_grad_ms_ours": times["marginals_ours"],
         "marginals_over_ll_forward": median_ratio(rounds, "marginals_ours", "ll_forward_ours"),
@@ -144,7 +163,9 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
         f"ll_max_relative_difference_{other}_implementation": relative_other,
         "ll_equal_within_1e-4": relative <= 1e-4 and relative_other <= 1e-4,
         "emission_gradient_max_abs_difference": gradient_difference,
-        "decode_paths_identical": identical,
+        "decode_paths_identical": not differing,
+        "decode_rows_differing": len(differing),
+        "decode_differing_rows_max_exact_score_gap": max(score_gaps, default=0.0),
     }
 
 

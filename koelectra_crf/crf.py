@@ -39,8 +39,9 @@ them cost more than the encoder, so there the same quantities are computed with 
 multiplying the per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
 :func:`_forward_alphas_parallel`). :attr:`LinearChainCRF.implementation` selects one: ``"auto"`` (the
 default: the loop on CPU, the parallel one on any other device), ``"sequential"`` or ``"parallel"``.
-Viterbi decoding always runs its forward pass as a loop, storing the back-pointers of one exact best path,
-and traces them back in O(log T) steps (:func:`_viterbi`).
+Viterbi decoding follows the same choice: a loop storing back-pointers, or the same parallel scan in the
+max-plus semiring followed by all back-pointers at once; either way the path is traced back in O(log T) steps
+(:func:`_viterbi`).
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -48,7 +49,7 @@ parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,9 @@ IGNORE_INDEX = -100
 # "log 0" for the off-diagonal entries of the log-semiring identity matrix. Finite, so that products of
 # identity matrices (padding in the parallel algorithms) never compute ``-inf - -inf`` in the backward pass.
 _LOG_ZERO = -1e30
+
+#: The "sum" of a semiring over one dimension: ``torch.logsumexp`` (log semiring) or ``torch.amax`` (max-plus).
+Reduce = Callable[..., Tensor]
 
 
 def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -234,7 +238,8 @@ class LinearChainCRF(nn.Module):
         with _autocast_disabled(emissions.device):
             em, mask_c, lengths, order = _left_align(emissions, mask)
             start, transitions, end = self._scores(constrained=True, penalty=float("-inf"))
-            best = _viterbi(em, lengths, start, transitions, end).masked_fill(~mask_c, IGNORE_INDEX)
+            best = _viterbi(em, lengths, start, transitions, end, self._parallel(em.device))
+            best = best.masked_fill(~mask_c, IGNORE_INDEX)
             return torch.empty_like(best).scatter_(1, order, best)
 
     def marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -424,12 +429,13 @@ class _LogPartitionSequential(torch.autograd.Function):
         return marginals, None, marginals[:, 0].sum(0), pairs.t(), last_marginals.sum(0)
 
 
-def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """Matrix product in the log semiring (``+`` becomes ``logsumexp``, ``*`` becomes ``+``).
+def _semiring_matmul(a: Tensor, b: Tensor, reduce: Reduce = torch.logsumexp) -> Tensor:
+    """Matrix product in the log semiring (``+`` becomes ``logsumexp``, ``*`` becomes ``+``), or with
+    ``reduce=torch.amax`` in the max-plus semiring (``+`` becomes ``max``), where Viterbi scores live.
 
-    ``a`` ``(..., K, K)``, ``b`` ``(..., K, K)`` -> ``(..., K, K)``: ``c[i, j] = logsumexp_k(a[i, k] + b[k, j])``.
+    ``a`` ``(..., K, K)``, ``b`` ``(..., K, K)`` -> ``(..., K, K)``: ``c[i, j] = reduce_k(a[i, k] + b[k, j])``.
     """
-    return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
+    return reduce(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
 
 
 def _log_identity(num_tags: int, device: torch.device) -> Tensor:
@@ -465,31 +471,36 @@ def _log_partition_parallel(em: Tensor, lengths: Tensor, start: Tensor, transiti
         padding = identity.expand(batch_size, padded - (length - 1), num_tags, num_tags)
         steps = torch.cat([steps, padding], dim=1)
     while steps.size(1) > 1:  # (M_1 M_2)(M_3 M_4)... : halve the number of matrices
-        steps = _log_matmul(steps[:, 0::2], steps[:, 1::2])
+        steps = _semiring_matmul(steps[:, 0::2], steps[:, 1::2])
     alpha_0 = start + em[:, 0]  # (B, K)
     alpha_last = torch.logsumexp(alpha_0.unsqueeze(2) + steps[:, 0], dim=1)  # (B, K)
     return torch.logsumexp(alpha_last + end, dim=-1)
 
 
-def _forward_alphas_parallel(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
+def _forward_alphas_parallel(
+    em: Tensor, start: Tensor, transitions: Tensor, reduce: Reduce = torch.logsumexp
+) -> Tensor:
     """The forward algorithm as a parallel prefix scan: ``alpha`` ``(B, T, K)`` in O(log T) sequential steps.
 
     Same result as ``_forward_alphas_sequential``. ``alpha_t = alpha_0 P_t`` with the prefix products
     ``P_t = M_1 ... M_t`` (see ``_step_matrices``), which the Hillis-Steele scan computes: after the round with
-    offset ``d``, entry ``t`` holds the product of the last ``min(2d, t)`` matrices up to ``M_t``.
+    offset ``d``, entry ``t`` holds the product of the last ``min(2d, t)`` matrices up to ``M_t``. With
+    ``reduce=torch.amax`` the same scan in the max-plus semiring gives the Viterbi scores ``v`` (see
+    ``_viterbi``).
     """
     alpha_0 = start + em[:, 0]  # (B, K)
     prefix = _step_matrices(em, transitions)  # (B, T-1, K, K)
     offset = 1
     while offset < prefix.size(1):
-        prefix = torch.cat([prefix[:, :offset], _log_matmul(prefix[:, :-offset], prefix[:, offset:])], dim=1)
+        product = _semiring_matmul(prefix[:, :-offset], prefix[:, offset:], reduce)
+        prefix = torch.cat([prefix[:, :offset], product], dim=1)
         offset *= 2
-    # alpha_t(j) = logsumexp_i(alpha_0(i) + P_t[i, j])
-    later = torch.logsumexp(alpha_0[:, None, :, None] + prefix, dim=2)  # (B, T-1, K)
+    # alpha_t(j) = reduce_i(alpha_0(i) + P_t[i, j])
+    later = reduce(alpha_0[:, None, :, None] + prefix, dim=2)  # (B, T-1, K)
     return torch.cat([alpha_0.unsqueeze(1), later], dim=1)
 
 
-def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor, parallel: bool) -> Tensor:
     """Best tag sequences ``(B, T)`` by the Viterbi algorithm; values past a row's end are not meaningful.
 
     The forward algorithm with max instead of log-sum-exp: ``v_t(j)``, the best score of a prefix ending in
@@ -499,31 +510,42 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
         v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
 
     The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
-    ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
-    are traced back together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of
-    ``T`` dependent ``gather`` steps, the back-pointer maps are composed by pointer doubling, O(log T) steps:
+    ``y_{t-1} = p_t(y_t)``. Sequentially, ``v`` and ``p`` come from a loop over time. In parallel, ``v`` comes
+    from the prefix scan in the max-plus semiring (``_forward_alphas_parallel``) and then every ``p_t`` from
+    ``v_{t-1}`` at once; the scan adds the same numbers in another order, so only a near-tie (two prefixes
+    within float32 rounding) can pick the other of two equally good paths.
+
+    Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows are traced back
+    together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of ``T`` dependent
+    ``gather`` steps, the back-pointer maps are composed by pointer doubling, O(log T) steps:
     ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
     """
     batch_size, length, num_tags = em.shape
-    # Time-major contiguous steps and A transposed ([j, i]): each step's max runs over the innermost dimension,
-    # the fastest reduction on a CPU. The values added and compared are the same as in the textbook layout.
-    steps = em.transpose(0, 1).contiguous().unbind(dim=0)
+    # A transposed ([j, i]): each max runs over the innermost, contiguous dimension (the previous tag i), the
+    # fastest reduction. The values added and compared are the same as in the textbook layout.
     transitions_to = transitions.t().contiguous()
-    score = start + steps[0]
-    scores, pointers = [score], []
-    for emission in steps[1:]:
-        best, pointer = (score.unsqueeze(1) + transitions_to).max(dim=2)  # over the previous tag i, (B, K)
-        score = best + emission
-        scores.append(score)
-        pointers.append(pointer)
+    if parallel:
+        scores = _forward_alphas_parallel(em, start, transitions, torch.amax).transpose(0, 1)  # (T, B, K)
+        pointers = (scores[:-1].unsqueeze(2) + transitions_to).argmax(dim=3)  # (T-1, B, K)
+    else:
+        steps = em.transpose(0, 1).contiguous().unbind(dim=0)  # time-major contiguous steps
+        score = start + steps[0]
+        score_list, pointer_list = [score], []
+        for emission in steps[1:]:
+            best, pointer = (score.unsqueeze(1) + transitions_to).max(dim=2)  # over the previous tag i, (B, K)
+            score = best + emission
+            score_list.append(score)
+            pointer_list.append(pointer)
+        scores = torch.stack(score_list)  # (T, B, K)
+        pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
     last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
-    final = torch.stack(scores).gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
+    final = scores.gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
     best_last = final.argmax(dim=1)  # y_{n-1}, (B,)
 
     # maps[t] = p_{t+1}, from the tag at t+1 to the tag at t: (T, B, K); the identity where t+1 >= n.
     identity = torch.arange(num_tags, device=em.device).expand(batch_size, num_tags)
     in_sequence = torch.arange(1, length + 1, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
-    maps = torch.where(in_sequence, torch.stack([*pointers, identity]), identity)
+    maps = torch.where(in_sequence, torch.cat([pointers, identity.unsqueeze(0)]), identity)
     # After the round with offset d, maps[t] = p_{t+1} o ... o p_{t+2d} (composition f o g = f.gather(g)).
     offset = 1
     while offset < length:

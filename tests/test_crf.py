@@ -442,6 +442,37 @@ def test_implementations_agree_on_long_sequences():
     torch.testing.assert_close(results["sequential"][1], results["parallel"][1], rtol=1e-4, atol=1e-4)
 
 
+def test_parallel_viterbi_finds_a_best_path_on_long_sequences():
+    # The max-plus scan adds the same numbers as the loop in another order: where two paths tie within float32
+    # rounding it may pick the other one, so the check is on exact (float64) path scores, not on the paths.
+    generator = torch.Generator().manual_seed(10)
+    labels = ["O", "B-X", "I-X", "B-Y", "I-Y"]
+    allowed = bio_constraints(labels)
+    crf = random_crf(5, allowed_start=allowed[0], allowed_transitions=allowed[1], allowed_end=allowed[2])
+    emissions = torch.randn(16, 300, 5, generator=generator) * 2
+    mask = ragged_mask(16, 300, generator, min_length=150)
+    mask[3, :40] = False  # not left-aligned
+    paths = {}
+    for implementation in IMPLEMENTATIONS:
+        crf.implementation = implementation
+        paths[implementation] = crf.decode(emissions, mask)
+    start, transitions, end = (
+        p.detach().double() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
+    )
+
+    def exact_score(b: int, path: torch.Tensor) -> float:
+        row = emissions[b][mask[b]].double()
+        return (start[path[0]] + row[torch.arange(len(path)), path].sum() + transitions[path[:-1], path[1:]].sum()
+                + end[path[-1]]).item()  # fmt: skip
+
+    for b in range(16):
+        sequential, parallel = paths["sequential"][b][mask[b]], paths["parallel"][b][mask[b]]
+        assert (paths["parallel"][b][~mask[b]] == -100).all()
+        assert valid_bio([labels[tag] for tag in parallel])
+        assert exact_score(b, parallel) == pytest.approx(exact_score(b, sequential), abs=1e-3)
+    assert (paths["sequential"] == paths["parallel"]).float().mean() > 0.99  # ties are rare
+
+
 def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("parallel implementation used")
@@ -452,11 +483,14 @@ def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
     emissions, tags = torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.long)
     crf.log_likelihood(emissions, tags)
     crf.marginals(emissions)
+    crf.decode(emissions)
     crf.implementation = "parallel"
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.log_partition(emissions)
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.marginals(emissions)
+    with pytest.raises(AssertionError, match="parallel implementation used"):
+        crf.decode(emissions)
     crf.implementation = "fast"
     with pytest.raises(ValueError):
         crf.log_partition(emissions)
