@@ -7,6 +7,7 @@ import yaml
 
 from koelectra_crf.data import ENTITY_TYPES
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.trainer import evaluation_mode
 
 TEMPLATE = Path(__file__).with_name("template.md")
 # Written for this project (news-like, invented people and companies).
@@ -29,8 +30,9 @@ def render_model_card(
     """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
     with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations."""
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
-    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
-    outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
+    with evaluation_mode(model):
+        ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
+        outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
     outputs = [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
     results = {name.removeprefix("eval_"): value for name, value in metrics.items()}
     shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in ENTITY_TYPES]

@@ -1,6 +1,8 @@
 """`NerTrainer`: a transformers `Trainer` with R-Drop, FGM, differential learning rates and KLUE evaluation."""
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +39,18 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Ten
     log_p, log_q = logits_a.float().log_softmax(-1), logits_b.float().log_softmax(-1)
     kl = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1) / 2  # KL(p||q) + KL(q||p), halved
     return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in evaluation mode (no dropout) inside the block, back in its previous mode after it. Pipelines
+    do not switch modes themselves, and a model mid-training or just trained is in training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def predict_char_tags(ner, texts: list[str], batch_size: int) -> list[list[str]]:
@@ -147,6 +161,9 @@ class NerTrainer(Trainer):
         return metrics
 
     def predict_char_tags(self, texts: list[str]) -> list[list[str]]:
-        model = self.accelerator.unwrap_model(self.model)
-        ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=self.processing_class, device=model.device)
-        return predict_char_tags(ner, texts, self.args.per_device_eval_batch_size)
+        """`predict_char_tags` of the model in evaluation mode."""
+        with evaluation_mode(self.accelerator.unwrap_model(self.model)) as model:
+            ner = KoElectraCrfTokenClassificationPipeline(
+                model=model, tokenizer=self.processing_class, device=model.device
+            )
+            return predict_char_tags(ner, texts, self.args.per_device_eval_batch_size)

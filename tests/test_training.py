@@ -1,5 +1,6 @@
 """Training: the smoke preset end to end, FGM, R-Drop, optimizer groups, two processes, resume."""
 
+import copy
 import json
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import DataCollatorForTokenClassification, Trainer
 
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.data import load_klue_ner, tokenize_and_align
-from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
+from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, predict_char_tags, symmetric_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report_to", "none"]
@@ -81,6 +83,21 @@ def _tiny_trainer(tmp_path, trainer_class=NerTrainer, **arguments):
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests bypass
     return trainer, batch
+
+
+def test_evaluation_predicts_without_dropout_and_training_continues_with_it(tmp_path):
+    trainer, batch = _tiny_trainer(tmp_path)
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5  # strong enough that predictions with dropout on would differ
+    trainer.training_step(
+        trainer.model, batch
+    )  # leaves the model in training mode, as mid-training evaluation finds it
+    texts = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"]["sentence"][:8]
+    frozen = KoElectraCrfTokenClassificationPipeline(model=copy.deepcopy(trainer.model).eval(),
+                                                     tokenizer=trainer.processing_class)  # fmt: skip
+    assert trainer.predict_char_tags(texts) == predict_char_tags(frozen, texts, batch_size=8)
+    assert trainer.model.training  # back in training mode after evaluating
 
 
 def _gradients_after_step(trainer, batch) -> dict[str, torch.Tensor]:
@@ -174,8 +191,10 @@ def test_rdrop_off_equals_plain_loss_and_on_adds_a_weighted_kl(tmp_path):
             module.p = 0.0
     plain.model.eval()  # identical copies: KL 0, R-Drop loss = plain loss
     torch.testing.assert_close(
-        without_dropout.compute_loss(without_dropout.model, batch), plain.compute_loss(plain.model, batch),
-        rtol=1e-4, atol=1e-4,
+        without_dropout.compute_loss(without_dropout.model, batch),
+        plain.compute_loss(plain.model, batch),
+        rtol=1e-4,
+        atol=1e-4,
     )
 
 
