@@ -40,8 +40,8 @@ multiplying the per-step transition matrices pairwise in the log semiring (:func
 :func:`_forward_alphas_parallel`). :attr:`LinearChainCRF.implementation` selects one: ``"auto"`` (the
 default: the loop on CPU, the parallel one on any other device), ``"sequential"`` or ``"parallel"``.
 Viterbi decoding follows the same choice: a loop storing back-pointers, or the same parallel scan in the
-max-plus semiring followed by all back-pointers at once; either way the path is traced back in O(log T) steps
-(:func:`_viterbi`).
+max-plus semiring followed by all back-pointers at once; either way the path is traced back by pointer doubling
+(:func:`_viterbi`, :func:`_trace_back`).
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -517,7 +517,7 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
 
     Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows are traced back
     together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of ``T`` dependent
-    ``gather`` steps, the back-pointer maps are composed by pointer doubling, O(log T) steps:
+    ``gather`` steps, the back-pointer maps are composed by pointer doubling (``_trace_back``):
     ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
     """
     batch_size, length, num_tags = em.shape
@@ -546,13 +546,46 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
     identity = torch.arange(num_tags, device=em.device).expand(batch_size, num_tags)
     in_sequence = torch.arange(1, length + 1, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
     maps = torch.where(in_sequence, torch.cat([pointers, identity.unsqueeze(0)]), identity)
-    # After the round with offset d, maps[t] = p_{t+1} o ... o p_{t+2d} (composition f o g = f.gather(g)).
+    # One block on a GPU (no dependent steps at all); short blocks on a CPU, where fewer, smaller rounds win.
+    return _trace_back(maps, best_last, block=length if parallel else _CPU_TRACE_BACK_BLOCK).t()
+
+
+_CPU_TRACE_BACK_BLOCK = 16
+
+
+def _trace_back(maps: Tensor, last: Tensor, block: int) -> Tensor:
+    """Tags ``(T, B)`` of the paths that ``maps`` ``(T, B, K)`` trace back from ``last`` ``(B,)``: ``maps[t]``
+    takes the tag at ``t+1`` to the tag at ``t`` and the tag "at ``T``" is ``last`` (so with ``maps[T-1]`` the
+    identity, ``y_{T-1} = last``).
+
+    Following the maps one step at a time is ``T`` dependent ``gather`` steps. Instead, time is cut into blocks
+    of ``block`` steps (the last one padded with identities). Within every block at once the maps are composed
+    by pointer doubling: after the round with offset ``d``, ``m[b, s] = maps[s] o ... o maps[s+2d-1]`` within
+    block ``b`` (composition ``f o g = f.gather(g)``), so in the end ``m[b, s]`` takes the tag after block ``b``
+    to the tag at ``s``. Then a walk back over the blocks gives the tag after each block, and one ``gather``
+    reads every position. ``log2(block)`` rounds plus ``T / block`` dependent steps: ``block = T`` is pure
+    pointer doubling.
+    """
+    length, batch_size, num_tags = maps.shape
+    block = min(block, length)
+    blocks = -(-length // block)
+    padding = blocks * block - length
+    if padding:
+        identity = torch.arange(num_tags, device=maps.device).expand(padding, batch_size, num_tags)
+        maps = torch.cat([maps, identity])
+    composed = maps.view(blocks, block, batch_size, num_tags)
     offset = 1
-    while offset < length:
-        maps = torch.cat([maps[:-offset].gather(2, maps[offset:]), maps[-offset:]], dim=0)
+    while offset < block:
+        later = composed[:, offset:]
+        composed = torch.cat([composed[:, :-offset].gather(3, later), composed[:, -offset:]], dim=1)
         offset *= 2
-    # maps[t] now takes y_{T-1} (= y_{n-1}, through the identities) to y_t.
-    return maps.gather(2, best_last.view(1, -1, 1).expand(length, -1, 1)).squeeze(2).t()
+    # after[b] = the tag after block b: the last block's is `last`; block b's is block b+1's first tag.
+    tag, after = last, [last]
+    for first_maps in composed[1:, 0].unbind(0)[::-1]:
+        tag = first_maps.gather(1, tag.unsqueeze(1)).squeeze(1)
+        after.append(tag)
+    after = torch.stack(after[::-1]).view(blocks, 1, batch_size, 1).expand(blocks, block, batch_size, 1)
+    return composed.gather(3, after).squeeze(3).reshape(blocks * block, batch_size)[:length]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -473,6 +473,20 @@ def test_parallel_viterbi_finds_a_best_path_on_long_sequences():
     assert (paths["sequential"] == paths["parallel"]).float().mean() > 0.99  # ties are rare
 
 
+@pytest.mark.parametrize("length", [1, 5, 16, 37])
+def test_trace_back_follows_the_maps_for_every_block_size(length):
+    generator = torch.Generator().manual_seed(length)
+    maps = torch.randint(6, (length, 3, 6), generator=generator)  # maps[t]: tag at t+1 -> tag at t
+    last = torch.randint(6, (3,), generator=generator)
+    expected, tag = [], last
+    for t in range(length - 1, -1, -1):  # one step at a time
+        tag = maps[t].gather(1, tag.unsqueeze(1)).squeeze(1)
+        expected.append(tag)
+    expected = torch.stack(expected[::-1])
+    for block in (1, 2, 4, 16, 64):
+        assert torch.equal(crf_module._trace_back(maps, last, block), expected), block
+
+
 def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("parallel implementation used")
