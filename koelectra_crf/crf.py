@@ -510,9 +510,9 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
         v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
 
     The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
-    ``y_{t-1} = p_t(y_t)``. Sequentially, ``v`` and ``p`` come from a loop over time. In parallel, ``v`` comes
-    from the prefix scan in the max-plus semiring (``_forward_alphas_parallel``) and then every ``p_t`` from
-    ``v_{t-1}`` at once; the scan adds the same numbers in another order, so only a near-tie (two prefixes
+    ``y_{t-1} = p_t(y_t)``. Sequentially, a loop over time computes ``v`` and ``p``. In parallel, the prefix
+    scan in the max-plus semiring (``_forward_alphas_parallel``) computes ``v``, and then every ``p_t`` comes
+    out of ``v_{t-1}`` at once; the scan adds the same numbers in another order, so only a near-tie (two prefixes
     within float32 rounding) can pick the other of two equally good paths.
 
     Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows are traced back
