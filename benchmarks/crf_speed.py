@@ -84,9 +84,8 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
     ours = LinearChainCRF(num_tags).to(device)
     ours.load_state_dict(reference.state_dict())  # same names, same transitions[from, to] convention
     other = "sequential" if ours._parallel(device) else "parallel"
-    ours_other = LinearChainCRF(num_tags).to(device)
+    ours_other = LinearChainCRF(num_tags, implementation=other).to(device)
     ours_other.load_state_dict(reference.state_dict())
-    ours_other.implementation = other
 
     emissions = torch.randn(batch, length, num_tags, generator=generator).to(device).requires_grad_()
     tags = torch.randint(num_tags, (batch, length), generator=generator).to(device)

@@ -16,19 +16,17 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import ElectraConfig
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
 
 E5 = Path(__file__).resolve().parents[2] / "shared/encoders/multilingual-e5-small-ko"
-KOELECTRA_BASE = ElectraConfig(vocab_size=35000, embedding_size=768, hidden_size=768, num_hidden_layers=12,
-                               num_attention_heads=12, intermediate_size=3072)  # fmt: skip
 
 
 def build_model(random_base: bool) -> KoElectraCrfForTokenClassification:
     if random_base:
-        config = KoElectraCrfConfig(encoder=KOELECTRA_BASE, multi_sample_dropout=5)  # KLUE labels by default
+        # The default encoder is KoELECTRA-base-v3's architecture (KOELECTRA_BASE_V3); KLUE labels by default.
+        config = KoElectraCrfConfig(multi_sample_dropout=5)
         return KoElectraCrfForTokenClassification(config)
     return KoElectraCrfForTokenClassification.from_encoder(str(E5), multi_sample_dropout=5)
 
@@ -67,8 +65,14 @@ def main() -> None:
               "encoder": "random KoELECTRA-base size" if args.random_base else "multilingual-e5-small-ko",
               "fp16": args.fp16}  # fmt: skip
     for name, fgm, rdrop in (("plain", 0.0, 0.0), ("full_recipe", 0.5, 0.5)):
-        trainer_args = NerTrainingArguments(output_dir="/tmp/train-step-benchmark", report_to="none", fp16=args.fp16,
-                                            fgm_epsilon=fgm, rdrop_alpha=rdrop, use_cpu=not torch.cuda.is_available())
+        trainer_args = NerTrainingArguments(
+            output_dir="/tmp/train-step-benchmark",
+            report_to="none",
+            fp16=args.fp16,
+            fgm_epsilon=fgm,
+            rdrop_alpha=rdrop,
+            use_cpu=not torch.cuda.is_available(),
+        )
         trainer = NerTrainer(model=model, args=trainer_args)
         trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1

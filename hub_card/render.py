@@ -5,9 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from koelectra_crf.data import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.evaluation import evaluation_mode
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.trainer import evaluation_mode
 
 TEMPLATE = Path(__file__).with_name("template.md")
 # Written for this project (news-like, invented people and companies).

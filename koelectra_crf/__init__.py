@@ -1,42 +1,69 @@
 """koelectra-crf: Korean named-entity recognition with an encoder + BiLSTM + CRF head.
 
-Importing the package registers the config and model with transformers' Auto classes (so
-`AutoModelForTokenClassification.from_pretrained(folder)` needs no `trust_remote_code` in this process) and the CRF
-pipeline for "token-classification" (for models built in this process). A folder written by `save_pretrained`
-carries the same code and names the pipeline in its config (`custom_pipelines`): load it anywhere with
-`pipeline("token-classification", model=folder, trust_remote_code=True)`. For a model object that came from such a
-folder, build the pipeline directly: `KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)`.
+Importing the package does two things to transformers, both additive for every other model:
+
+- it registers the config and model with the Auto classes (so `AutoModelForTokenClassification.from_pretrained`
+  loads a saved folder in this process without `trust_remote_code`);
+- it routes `pipeline("token-classification", model=...)` for a model object of this kind (built here, or loaded
+  from a folder) to the CRF pipeline instead of the built-in argmax one. Transformers chooses a pipeline class by
+  task alone when it is given a model object, so this takes a registry entry: [`TokenClassificationDispatch`],
+  which builds transformers' own `TokenClassificationPipeline`, unchanged, for every other model.
+
+A folder written by [`KoElectraCrfTokenClassificationPipeline.save_pretrained`] (or by training) carries the code and
+names the pipeline in its config: `pipeline("token-classification", model=folder, trust_remote_code=True)` works
+in any process, without this package. There, for a model object, pass `pipeline_class=` or build the pipeline
+directly: `KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification
+import logging
+
+from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, TokenClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
-from transformers.utils import logging
 
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import LinearChainCRF, bio_constraints
 from .modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
-from .pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
+
+
+class TokenClassificationDispatch(TokenClassificationPipeline):
+    """The "token-classification" registry entry while this package is imported: the CRF pipeline for a model of
+    type `koelectra-crf`, transformers' own `TokenClassificationPipeline` for every other model.
+
+    Never an instance of this class: constructing it returns one of the two pipelines. It subclasses the built-in
+    class only so that `pipeline()` reads the built-in's loading flags (tokenizer, processors) from it.
+    """
+
+    def __new__(cls, model=None, **kwargs) -> TokenClassificationPipeline | KoElectraCrfTokenClassificationPipeline:
+        if getattr(getattr(model, "config", None), "model_type", None) == KoElectraCrfConfig.model_type:
+            return KoElectraCrfTokenClassificationPipeline(model=model, **kwargs)
+        return TokenClassificationPipeline(model=model, **kwargs)
+
 
 AutoConfig.register(KoElectraCrfConfig.model_type, KoElectraCrfConfig)
 AutoModel.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 AutoModelForTokenClassification.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
-# save_pretrained() then writes `auto_map` and copies the remote-code files next to the weights.
+# A plain `model.save_pretrained(folder)` (the trainer's checkpoints) then also copies the model's code.
 KoElectraCrfConfig.register_for_auto_class()
-KoElectraCrfForTokenClassification.register_for_auto_class("AutoModel")
 KoElectraCrfForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
-# Replacing the built-in "token-classification" entry is deliberate (the CRF pipeline hands models without a CRF
-# head back to the built-in one), so transformers' "already registered, overwriting" warning is silenced.
-_verbosity = logging.get_verbosity()
-logging.set_verbosity_error()
+
+
+class _DropOverwriteWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already registered. Overwriting pipeline" not in record.getMessage()
+
+
+# Replacing the entry is the point (see above): transformers' "already registered, overwriting" warning is dropped
+# from its logger for this one call, nothing else about logging changes.
+_registry_logger = logging.getLogger("transformers.pipelines.base")
+_overwrite_filter = _DropOverwriteWarning()
+_registry_logger.addFilter(_overwrite_filter)
 try:
     PIPELINE_REGISTRY.register_pipeline(
-        "token-classification",
-        pipeline_class=KoElectraCrfTokenClassificationPipeline,
-        pt_model=AutoModelForTokenClassification,
-        type="text",
+        TASK, pipeline_class=TokenClassificationDispatch, pt_model=AutoModelForTokenClassification, type="text"
     )
 finally:
-    logging.set_verbosity(_verbosity)
+    _registry_logger.removeFilter(_overwrite_filter)
 
 __all__ = [
     "KLUE_LABELS",
@@ -45,5 +72,6 @@ __all__ = [
     "KoElectraCrfOutput",
     "KoElectraCrfTokenClassificationPipeline",
     "LinearChainCRF",
+    "TokenClassificationDispatch",
     "bio_constraints",
 ]

@@ -1,7 +1,8 @@
 """`koelectra-crf ablation`: the six variants of the original `korean_ner` project, over several seeds.
 
-Each run is `training/run.py --config PRESET --output_dir DIR/{variant}/seed-{seed} --seed SEED` with the variant's
-flag overrides, launched as a subprocess so that any training preset works. The runner is resumable: a run whose
+Each run is `python -m koelectra_crf.train --config PRESET --output_dir DIR/{variant}/seed-{seed} --seed SEED` with the
+variant's flag overrides, launched as a subprocess (so that it works from an installed package, and any training
+preset works). The runner is resumable: a run whose
 folder holds `eval_results.json` is done and skipped; a run that was interrupted starts again from its latest
 `checkpoint-N`. While a run trains, its folder holds `ablation.lock` with the runner's PID, so `--status` sees it as
 running and other runners leave it alone: several runners may share one output folder (each claims a run by
@@ -17,9 +18,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from koelectra_crf.analysis import plots
-from koelectra_crf.data import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.train import parse_arguments
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "run.py"
+TRAIN_MODULE = "koelectra_crf.train"
 RESULTS_FILE = "eval_results.json"
 TRAIN_RESULTS_FILE = "train_results.json"
 LOCK_FILE = "ablation.lock"
@@ -105,14 +107,13 @@ def claim(folder: Path) -> bool:
     return False
 
 
-def train_command(
-    config: Path, folder: Path, seed: int, variant: str, extra: Iterable[str] = (), train_script: Path = TRAIN_SCRIPT
-) -> list[str]:
+def train_command(config: Path, folder: Path, seed: int, variant: str, extra: Iterable[str] = ()) -> list[str]:
     """The training command of one run, resuming from the run's latest checkpoint when it has one."""
     # `extra` comes before the variant's flags: with repeated flags the last wins, so a variant stays itself.
     command = [
         sys.executable,
-        str(train_script),
+        "-m",
+        TRAIN_MODULE,
         "--config",
         str(config),
         "--output_dir",
@@ -134,7 +135,6 @@ def run_ablation(
     seeds: int = 3,
     extra: Iterable[str] = (),
     launch: Launch = launch_subprocess,
-    train_script: Path = TRAIN_SCRIPT,
 ) -> None:
     """Train every variant × seed (seeds 0..seeds-1, all variants of a seed before the next seed) that is neither
     done nor claimed by another runner. Stops at the first run that fails; running again resumes."""
@@ -146,13 +146,25 @@ def run_ablation(
                 print(f"{variant} seed {seed}: {run_status(folder)}, skipped")
                 continue
             try:
-                command = train_command(config, folder, seed, variant, extra, train_script)
+                command = train_command(config, folder, seed, variant, extra)
                 print(f"{variant} seed {seed}: {' '.join(command)}")
                 exit_code = launch(command)
             finally:
                 (folder / LOCK_FILE).unlink()
             if exit_code != 0:
                 raise RuntimeError(f"{variant} seed {seed} failed (exit code {exit_code}); run again to resume it")
+
+
+def check_arguments(config: Path, output_dir: Path, seeds: int = 3, extra: Iterable[str] = ()) -> list[list[str]]:
+    """Parse the training arguments of every variant × seed as its run would (`train.parse_arguments`), training
+    nothing; return the commands. A flag that the training does not know fails here, before any run starts."""
+    commands = []
+    for seed in range(seeds):
+        for variant in VARIANTS:
+            command = train_command(config, run_dir(output_dir, variant, seed), seed, variant, extra)
+            parse_arguments(command[3:])
+            commands.append(command)
+    return commands
 
 
 def status_table(output_dir: Path, seeds: int = 3) -> str:
@@ -169,7 +181,7 @@ def status_table(output_dir: Path, seeds: int = 3) -> str:
 
 
 def read_run_results(folder: Path) -> dict[str, float]:
-    """A finished run's metrics, as `training/run.py` writes them: `eval_results.json` without the Trainer's `eval_`
+    """A finished run's metrics, as `koelectra_crf.train` writes them: `eval_results.json` without the Trainer's `eval_`
     prefix (`entity_f1`, `char_f1`, `PS_f1`, ...) and `train_runtime` (seconds) from `train_results.json`."""
     results = json.loads((folder / RESULTS_FILE).read_text())
     train_results = json.loads((folder / TRAIN_RESULTS_FILE).read_text())

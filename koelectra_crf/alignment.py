@@ -22,7 +22,10 @@ Long texts are cut into overlapping windows of `max_length` tokens (special toke
 tokens, so every character is tagged and none is dropped.
 """
 
+import unicodedata
 from dataclasses import dataclass
+
+from .crf import IGNORE_INDEX
 
 OUTSIDE = "O"
 
@@ -37,7 +40,7 @@ class EncodedText:
             token covers no visible character.
         tagged: whether each token carries a tag (at most one token per character does).
         prefix_ids, suffix_ids: the special tokens the tokenizer puts around a sequence (e.g. [CLS] / [SEP]).
-        type_id: token type id of a single sequence.
+        type_id: token type id of a single sequence; None when the model takes no token type ids.
     """
 
     token_ids: list[int]
@@ -45,7 +48,7 @@ class EncodedText:
     tagged: list[bool]
     prefix_ids: list[int]
     suffix_ids: list[int]
-    type_id: int = 0
+    type_id: int | None = 0
 
     def windows(self, max_length: int, stride: int) -> list[tuple[int, int]]:
         """Content-token ranges [start, end) of overlapping windows that together cover every token."""
@@ -59,8 +62,29 @@ class EncodedText:
             ranges.append((start, min(start + capacity, num_tokens)))
         return ranges
 
-    def window_input_ids(self, start: int, end: int) -> list[int]:
-        return self.prefix_ids + self.token_ids[start:end] + self.suffix_ids
+    def window(self, start: int, end: int, labels: list[int] | None = None) -> dict[str, list]:
+        """Model inputs of the window of content tokens [start, end), special tokens around it, as lists:
+
+        - `input_ids`, `attention_mask` and (when the model takes them) `token_type_ids`, of length L;
+        - `tag_mask`: True at the tagged content tokens, False at special and untagged tokens;
+        - given `labels` (one tag id per content token of the text, `IGNORE_INDEX` where untagged), `labels`:
+          the window's part of them, `IGNORE_INDEX` at the special tokens.
+
+        The one place where windows are assembled, for training (`data.tokenize_and_align`) and inference (the
+        pipeline) alike.
+        """
+        prefix, suffix = [False] * len(self.prefix_ids), [False] * len(self.suffix_ids)
+        input_ids = self.prefix_ids + self.token_ids[start:end] + self.suffix_ids
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "tag_mask": prefix + self.tagged[start:end] + suffix,
+        }
+        if self.type_id is not None:
+            inputs["token_type_ids"] = [self.type_id] * len(input_ids)
+        if labels is not None:
+            inputs["labels"] = [IGNORE_INDEX] * len(prefix) + labels[start:end] + [IGNORE_INDEX] * len(suffix)
+        return inputs
 
 
 def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[EncodedText]:
@@ -79,10 +103,11 @@ def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[Encoded
         )  # fmt: skip
     else:
         raise ValueError(f"unknown tokenization {tokenization!r}: use 'subword' or 'char'")
-    return [_align(texts[k], batch, k, positions[k]) for k in range(len(texts))]
+    uses_token_types = "token_type_ids" in tokenizer.model_input_names
+    return [_align(texts[k], batch, k, positions[k], uses_token_types) for k in range(len(texts))]
 
 
-def _align(text: str, batch, index: int, char_positions: list[int] | None) -> EncodedText:
+def _align(text: str, batch, index: int, char_positions: list[int] | None, uses_token_types: bool) -> EncodedText:
     ids = batch["input_ids"][index]
     sequence_ids = batch.sequence_ids(index)
     content = [i for i, sequence_id in enumerate(sequence_ids) if sequence_id is not None]
@@ -100,7 +125,7 @@ def _align(text: str, batch, index: int, char_positions: list[int] | None) -> En
         tagged=tagged,
         prefix_ids=list(ids[:first]),
         suffix_ids=list(ids[last:]) if content else [],
-        type_id=batch["token_type_ids"][index][first] if content else 0,
+        type_id=(batch["token_type_ids"][index][first] if content else 0) if uses_token_types else None,
     )
 
 
@@ -170,3 +195,52 @@ def spans_to_char_tags(length: int, spans) -> list[str]:
     for start, end, label_type in spans:
         tags[start:end] = [f"B-{label_type}"] + [f"I-{label_type}"] * (end - start - 1)
     return tags
+
+
+def nfc_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """`text` in Unicode NFC, and for each of its characters the span [start, end) of `text` it comes from.
+
+    Vocabularies and KLUE hold composed Hangul: decomposed text (NFD, e.g. from macOS file names or some input
+    methods) would be unknown jamo to a model, so it reads the NFC text, and the spans take every offset back into
+    the caller's string. Only canonical composition: compatibility characters (full-width digits, ㈜) stay as they
+    are. The spans are non-empty, consecutive and cover `text`; a composed character spans the characters it was
+    composed from (김 from three jamo: one span of 3). The one departure from NFC: where NFC reorders combining
+    marks so that a character cannot be traced to characters of its own, that run is kept as it was.
+    """
+    if unicodedata.is_normalized("NFC", text):  # nearly every text: no work beyond this check
+        return text, [(i, i + 1) for i in range(len(text))]
+    pieces, spans = [], []
+    for start, end in _composition_runs(text):
+        run = text[start:end]
+        composed = _nfc(run)
+        # A composed character ends where the shortest prefix of the run that composes to it (and to the
+        # characters before it) ends.
+        ends = [
+            next(p for p in range(1, len(run) + 1) if _nfc(run[:p]).startswith(composed[: k + 1]))
+            for k in range(len(composed) - 1)
+        ] + [len(run)]
+        starts = [0, *ends[:-1]]
+        if any(a >= b for a, b in zip(starts, ends, strict=True)):
+            composed, starts, ends = run, range(len(run)), range(1, len(run) + 1)
+        pieces.append(composed)
+        spans += [(start + a, start + b) for a, b in zip(starts, ends, strict=True)]
+    return "".join(pieces), spans
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _composition_runs(text: str):
+    """[start, end) runs of `text` that NFC composes independently of each other: a run ends before a character
+    whose decomposition begins with a starter (no mark after it can reach back over it) and that does not compose
+    with the run (as a vowel jamo composes with the consonant before it)."""
+    start = 0
+    for i in range(1, len(text)):
+        char = text[i]
+        starter = unicodedata.combining(unicodedata.normalize("NFD", char)[0]) == 0
+        if starter and _nfc(text[start : i + 1]) == _nfc(text[start:i]) + _nfc(char):
+            yield start, i
+            start = i
+    if text:
+        yield start, len(text)

@@ -5,8 +5,8 @@
     koelectra-crf errors MODEL [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
     koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
-    koelectra-crf benchmark MODEL [--input FILE] [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
-    koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report] [-- ARGS ...]
+    koelectra-crf benchmark MODEL --input FILE [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
+    koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report | --check] [-- ARGS]
 
 MODEL is a model folder or a Hub id. The data is a KLUE NER TSV file, or the Hub `klue` validation split when no
 `--test_file` is given.
@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from koelectra_crf import ablation
-from koelectra_crf.analysis import attention, benchmark, calibration, errors, evaluation
-from koelectra_crf.analysis.predictions import load_klue_split, load_pipeline, predict_dataset, run_pipeline
+from koelectra_crf.analysis import attention, calibration, errors, report, speed
+from koelectra_crf.data import load_klue_split
+from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset, run_pipeline
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
     benchmark_parser.add_argument("model", help="model folder or Hub id")
     benchmark_parser.add_argument(
-        "--devices", nargs="+", default=benchmark.benchmark_devices(), help="(default: the CPU, and the GPU if any)"
+        "--devices", nargs="+", default=speed.benchmark_devices(), help="(default: the CPU, and the GPU if any)"
     )
     benchmark_parser.add_argument(
         "--input",
         type=Path,
-        default=benchmark.DEFAULT_SENTENCES,
-        help="sentences, one per line or <id>\\t<sentence> (default: %(default)s)",
+        required=True,
+        help="sentences, one per line or <id>\\t<sentence> (such as KLUE's klue-ner-train-sentences.tsv)",
     )
     benchmark_parser.add_argument("--num_sentences", type=int, default=500, help="(default: 500)")
     benchmark_parser.add_argument(
@@ -106,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablation_parser.add_argument("--config", type=Path, help="training preset (JSON); needed to train")
     ablation_parser.add_argument("--output_dir", type=Path, required=True, help="one folder per variant and seed")
     ablation_parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
-    ablation_parser.add_argument(
-        "--train_script", type=Path, default=ablation.TRAIN_SCRIPT, help="(default: %(default)s)"
-    )
     mode = ablation_parser.add_mutually_exclusive_group()
     mode.add_argument("--status", action="store_true", help="list every variant × seed as done, running or missing")
     mode.add_argument("--report", action="store_true", help="write ablation.md and ablation.png from the results")
+    mode.add_argument(
+        "--check", action="store_true", help="parse every run's training arguments and print its command; train nothing"
+    )
     ablation_parser.add_argument("extra", nargs="*", help="after --: arguments for every training run")
     return parser
 
@@ -131,9 +132,9 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     ner = load_pipeline(args.model, args.device)
-    predictions = predict_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
-    metrics = evaluation.write_evaluation(predictions, args.output_dir)
-    print(evaluation.classification_report(metrics), end="")
+    metrics, predictions = evaluate_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
+    report.write_evaluation(metrics, predictions, args.output_dir)
+    print(report.classification_report(metrics), end="")
 
 
 def _errors(args: argparse.Namespace) -> None:
@@ -169,10 +170,10 @@ def _attention(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    sentences = benchmark.read_sentences(args.input, args.num_sentences)
-    report = benchmark.run_benchmark(args.model, sentences, args.batch_sizes, args.devices)
-    benchmark.write_benchmark(report, args.output_dir)
-    print(benchmark.benchmark_table(report), end="")
+    sentences = speed.read_sentences(args.input, args.num_sentences)
+    results = speed.run_benchmark(args.model, sentences, args.batch_sizes, args.devices)
+    speed.write_benchmark(results, args.output_dir)
+    print(speed.benchmark_table(results), end="")
 
 
 def _ablation(args: argparse.Namespace) -> None:
@@ -180,8 +181,11 @@ def _ablation(args: argparse.Namespace) -> None:
         print(ablation.status_table(args.output_dir, args.seeds), end="")
     elif args.report:
         print(ablation.write_report(args.output_dir), end="")
+    elif args.check:
+        for command in ablation.check_arguments(args.config, args.output_dir, args.seeds, args.extra):
+            print(" ".join(command))
     else:
-        ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra, train_script=args.train_script)
+        ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra)
 
 
 COMMANDS = {
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ablation" and not (args.status or args.report or args.config):
-        parser.error("ablation: --config is needed to train (or give --status or --report)")
+        parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
     COMMANDS[args.command](args)
 
 

@@ -8,6 +8,9 @@ KLUE_LABELS = [
 ]  # fmt: skip
 """The 13 KLUE NER v1.1 tags in KLUE-baseline's order (the default label set of a fresh model)."""
 
+ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
+"""The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
+
 TOKENIZATION_MODES = ("subword", "char")
 
 # monologg/koelectra-base-v3-discriminator: the default encoder when none is given.

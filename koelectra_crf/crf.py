@@ -37,11 +37,12 @@ step, is the fastest, and its gradient comes from the backward algorithm (:class
 which is cheaper than autograd replaying the loop. On a GPU each step is a separate kernel launch, and 128 of
 them cost more than the encoder, so there the same quantities are computed with O(log T) sequential steps by
 multiplying the per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
-:func:`_forward_alphas_parallel`). :attr:`LinearChainCRF.implementation` selects one: ``"auto"`` (the
-default: the loop on CPU, the parallel one on any other device), ``"sequential"`` or ``"parallel"``.
-Viterbi decoding follows the same choice: a loop storing back-pointers, or the same parallel scan in the
-max-plus semiring followed by all back-pointers at once; either way the path is traced back by pointer doubling
-(:func:`_viterbi`, :func:`_trace_back`).
+:func:`_forward_alphas_parallel`). The constructor argument ``implementation`` (kept as the attribute
+:attr:`LinearChainCRF.implementation`) selects one: ``"auto"`` (the default: the loop on CPU, the parallel one on
+any other device), ``"sequential"`` or ``"parallel"``. Viterbi decoding follows the same choice: a loop storing
+back-pointers (:func:`_viterbi_sequential`), or the same parallel scan in the max-plus semiring followed by all
+back-pointers at once (:func:`_viterbi_parallel`); either way the path is traced back by pointer doubling
+(:func:`_best_paths`, :func:`_trace_back`).
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -67,6 +68,9 @@ IGNORE_INDEX = -100
 # "log 0" for the off-diagonal entries of the log-semiring identity matrix. Finite, so that products of
 # identity matrices (padding in the parallel algorithms) never compute ``-inf - -inf`` in the backward pass.
 _LOG_ZERO = -1e30
+
+#: The choices of ``LinearChainCRF(implementation=...)``; see the module docstring.
+IMPLEMENTATIONS = ("auto", "sequential", "parallel")
 
 #: The "sum" of a semiring over one dimension: ``torch.logsumexp`` (log semiring) or ``torch.amax`` (max-plus).
 Reduce = Callable[..., Tensor]
@@ -121,6 +125,9 @@ class LinearChainCRF(nn.Module):
         allowed_end: optional bool ``(K,)``, the tags a sequence may end with.
         constrain_training: apply the constraints in :meth:`log_likelihood` and :meth:`log_partition` too
             (they always apply in :meth:`decode` and :meth:`marginals`).
+        implementation: ``"auto"`` (the loop over time on CPU, the parallel algorithms on any other device),
+            ``"sequential"`` or ``"parallel"``; see the module docstring. Kept as the attribute
+            :attr:`implementation`, which may be reassigned (and is validated again).
 
     Parameters (the only entries of the ``state_dict``; the constraints are non-persistent buffers):
         start_transitions ``(K,)``, end_transitions ``(K,)`` and transitions ``(K, K)``, where
@@ -131,10 +138,6 @@ class LinearChainCRF(nn.Module):
     (``-100`` is fine).
     """
 
-    #: ``"auto"`` (loop on CPU, parallel elsewhere), ``"sequential"`` or ``"parallel"``; see the module
-    #: docstring. Set it on an instance to force one implementation.
-    implementation: str = "auto"
-
     def __init__(
         self,
         num_tags: int,
@@ -142,12 +145,15 @@ class LinearChainCRF(nn.Module):
         allowed_transitions: Tensor | None = None,
         allowed_end: Tensor | None = None,
         constrain_training: bool = False,
+        *,
+        implementation: str = "auto",
     ) -> None:
         if num_tags <= 0:
             raise ValueError(f"num_tags must be positive, got {num_tags}")
         super().__init__()
         self.num_tags = num_tags
         self.constrain_training = constrain_training
+        self.implementation = implementation  # validated by the property's setter
         self.start_transitions = nn.Parameter(torch.empty(num_tags))
         self.end_transitions = nn.Parameter(torch.empty(num_tags))
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
@@ -163,6 +169,18 @@ class LinearChainCRF(nn.Module):
             self.register_buffer(name, allowed, persistent=False)
         self.reset_parameters()
 
+    @property
+    def implementation(self) -> str:
+        """``"auto"``, ``"sequential"`` or ``"parallel"``: which algorithms run (see the module docstring)."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, implementation: str) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            choices = ", ".join(repr(choice) for choice in IMPLEMENTATIONS)
+            raise ValueError(f"implementation must be one of {choices}, got {implementation!r}")
+        self._implementation = implementation
+
     def reset_parameters(self) -> None:
         """Draw all scores from ``uniform(-0.1, 0.1)``, as pytorch-crf does."""
         for parameter in (self.start_transitions, self.end_transitions, self.transitions):
@@ -170,7 +188,10 @@ class LinearChainCRF(nn.Module):
 
     def extra_repr(self) -> str:
         constrained = any(m is not None for m in (self.allowed_start, self.allowed_transitions, self.allowed_end))
-        return f"num_tags={self.num_tags}, constrained={constrained}, constrain_training={self.constrain_training}"
+        return (
+            f"num_tags={self.num_tags}, constrained={constrained}, constrain_training={self.constrain_training}, "
+            f"implementation={self.implementation!r}"
+        )
 
     def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_likelihood`."""
@@ -238,7 +259,8 @@ class LinearChainCRF(nn.Module):
         with _autocast_disabled(emissions.device):
             em, mask_c, lengths, order = _left_align(emissions, mask)
             start, transitions, end = self._scores(constrained=True, penalty=float("-inf"))
-            best = _viterbi(em, lengths, start, transitions, end, self._parallel(em.device))
+            viterbi = _viterbi_parallel if self._parallel(em.device) else _viterbi_sequential
+            best = viterbi(em, lengths, start, transitions, end)
             best = best.masked_fill(~mask_c, IGNORE_INDEX)
             return torch.empty_like(best).scatter_(1, order, best)
 
@@ -293,8 +315,7 @@ class LinearChainCRF(nn.Module):
         return mask.bool()
 
     def _parallel(self, device: torch.device) -> bool:
-        if self.implementation not in ("auto", "sequential", "parallel"):
-            raise ValueError(f"unknown implementation {self.implementation!r}")
+        """Whether the parallel algorithms run on ``device`` (``implementation`` was validated when set)."""
         if self.implementation == "auto":
             return device.type != "cpu"
         return self.implementation == "parallel"
@@ -486,7 +507,7 @@ def _forward_alphas_parallel(
     ``P_t = M_1 ... M_t`` (see ``_step_matrices``), which the Hillis-Steele scan computes: after the round with
     offset ``d``, entry ``t`` holds the product of the last ``min(2d, t)`` matrices up to ``M_t``. With
     ``reduce=torch.amax`` the same scan in the max-plus semiring gives the Viterbi scores ``v`` (see
-    ``_viterbi``).
+    ``_viterbi_sequential`` and ``_viterbi_parallel``).
     """
     alpha_0 = start + em[:, 0]  # (B, K)
     prefix = _step_matrices(em, transitions)  # (B, T-1, K, K)
@@ -500,8 +521,9 @@ def _forward_alphas_parallel(
     return torch.cat([alpha_0.unsqueeze(1), later], dim=1)
 
 
-def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor, parallel: bool) -> Tensor:
-    """Best tag sequences ``(B, T)`` by the Viterbi algorithm; values past a row's end are not meaningful.
+def _viterbi_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """Best tag sequences ``(B, T)`` by the Viterbi algorithm as a loop over time; values past a row's end are
+    not meaningful.
 
     The forward algorithm with max instead of log-sum-exp: ``v_t(j)``, the best score of a prefix ending in
     ``y_t = j``, and the back-pointer ``p_t(j)``, the previous tag of that best prefix::
@@ -509,45 +531,73 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
         v_0(j) = s[j] + e[0, j]
         v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
 
-    The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
-    ``y_{t-1} = p_t(y_t)``. Sequentially, a loop over time computes ``v`` and ``p``. In parallel, the prefix
-    scan in the max-plus semiring (``_forward_alphas_parallel``) computes ``v``, and then every ``p_t`` comes
-    out of ``v_{t-1}`` at once; the scan adds the same numbers in another order, so only a near-tie (two prefixes
-    within float32 rounding) can pick the other of two equally good paths.
-
-    Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows are traced back
-    together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of ``T`` dependent
-    ``gather`` steps, the back-pointer maps are composed by pointer doubling (``_trace_back``):
-    ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
+    The loop computes ``v`` and ``p`` one step at a time; the best path is then read backwards from them
+    (``_best_paths``).
     """
-    batch_size, length, num_tags = em.shape
-    # A transposed ([j, i]): each max runs over the innermost, contiguous dimension (the previous tag i), the
-    # fastest reduction. The values added and compared are the same as in the textbook layout.
-    transitions_to = transitions.t().contiguous()
-    if parallel:
-        scores = _forward_alphas_parallel(em, start, transitions, torch.amax).transpose(0, 1)  # (T, B, K)
-        pointers = (scores[:-1].unsqueeze(2) + transitions_to).argmax(dim=3)  # (T-1, B, K)
-    else:
-        steps = em.transpose(0, 1).contiguous().unbind(dim=0)  # time-major contiguous steps
-        score = start + steps[0]
-        score_list, pointer_list = [score], []
-        for emission in steps[1:]:
-            best, pointer = (score.unsqueeze(1) + transitions_to).max(dim=2)  # over the previous tag i, (B, K)
-            score = best + emission
-            score_list.append(score)
-            pointer_list.append(pointer)
-        scores = torch.stack(score_list)  # (T, B, K)
-        pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
+    batch_size, _, num_tags = em.shape
+    transitions_to = transitions.t().contiguous()  # [j, i], see _viterbi_candidates
+    steps = em.transpose(0, 1).contiguous().unbind(dim=0)  # time-major contiguous steps
+    score = start + steps[0]
+    score_list, pointer_list = [score], []
+    for emission in steps[1:]:
+        best, pointer = _viterbi_candidates(score, transitions_to).max(dim=2)  # over the previous tag i, (B, K)
+        score = best + emission
+        score_list.append(score)
+        pointer_list.append(pointer)
+    scores = torch.stack(score_list)  # (T, B, K)
+    pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
+    # Short blocks on a CPU, where fewer, smaller rounds of pointer doubling win.
+    return _best_paths(scores, pointers, lengths, end, block=_CPU_TRACE_BACK_BLOCK)
+
+
+def _viterbi_parallel(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """Best tag sequences ``(B, T)`` by the Viterbi algorithm in O(log T) sequential steps; values past a row's
+    end are not meaningful.
+
+    Same recursion as ``_viterbi_sequential``, which is the forward recursion in the max-plus semiring, so the
+    prefix scan of ``_forward_alphas_parallel`` with ``reduce=torch.amax`` computes every ``v_t`` (``v_t =
+    v_0 M_1 ... M_t`` with max-plus matrix products). Then every back-pointer comes out of ``v_{t-1}`` at once,
+    ``p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])``. The scan adds the same numbers as the loop in another order, so
+    only a near-tie (two prefixes within float32 rounding) can pick the other of two equally good paths.
+    """
+    scores = _forward_alphas_parallel(em, start, transitions, torch.amax).transpose(0, 1)  # (T, B, K)
+    pointers = _viterbi_candidates(scores[:-1], transitions.t().contiguous()).argmax(dim=3)  # (T-1, B, K)
+    # One block: pure pointer doubling, no dependent steps at all.
+    return _best_paths(scores, pointers, lengths, end, block=em.size(1))
+
+
+def _viterbi_candidates(scores: Tensor, transitions_to: Tensor) -> Tensor:
+    """The scores ``v_{t-1}(i) + A[i, j]`` of extending a best prefix by one tag, laid out ``[..., j, i]``.
+
+    ``scores`` ``(..., K)`` holds ``v_{t-1}``, ``transitions_to`` ``(K, K)`` is ``A`` transposed (``[j, i]``)
+    and contiguous; the result is ``(..., K, K)``. In this layout the max and argmax over the previous tag ``i``
+    run over the innermost, contiguous dimension, the fastest reduction; the values added and compared are the
+    same as in the textbook layout.
+    """
+    return scores.unsqueeze(-2) + transitions_to
+
+
+def _best_paths(scores: Tensor, pointers: Tensor, lengths: Tensor, end: Tensor, block: int) -> Tensor:
+    """Best tag sequences ``(B, T)`` from the Viterbi scores ``v`` ``(T, B, K)`` and back-pointers ``p_1 ..
+    p_{T-1}`` ``(T-1, B, K)`` (time-major, see ``_viterbi_sequential``); values past a row's end are not
+    meaningful.
+
+    The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
+    ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
+    are traced back together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of
+    ``T`` dependent ``gather`` steps, the back-pointer maps are composed by pointer doubling in blocks of
+    ``block`` steps (``_trace_back``): ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
+    """
+    length, batch_size, num_tags = scores.shape
     last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
     final = scores.gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
     best_last = final.argmax(dim=1)  # y_{n-1}, (B,)
 
     # maps[t] = p_{t+1}, from the tag at t+1 to the tag at t: (T, B, K); the identity where t+1 >= n.
-    identity = torch.arange(num_tags, device=em.device).expand(batch_size, num_tags)
-    in_sequence = torch.arange(1, length + 1, device=em.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
+    identity = torch.arange(num_tags, device=scores.device).expand(batch_size, num_tags)
+    in_sequence = torch.arange(1, length + 1, device=scores.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
     maps = torch.where(in_sequence, torch.cat([pointers, identity.unsqueeze(0)]), identity)
-    # One block on a GPU (no dependent steps at all); short blocks on a CPU, where fewer, smaller rounds win.
-    return _trace_back(maps, best_last, block=length if parallel else _CPU_TRACE_BACK_BLOCK).t()
+    return _trace_back(maps, best_last, block).t()
 
 
 _CPU_TRACE_BACK_BLOCK = 16

@@ -7,18 +7,16 @@ different label orders (KLUE-baseline's in the TSV path, the Hub's alphabetical 
 """
 
 import re
+import unicodedata
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
-from transformers import ElectraTokenizerFast
 
-from koelectra_crf.alignment import encode_texts, token_labels
-from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
+from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, token_labels
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
 from koelectra_crf.crf import IGNORE_INDEX
-
-ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
-"""The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
 
 HUB_DATASET = ("klue", "ner")
 """The Hub dataset used when no file is given (KLUE v1; `klue` is an alias of `klue/klue`)."""
@@ -70,9 +68,12 @@ def strip_entity_marks(marked_sentence: str) -> tuple[str, list[tuple[int, int, 
 
 def _count_ill_formed(tags: list[str]) -> int:
     """Number of `I-X` tags that follow neither `B-X` nor `I-X` (ill-formed but parseable BIO)."""
-    previous = ["O"] + tags[:-1]
-    # "O"[2:] is "", so an I-X after O counts as well as one after another type.
-    return sum(1 for prev, tag in zip(previous, tags, strict=True) if tag.startswith("I-") and prev[2:] != tag[2:])
+    previous = [OUTSIDE] + tags[:-1]
+    return sum(
+        1
+        for prev, tag in zip(previous, tags, strict=True)
+        if tag.startswith("I-") and entity_type(prev) != entity_type(tag)
+    )
 
 
 def read_klue_tsv(path: str | Path) -> list[dict]:
@@ -82,9 +83,15 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
     <text:TAG> marks>`, one `CHAR\\tTAG` line per character (spaces are characters) and a blank line.
 
     Returns one dict per sentence with `guid`, `sentence` (marks removed), `tokens` (the characters) and
-    `ner_tags` (tag names). Raises [`KlueFormatError`] naming the file and line for a line without a tab, a
-    tag outside the 13 KLUE tags, a field that is not one character, or characters that do not join to the
-    header's text. Ill-formed BIO (an `I-X` after `O`) is kept as is and counted in a warning.
+    `ner_tags` (tag names). Raises [`KlueFormatError`] naming the file (and line) for a file that is not UTF-8
+    (a UTF-8 byte order mark is fine), holds no sentence, or has a line without a tab, a tag outside the 13 KLUE
+    tags, a field that is not one character, or characters that do not join to the header's text. Ill-formed
+    BIO (an `I-X` after `O`) is kept as is and counted in a warning.
+
+    Sentences come back in Unicode NFC, the form the pipeline gives the model: a file in decomposed Hangul
+    (NFD: one line per jamo) is composed, each composed character taking the tag of its first character (an
+    entity boundary inside a syllable moves to the syllable's start; a resulting ill-formed `I-X` is counted as
+    above), with a warning that counts the sentences composed.
     """
     label_set = set(KLUE_LABELS)
     sentences = []
@@ -92,17 +99,24 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
     tokens: list[str] = []
     tags: list[str] = []
 
+    composed = 0  # sentences that were not in NFC
+
     def finish() -> None:
+        nonlocal composed
         line_no, guid, marked = header
         plain, _ = strip_entity_marks(marked)
-        if "".join(tokens) != plain:
+        joined = "".join(tokens)
+        if unicodedata.normalize("NFC", joined) != unicodedata.normalize("NFC", plain):
             raise KlueFormatError(
-                f"{path}:{line_no}: the characters below this header join to {''.join(tokens)!r}, "
+                f"{path}:{line_no}: the characters below this header join to {joined!r}, "
                 f"but the header's text without marks is {plain!r}"
             )
-        sentences.append({"guid": guid, "sentence": plain, "tokens": tokens, "ner_tags": tags})
+        text, spans = nfc_with_offsets(joined)
+        composed += text != joined
+        sentence_tags = [tags[start] for start, _ in spans]
+        sentences.append({"guid": guid, "sentence": text, "tokens": list(text), "ner_tags": sentence_tags})
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f, _utf8_required(path):
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\n")  # only the newline: a trailing space may be a character or text
             if line == "" or line.startswith(_HEADER_PREFIX):
@@ -135,7 +149,15 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
         finish()
     elif header is not None:
         raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
+    if not sentences:
+        raise KlueFormatError(f"{path}: no sentences (the file is empty or holds only `## ` comment lines)")
 
+    if composed:
+        warnings.warn(
+            f"{path}: {composed} sentences not in Unicode NFC (decomposed Hangul?) were composed; a composed "
+            "character takes the tag of its first character",
+            stacklevel=2,
+        )
     ill_formed = sum(_count_ill_formed(sentence["ner_tags"]) for sentence in sentences)
     if ill_formed:
         warnings.warn(
@@ -143,6 +165,24 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
             stacklevel=2,
         )
     return sentences
+
+
+@contextmanager
+def _utf8_required(path: str | Path):
+    """Turn a decoding error while reading `path` into a [`KlueFormatError`] that names the file and line."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raw = Path(path).read_bytes()
+        try:  # the reader decodes in blocks: find the first bad byte and its line in the whole file
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line_no = raw[: error.start].count(b"\n") + 1
+            raise KlueFormatError(
+                f"{path}:{line_no}: not UTF-8 (byte {raw[error.start]:#04x}); KLUE NER files must be UTF-8, "
+                "convert it first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
+            ) from None
+        raise
 
 
 def tags_to_ids(tag_names: list[str], label2id: dict[str, int]) -> list[int]:
@@ -221,44 +261,33 @@ def load_klue_ner(
 def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """Model inputs for training: one row per window of every sentence (no character is dropped).
 
-    Uses the alignment the pipeline uses ([`koelectra_crf.alignment`]) in `config.tokenization` mode with
-    `config.max_length`/`config.stride`. `labels` holds the model's ids (`config.label2id`, matched by name) on
-    tagged tokens and -100 on special and untagged tokens. Padding is left to the data collator.
+    Uses the alignment and the window builder the pipeline uses ([`koelectra_crf.alignment`]) in
+    `config.tokenization` mode with `config.max_length`/`config.stride`. `labels` holds the model's ids
+    (`config.label2id`, matched by name) on tagged tokens and -100 on special and untagged tokens (the model derives
+    the positions to tag from them). Padding is left to the data collator.
     """
     names = label_names(dataset)
-    use_token_types = "token_type_ids" in tokenizer.model_input_names
 
     def windows(batch: dict) -> dict:
-        rows = {"input_ids": [], "attention_mask": [], "labels": []}
-        if use_token_types:
-            rows["token_type_ids"] = []
+        rows = {}
         encoded_texts = encode_texts(["".join(tokens) for tokens in batch["tokens"]], tokenizer, config.tokenization)
         for encoded, tag_ids in zip(encoded_texts, batch["ner_tags"], strict=True):
             tags = token_labels(encoded, [names[i] for i in tag_ids])
             label_ids = [IGNORE_INDEX if tag is None else tags_to_ids([tag], config.label2id)[0] for tag in tags]
-            prefix = [IGNORE_INDEX] * len(encoded.prefix_ids)
-            suffix = [IGNORE_INDEX] * len(encoded.suffix_ids)
             for start, end in encoded.windows(config.max_length, config.stride):
-                input_ids = encoded.window_input_ids(start, end)
-                rows["input_ids"].append(input_ids)
-                rows["attention_mask"].append([1] * len(input_ids))
-                rows["labels"].append(prefix + label_ids[start:end] + suffix)
-                if use_token_types:
-                    rows["token_type_ids"].append([encoded.type_id] * len(input_ids))
+                window = encoded.window(start, end, label_ids)
+                del window["tag_mask"]  # the same as labels != -100; the data collator would not pad it
+                for key, values in window.items():
+                    rows.setdefault(key, []).append(values)
         return rows
 
     return dataset.map(windows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 
-def character_tokenizer(texts: list[str], folder: str | Path) -> ElectraTokenizerFast:
-    """A WordPiece tokenizer whose vocabulary is the characters of `texts` (each also as a `##` piece).
-
-    For smoke runs and tests with a tiny random encoder: no download, every character of the data known. The
-    vocabulary is written to `folder/vocab.txt`.
-    """
-    chars = sorted({char for text in texts for char in text if not char.isspace()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{char}" for char in chars]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    return ElectraTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)
+def load_klue_split(file: str | Path | None = None, max_sentences: int | None = None) -> Dataset:
+    """A KLUE NER TSV file, or the Hub `klue` validation split when no file is given; optionally its first
+    `max_sentences` sentences."""
+    dataset = load_klue_ner(test_file=file)["test"] if file else load_klue_ner()["validation"]
+    if max_sentences is not None:
+        dataset = dataset.select(range(min(max_sentences, len(dataset))))
+    return dataset

@@ -13,8 +13,7 @@ from seqeval.metrics.v1 import classification_report
 from seqeval.scheme import IOB2
 from sklearn.metrics import f1_score
 
-from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
-from koelectra_crf.data import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
 
 ENTITY_LABELS = [label for label in KLUE_LABELS if label != "O"]
 """The 12 B-/I- tags, for the character F1 without O."""

@@ -10,7 +10,6 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
-from .pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 
 @dataclass
@@ -102,30 +101,6 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         if missing:
             raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
         return model.float()
-
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Save as usual, and name the CRF pipeline in config.json (`custom_pipelines`).
-
-        With `auto_map`, the remote-code files (this one and its relative imports: config, CRF, pipeline,
-        alignment) are copied next to the weights, so that `pipeline("token-classification", model=folder,
-        trust_remote_code=True)` builds the CRF pipeline in a process that never imported `koelectra_crf`.
-        """
-        pipeline_class = KoElectraCrfTokenClassificationPipeline
-        module_name = pipeline_class.__module__.rsplit(".", 1)[-1]
-        self.config.custom_pipelines = {
-            "token-classification": {
-                "impl": f"{module_name}.{pipeline_class.__name__}",
-                "pt": ["AutoModelForTokenClassification"],
-                "type": "text",
-            }
-        }
-        # register_for_auto_class records one Auto class per class; this model also serves as the AutoModel.
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": self._auto_map_name()}
-        super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def _auto_map_name(cls) -> str:
-        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
     def emissions(self, sequence_output: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Emission scores (B, T, K) from encoder states (B, T, H)."""

@@ -4,7 +4,8 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 
 - tags are the Viterbi path of the CRF (constrained to valid BIO), not the argmax of the logits; a token's `score`
   is the CRF marginal probability of its tag;
-- `start`/`end` are character offsets into the input string and `word == text[start:end]`;
+- `start`/`end` are character offsets into the input string and `word == text[start:end]`; the model reads the
+  text in Unicode NFC (decomposed Hangul composed, `alignment.nfc_with_offsets`), the offsets stay the input's;
 - texts longer than `config.max_length` tokens are tagged whole, through overlapping windows (nothing is cut);
 - entity spans always follow the character tags: a Korean particle glued to a name (서울시**에서**) stays outside
   the entity, so the word-based strategies cannot widen an entity to the whole space-separated word. The
@@ -12,21 +13,63 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
   the first token's, `max` the highest.
 """
 
+import os
+
 import torch
-from transformers import TokenClassificationPipeline
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from .alignment import EncodedText, char_tags_to_spans, encode_texts, token_tags_to_char_tags
+from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, token_tags_to_char_tags
+
+TASK = "token-classification"
 
 
-class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
-    def __new__(cls, model=None, *args, **kwargs):
-        # Registered for "token-classification", this class takes the built-in pipeline's place in the registry;
-        # models without a CRF head keep getting the built-in pipeline.
-        if cls is KoElectraCrfTokenClassificationPipeline and not hasattr(model, "tag_probabilities"):
-            return TokenClassificationPipeline(*args, model=model, **kwargs)
-        return super().__new__(cls)
+class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
+    """Named-entity recognition with a [`KoElectraCrfForTokenClassification`] model: Viterbi tags, CRF-marginal
+    scores, character offsets, whole texts through windows (see the module docstring).
+
+    Built like any pipeline: `KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)`, or
+    `pipeline("token-classification", model=folder, trust_remote_code=True)` for a folder written by
+    [`save_pretrained`]. A `ChunkPipeline`: one text becomes one model input per window, and the windows of a
+    text come back together to `postprocess`. It takes the arguments and returns the output format of the
+    built-in `TokenClassificationPipeline` (`aggregation_strategy`, `ignore_labels`), but none of its hooks.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write a model folder for the Hub: weights, config, tokenizer and the remote code, with this pipeline
+        named in config.json (`custom_pipelines`) and the model in `auto_map`, so that
+        `pipeline("token-classification", model=folder, trust_remote_code=True)` builds this pipeline in any
+        process, and the Auto classes load the model there."""
+        self.add_to_folder(self.model, save_directory)
+        super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def add_to_folder(cls, model, folder: str | os.PathLike) -> None:
+        """Name this pipeline and the model's classes in `model.config` and copy the remote-code files (the model's,
+        the config's and this pipeline's modules with their relative imports) into `folder`.
+
+        Call it before the model's `save_pretrained` writes config.json into `folder`: [`save_pretrained`] does,
+        and so does the trainer for every folder it writes.
+        """
+        os.makedirs(folder, exist_ok=True)
+        config = model.config
+        config.custom_pipelines = {
+            TASK: {"impl": _qualified_name(cls), "pt": ["AutoModelForTokenClassification"], "type": "text"}
+        }
+        model_name = _qualified_name(type(model))
+        config.auto_map = {
+            "AutoConfig": _qualified_name(type(config)),
+            "AutoModel": model_name,
+            "AutoModelForTokenClassification": model_name,
+        }
+        for code in (cls, type(model), type(config)):
+            custom_object_save(code, folder)
 
     def _sanitize_parameters(self, ignore_labels=None, aggregation_strategy=None, **unsupported):
         # Windows come from the model's config instead of `stride`, offsets from the tokenizer.
@@ -38,7 +81,10 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
         postprocess_params = {}
         if aggregation_strategy is not None:
             if isinstance(aggregation_strategy, str):
-                aggregation_strategy = AggregationStrategy[aggregation_strategy.upper()]
+                valid = [strategy.value for strategy in AggregationStrategy]
+                if aggregation_strategy.lower() not in valid:
+                    raise ValueError(f"unknown aggregation_strategy {aggregation_strategy!r}: use one of {valid}")
+                aggregation_strategy = AggregationStrategy(aggregation_strategy.lower())
             postprocess_params["aggregation_strategy"] = aggregation_strategy
         if ignore_labels is not None:
             postprocess_params["ignore_labels"] = ignore_labels
@@ -48,21 +94,14 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
         if not isinstance(sentence, str):
             raise ValueError(f"expected a string, got {type(sentence).__name__}")
         config = self.model.config
-        encoded = encode_texts([sentence], self.tokenizer, config.tokenization)[0]
+        # The model reads the NFC text (decomposed Hangul would be unknown jamo to it); `postprocess` maps its
+        # offsets back into `sentence`, the caller's string, which is what travels on.
+        text, _ = nfc_with_offsets(sentence)
+        encoded = encode_texts([text], self.tokenizer, config.tokenization)[0]
         windows = encoded.windows(config.max_length, config.stride)
-        prefix = [False] * len(encoded.prefix_ids)
-        suffix = [False] * len(encoded.suffix_ids)
         for n, (start, end) in enumerate(windows):
-            input_ids = encoded.window_input_ids(start, end)
-            inputs = {
-                "input_ids": torch.tensor([input_ids]),
-                "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),
-                "tag_mask": torch.tensor([prefix + encoded.tagged[start:end] + suffix]),
-            }
-            if "token_type_ids" in self.tokenizer.model_input_names:
-                inputs["token_type_ids"] = torch.full((1, len(input_ids)), encoded.type_id)
             yield {
-                **inputs,
+                **{name: torch.tensor([values]) for name, values in encoded.window(start, end).items()},
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,
                 "sentence": sentence if n == 0 else None,
@@ -89,7 +128,14 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
 
     def postprocess(self, all_outputs, aggregation_strategy=AggregationStrategy.NONE, ignore_labels=None):
         ignore_labels = ["O"] if ignore_labels is None else ignore_labels
-        text, encoded = all_outputs[0]["sentence"], all_outputs[0]["encoded"]
+        sentence, encoded = all_outputs[0]["sentence"], all_outputs[0]["encoded"]
+        text, char_spans = nfc_with_offsets(sentence)  # as in `preprocess`: `encoded` is aligned with `text`
+
+        def original(start: int, end: int) -> dict:
+            """`word`, `start`, `end` in `sentence` of the characters [start, end) of `text`."""
+            start, end = char_spans[start][0], char_spans[end - 1][1]
+            return {"word": sentence[start:end], "start": start, "end": end}
+
         tag_ids, scores = self._token_predictions(all_outputs, encoded)
         id2label = self.model.config.id2label
         tags = [id2label[t] if tagged else None for t, tagged in zip(tag_ids, encoded.tagged, strict=True)]
@@ -97,8 +143,7 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
 
         if aggregation_strategy == AggregationStrategy.NONE:
             return [
-                {"entity": tag, "score": scores[k], "index": prefix + k, "word": text[start:end], "start": start,
-                 "end": end}
+                {"entity": tag, "score": scores[k], "index": prefix + k, **original(start, end)}
                 for k, (tag, (start, end)) in enumerate(zip(tags, encoded.char_spans, strict=True))
                 if tag is not None and tag not in ignore_labels
             ]  # fmt: skip
@@ -115,8 +160,7 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
             token_scores = [scores[token_starting_at[i]] for i in range(start, end) if i in token_starting_at]
             if label_type not in ignore_labels:
                 entities.append(
-                    {"entity_group": label_type, "score": group_score(token_scores), "word": text[start:end],
-                     "start": start, "end": end}
+                    {"entity_group": label_type, "score": group_score(token_scores), **original(start, end)}
                 )  # fmt: skip
         return entities
 
@@ -152,5 +196,13 @@ class KoElectraCrfTokenClassificationPipeline(TokenClassificationPipeline):
         return result["predictions"][0].tolist(), result["scores"][0].tolist()
 
     def __call__(self, inputs: str | list[str], **kwargs):
-        """Tag one text or a list of texts; see the module docstring for how this differs from the built-in."""
-        return ChunkPipeline.__call__(self, inputs, **kwargs)
+        """Tag one text (a list of entity dicts) or a list of texts (one list per text); see the module docstring
+        for how this differs from the built-in pipeline."""
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError("At least one input is required: got an empty list of texts")
+        return super().__call__(inputs, **kwargs)
+
+
+def _qualified_name(code: type) -> str:
+    """`module.Class` as `auto_map` and `custom_pipelines` name remote code (the module without its package)."""
+    return f"{code.__module__.rsplit('.', 1)[-1]}.{code.__name__}"

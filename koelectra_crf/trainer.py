@@ -1,18 +1,14 @@
 """`NerTrainer`: a transformers `Trainer` with R-Drop, FGM, differential learning rates and KLUE evaluation."""
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from koelectra_crf.alignment import spans_to_char_tags
 from koelectra_crf.crf import IGNORE_INDEX
-from koelectra_crf.data import example_tag_names, label_names
-from koelectra_crf.metrics import klue_ner_metrics
+from koelectra_crf.evaluation import SentencePrediction, evaluate_dataset
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 
@@ -41,28 +37,6 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Ten
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-@contextmanager
-def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model in evaluation mode (no dropout) inside the block, back in its previous mode after it. Pipelines
-    do not switch modes themselves, and a model mid-training or just trained is in training mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def predict_char_tags(ner, texts: list[str], batch_size: int) -> list[list[str]]:
-    """Character BIO tags of each text, as the pipeline predicts them (windows, Viterbi, character alignment)."""
-    texts = list(texts)
-    results = ner(texts, aggregation_strategy="simple", batch_size=batch_size) if texts else []
-    return [
-        spans_to_char_tags(len(text), [(e["start"], e["end"], e["entity_group"]) for e in entities])
-        for text, entities in zip(texts, results, strict=True)
-    ]
-
-
 class NerTrainer(Trainer):
     """Trainer for `KoElectraCrfForTokenClassification`.
 
@@ -75,8 +49,11 @@ class NerTrainer(Trainer):
       exactly like the first (fp16 loss scaling, gradient accumulation, DDP no_sync).
     - Optimizer groups: encoder at `learning_rate`, BiLSTM/classifier/CRF at `head_learning_rate`; no weight
       decay on biases and LayerNorm.
-    - `evaluate` runs the token-classification pipeline over `eval_dataset` (raw sentences with `tokens` and
-      `ner_tags`) and reports KLUE's character-level metrics: what is measured is what users get.
+    - `evaluate` runs the CRF pipeline over `eval_dataset` (a raw KLUE split: `sentence`, `tokens`, `ner_tags`)
+      in evaluation mode and reports KLUE's character-level metrics (`evaluation.evaluate_dataset`): what is
+      measured is what users get.
+    - Every folder it saves (checkpoints and the final model) is a complete model folder that
+      `pipeline("token-classification", model=folder, trust_remote_code=True)` loads.
     """
 
     args: NerTrainingArguments
@@ -84,7 +61,7 @@ class NerTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._adversarial_pass = False
-        self.last_predictions: list[list[str]] = []  # character tags of the last `evaluate` call
+        self.last_predictions: list[SentencePrediction] = []  # of the last `evaluate` call
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.rdrop_alpha == 0 or not model.training or self._adversarial_pass:
@@ -150,20 +127,25 @@ class NerTrainer(Trainer):
     ) -> dict[str, float]:
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         started = time.perf_counter()
-        predictions = self.last_predictions = self.predict_char_tags(dataset["sentence"])
-        names = label_names(dataset)
-        references = [example_tag_names(example, names) for example in dataset]
-        metrics = klue_ner_metrics(references, predictions, tokens=list(dataset["tokens"]))
+        metrics, self.last_predictions = evaluate_dataset(
+            self.pipeline(), dataset, self.args.per_device_eval_batch_size
+        )
         metrics["runtime"] = time.perf_counter() - started
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def predict_char_tags(self, texts: list[str]) -> list[list[str]]:
-        """`predict_char_tags` of the model in evaluation mode."""
-        with evaluation_mode(self.accelerator.unwrap_model(self.model)) as model:
-            ner = KoElectraCrfTokenClassificationPipeline(
-                model=model, tokenizer=self.processing_class, device=model.device
+    def pipeline(self) -> KoElectraCrfTokenClassificationPipeline:
+        """The CRF pipeline of the model being trained (in whatever mode the model is)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return KoElectraCrfTokenClassificationPipeline(
+            model=model, tokenizer=self.processing_class, device=model.device
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.should_save:
+            KoElectraCrfTokenClassificationPipeline.add_to_folder(
+                self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir
             )
-            return predict_char_tags(ner, texts, self.args.per_device_eval_batch_size)
+        super()._save(output_dir, state_dict)

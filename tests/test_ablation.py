@@ -1,7 +1,9 @@
-"""The ablation runner with a fake trainer: flags per variant, skipping, resuming, --status and --report."""
+"""The ablation runner with a fake trainer (flags per variant, skipping, resuming, --status and --report), and every
+variant's flags parsed by the real training, from the source tree and from an installed wheel."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +11,22 @@ from pathlib import Path
 import pytest
 from test_analysis import assert_valid_png
 
-from koelectra_crf.ablation import LOCK_FILE, VARIANTS, claim, latest_checkpoint, run_ablation
+from koelectra_crf.ablation import LOCK_FILE, VARIANTS, check_arguments, claim, latest_checkpoint, run_ablation
 from koelectra_crf.cli import build_parser, main
+from koelectra_crf.train import parse_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flags(command: list[str]) -> dict[str, str]:
-    """The command's `--flag value` pairs, the last of a repeated flag winning (as argparse reads them)."""
-    return dict(zip(command[2::2], command[3::2], strict=True))
+    """The command's `--flag value` pairs (after `python -m module`), the last of a repeated flag winning (as
+    argparse reads them)."""
+    return dict(zip(command[3::2], command[4::2], strict=True))
 
 
 class FakeTrainer:
-    """Stands in for `training/run.py`: saves checkpoint-10 and checkpoint-20, then writes the results files as
-    the Trainer does. A run listed in `interrupt` stops (Ctrl-C) right after its first checkpoint."""
+    """Stands in for `python -m koelectra_crf.train`: saves checkpoint-10 and checkpoint-20, then writes the results
+    files as the Trainer does. A run listed in `interrupt` stops (Ctrl-C) right after its first checkpoint."""
 
     def __init__(self, interrupt: tuple[str, int] | None = None):
         self.commands: list[list[str]] = []
@@ -213,3 +219,65 @@ def test_ablation_arguments_after_double_dash_go_to_every_run(tmp_path):
     assert args.extra == ["--max_steps", "5"]
     with pytest.raises(SystemExit):
         main(["ablation", "--output_dir", str(tmp_path)])  # training needs --config
+
+
+PRESETS = ["training/configs/offline-e5-small.json", "training/configs/smoke.json"]
+EXPECTED_SETTINGS = {  # variant: (use_bilstm, use_crf, FGM on, R-Drop on), as the training reads them
+    "baseline": (False, False, False, False),
+    "+crf": (False, True, False, False),
+    "+bilstm": (True, True, False, False),
+    "full_no_fgm": (True, True, False, True),
+    "full_no_rdrop": (True, True, True, False),
+    "full": (True, True, True, True),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_variant_command_parses_into_its_settings(preset, tmp_path):
+    commands = check_arguments(ROOT / preset, tmp_path, seeds=2, extra=["--num_train_epochs", "1"])
+    assert len(commands) == 2 * len(VARIANTS)
+    for command in commands:
+        assert command[:3] == [sys.executable, "-m", "koelectra_crf.train"]
+        _, head, _, training, _ = parse_arguments(command[3:])
+        variant = Path(training.output_dir).parent.name
+        settings = (head.use_bilstm, head.use_crf, training.fgm_epsilon > 0, training.rdrop_alpha > 0)
+        assert settings == EXPECTED_SETTINGS[variant], variant
+        assert training.num_train_epochs == 1 and training.seed == int(Path(training.output_dir).name[len("seed-") :])
+
+
+def test_check_refuses_a_flag_the_training_does_not_know(tmp_path):
+    with pytest.raises(ValueError, match="no_such_flag"):
+        check_arguments(ROOT / PRESETS[1], tmp_path, seeds=1, extra=["--no_such_flag", "1"])
+
+
+@pytest.mark.slow
+def test_ablation_from_an_installed_wheel_parses_every_variant(tmp_path):
+    """`koelectra-crf ablation` needs no source tree: a wheel installed into a fresh venv launches the training as a
+    module (`-m koelectra_crf.train`) and every variant's arguments parse there."""
+    source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
+    ignored = shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
+    shutil.copytree(ROOT, source, ignore=ignored)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True, timeout=600)
+    (wheel,) = tmp_path.glob("koelectra_crf-*.whl")
+    venv = tmp_path / "venv"
+    # The venv sees this interpreter's torch, transformers, ...; koelectra_crf itself comes from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    work = tmp_path / "elsewhere"  # not the source tree
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": ""}
+    located = subprocess.run([python, "-c", "import koelectra_crf; print(koelectra_crf.__file__)"], cwd=work, env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    assert Path(located.stdout.strip()).is_relative_to(venv)
+    completed = subprocess.run(
+        [venv / "bin" / "koelectra-crf", "ablation", "--check", "--config", ROOT / PRESETS[0], "--output_dir", "runs",
+         "--seeds", "2", "--", "--num_train_epochs", "1"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    commands = completed.stdout.splitlines()
+    assert len(commands) == 2 * len(VARIANTS)
+    assert all(command.startswith(f"{python} -m koelectra_crf.train --config ") for command in commands)

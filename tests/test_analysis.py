@@ -17,10 +17,10 @@ from koelectra_crf.analysis.calibration import (
     temperature_scaled,
 )
 from koelectra_crf.analysis.errors import classify_entities, error_analysis, errors_markdown, mark_entities
-from koelectra_crf.analysis.evaluation import char_confusion_matrix
-from koelectra_crf.analysis.predictions import SentencePrediction
+from koelectra_crf.analysis.report import char_confusion_matrix
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import strip_entity_marks
+from koelectra_crf.evaluation import SentencePrediction
 
 
 def assert_valid_png(path) -> None:

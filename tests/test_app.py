@@ -15,7 +15,7 @@ import torch
 from tiny import character_tokenizer, tiny_model
 from transformers import pipeline
 
-from koelectra_crf import KLUE_LABELS
+from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -45,8 +45,7 @@ def model_folder(tmp_path_factory) -> Path:
     model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8)
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([1.0 if label.startswith("B-") else 0.0 for label in KLUE_LABELS]))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

@@ -55,8 +55,7 @@ def model_dir(klue_file, tmp_path_factory):
         optimizer.zero_grad()
         model(**batch).loss.backward()
         optimizer.step()
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    KoElectraCrfTokenClassificationPipeline(model=model.eval(), tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

@@ -1,13 +1,14 @@
 """Tests of koelectra_crf.crf against a brute-force oracle and pytorch-crf.
 
 Every algorithm that exists in two implementations (a loop over time, used on CPU, and a parallel one, used on
-GPU) is tested in both, forced through ``LinearChainCRF.implementation``.
+GPU) is tested in both, forced through ``LinearChainCRF(..., implementation=...)``.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import re
 
 import pytest
 import torch
@@ -57,12 +58,19 @@ def brute_force(emissions, start, transitions, end, allowed=None):
 
 
 def random_crf(num_tags, scale=1.0, implementation="auto", **kwargs):
-    crf = LinearChainCRF(num_tags, **kwargs)
-    crf.implementation = implementation
+    crf = LinearChainCRF(num_tags, implementation=implementation, **kwargs)
     with torch.no_grad():
         for parameter in crf.parameters():
             parameter.normal_(0.0, scale)
     return crf
+
+
+def with_implementation(crf: LinearChainCRF, implementation: str) -> LinearChainCRF:
+    """A new CRF with the parameters and constraints of ``crf``, built with ``implementation``."""
+    allowed = crf.allowed_start, crf.allowed_transitions, crf.allowed_end
+    other = LinearChainCRF(crf.num_tags, *allowed, crf.constrain_training, implementation=implementation)
+    other.load_state_dict(crf.state_dict())
+    return other
 
 
 def pytorch_crf_copy(crf: LinearChainCRF) -> CRF:
@@ -172,8 +180,9 @@ def test_brute_force_unconstrained(implementation, num_tags):
 def test_brute_force_constrained(implementation, labels):
     torch.manual_seed(0)
     allowed = bio_constraints(labels)
-    crf = random_crf(len(labels), scale=2.0, allowed_start=allowed[0], allowed_transitions=allowed[1])
-    crf.implementation = implementation
+    crf = random_crf(
+        len(labels), scale=2.0, implementation=implementation, allowed_start=allowed[0], allowed_transitions=allowed[1]
+    )
     mask = BRUTE_FORCE_MASKS[:, :4]
     emissions = torch.randn(*mask.shape, len(labels)) * 3
     params = crf.start_transitions, crf.transitions, crf.end_transitions
@@ -313,8 +322,7 @@ def test_half_precision_and_autocast_compute_in_float32(implementation):
 
 def test_low_precision_parameters_compute_in_float32(implementation):
     generator = torch.Generator().manual_seed(5)
-    crf = random_crf(4).to(torch.bfloat16)
-    crf.implementation = implementation
+    crf = random_crf(4, implementation=implementation).to(torch.bfloat16)
     emissions = torch.randn(3, 7, 4, generator=generator)
     tags = torch.randint(4, (3, 7), generator=generator)
     ll = crf.log_likelihood(emissions, tags)
@@ -345,9 +353,8 @@ def test_tags_at_masked_positions_are_ignored(implementation):
 
 def test_marginals_are_distributions_on_unmasked_positions(implementation):
     generator = torch.Generator().manual_seed(7)
-    crf = random_crf(6, allowed_transitions=torch.rand(6, 6, generator=generator) < 0.7)
+    crf = random_crf(6, implementation=implementation, allowed_transitions=torch.rand(6, 6, generator=generator) < 0.7)
     crf.allowed_transitions[:, 0] = True  # some tag can always follow
-    crf.implementation = implementation
     mask = torch.rand(6, 30, generator=generator) < 0.7
     mask[0] = False
     marginals = crf.marginals(torch.randn(6, 30, 6, generator=generator) * 3, mask)
@@ -394,9 +401,10 @@ def test_length_one_and_default_mask(implementation):
 def test_constrained_training_keeps_gradients_finite(implementation):
     labels = ["O", "B-X", "I-X", "B-Y", "I-Y"]
     allowed_start, allowed_transitions, _ = bio_constraints(labels)
-    crf = random_crf(5, allowed_start=allowed_start, allowed_transitions=allowed_transitions)
+    crf = random_crf(
+        5, implementation=implementation, allowed_start=allowed_start, allowed_transitions=allowed_transitions
+    )
     crf.constrain_training = True
-    crf.implementation = implementation
     emissions = (torch.randn(4, 40, 5) * 50).requires_grad_()
     tags = torch.randint(5, (4, 40))  # mostly invalid BIO: a log-likelihood near -1e4, but finite
     ll = crf.log_likelihood(emissions, tags)
@@ -418,9 +426,10 @@ def test_gradients_agree_between_implementations():
     gradients = {}
     for implementation in IMPLEMENTATIONS:
         torch.manual_seed(0)
-        crf = random_crf(5, allowed_start=allowed_start, allowed_transitions=allowed_transitions)
+        crf = random_crf(
+            5, implementation=implementation, allowed_start=allowed_start, allowed_transitions=allowed_transitions
+        )
         crf.constrain_training = True
-        crf.implementation = implementation
         leaf = emissions.clone().requires_grad_()
         weights = torch.arange(1.0, 7.0)  # a different upstream gradient per sequence
         (crf.log_likelihood(leaf, tags, mask) * weights).sum().backward()
@@ -436,8 +445,8 @@ def test_implementations_agree_on_long_sequences():
     mask = torch.rand(4, 70, generator=generator) < 0.9
     results = {}
     for implementation in IMPLEMENTATIONS:
-        crf.implementation = implementation
-        results[implementation] = crf.log_partition(emissions, mask), crf.marginals(emissions, mask)
+        forced = with_implementation(crf, implementation)
+        results[implementation] = forced.log_partition(emissions, mask), forced.marginals(emissions, mask)
     torch.testing.assert_close(results["sequential"][0], results["parallel"][0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(results["sequential"][1], results["parallel"][1], rtol=1e-4, atol=1e-4)
 
@@ -454,8 +463,7 @@ def test_parallel_viterbi_finds_a_best_path_on_long_sequences():
     mask[3, :40] = False  # not left-aligned
     paths = {}
     for implementation in IMPLEMENTATIONS:
-        crf.implementation = implementation
-        paths[implementation] = crf.decode(emissions, mask)
+        paths[implementation] = with_implementation(crf, implementation).decode(emissions, mask)
     start, transitions, end = (
         p.detach().double() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)
     )
@@ -493,28 +501,43 @@ def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
 
     monkeypatch.setattr(crf_module, "_log_partition_parallel", fail)
     monkeypatch.setattr(crf_module, "_forward_alphas_parallel", fail)
+    monkeypatch.setattr(crf_module, "_viterbi_parallel", fail)
     crf = random_crf(3)
+    assert crf.implementation == "auto"
     emissions, tags = torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.long)
     crf.log_likelihood(emissions, tags)
     crf.marginals(emissions)
     crf.decode(emissions)
-    crf.implementation = "parallel"
+    crf = random_crf(3, implementation="parallel")
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.log_partition(emissions)
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.marginals(emissions)
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.decode(emissions)
-    crf.implementation = "fast"
-    with pytest.raises(ValueError):
-        crf.log_partition(emissions)
+
+
+def test_implementation_is_a_validated_constructor_argument():
+    message = re.escape("implementation must be one of 'auto', 'sequential', 'parallel', got 'fast'")
+    with pytest.raises(ValueError, match=message):
+        LinearChainCRF(3, implementation="fast")
+    # The model's positional call (num_tags, allowed_start, allowed_transitions, allowed_end, constrain_training).
+    crf = LinearChainCRF(len(KLUE_LABELS), *bio_constraints(KLUE_LABELS), True, implementation="parallel")
+    assert crf.constrain_training and crf.implementation == "parallel"
+    assert "implementation='parallel'" in repr(crf)
+    with pytest.raises(ValueError, match=message):  # reassigning is validated the same way
+        crf.implementation = "fast"
+    assert crf.implementation == "parallel"
+    crf.implementation = "sequential"
+    assert crf.implementation == "sequential"
 
 
 def test_no_data_dependent_host_synchronisation(implementation):
     # Meta tensors have shapes but no values: any .item(), .tolist(), bool(tensor) or nonzero() raises, so this
     # shows (on CPU) that the hot paths never wait for the device.
-    crf = LinearChainCRF(len(KLUE_LABELS), *bio_constraints(KLUE_LABELS), constrain_training=True).to("meta")
-    crf.implementation = implementation
+    crf = LinearChainCRF(
+        len(KLUE_LABELS), *bio_constraints(KLUE_LABELS), constrain_training=True, implementation=implementation
+    ).to("meta")
     emissions = torch.randn(4, 9, len(KLUE_LABELS), device="meta", requires_grad=True)
     tags = torch.zeros(4, 9, dtype=torch.long, device="meta")
     mask = torch.ones(4, 9, dtype=torch.bool, device="meta")

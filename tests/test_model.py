@@ -121,8 +121,10 @@ def test_tag_mask_excludes_special_tokens_at_inference(tmp_path):
     tokenizer = character_tokenizer(tmp_path)
     model = tiny_model(tokenizer.vocab_size)
     encoded = encode_texts([TINY_TEXT], tokenizer, "subword")[0]
-    input_ids = torch.tensor([encoded.window_input_ids(0, len(encoded.token_ids))])
-    tag_mask = torch.tensor([[False] + encoded.tagged + [False]])
+    window = encoded.window(0, len(encoded.token_ids))
+    assert window["tag_mask"] == [False] + encoded.tagged + [False]
+    input_ids = torch.tensor([window["input_ids"]])
+    tag_mask = torch.tensor([window["tag_mask"]])
     output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), tag_mask=tag_mask)
     assert (output.predictions[0, [0, -1]] == -100).all()
     assert (output.predictions[0, 1:-1] >= 0).all()

@@ -1,21 +1,32 @@
 """The CRF pipeline: character offsets, windows, aggregation, labels by name, and loading from a Hub folder."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import shared_path
 from tiny import TINY_TEXT, character_tokenizer, load_in_fresh_process, tiny_model
-from transformers import AutoTokenizer, ElectraTokenizerFast, TokenClassificationPipeline, pipeline
-from transformers.dynamic_module_utils import get_imports
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    ElectraTokenizerFast,
+    TokenClassificationPipeline,
+    pipeline,
+)
+from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
+import koelectra_crf
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import encode_texts, token_labels
 from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
+REMOTE_FILES = {"configuration_koelectra_crf.py", "modeling_koelectra_crf.py", "crf.py", "pipeline_koelectra_crf.py",
+                "alignment.py"}  # fmt: skip
 # Gold sentences with KLUE-style marks. Entities end where a subword of both real tokenizers ends, so that
 # subword tagging can represent them exactly (char tagging always can).
 MARKED = [
@@ -43,7 +54,7 @@ def oracle_forward(model, tokenizer, texts_and_spans):
         encoded = encode_texts([text], tokenizer, config.tokenization)[0]
         labels = token_labels(encoded, char_tags(text, spans))
         for start, end in encoded.windows(config.max_length, config.stride):
-            ids = tuple(encoded.window_input_ids(start, end))
+            ids = tuple(encoded.window(start, end)["input_ids"])
             emissions = torch.zeros(len(ids), config.num_labels)
             for position, label in enumerate(labels[start:end], start=len(encoded.prefix_ids)):
                 if label is not None:
@@ -172,8 +183,69 @@ def test_built_in_pipeline_is_kept_for_other_models(tmp_path):
     tokenizer = character_tokenizer(tmp_path)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=20)  # fmt: skip
-    ner = pipeline("token-classification", model=BertForTokenClassification(config), tokenizer=tokenizer)
+    model = BertForTokenClassification(config)
+    ner = pipeline("token-classification", model=model, tokenizer=tokenizer)
     assert type(ner) is TokenClassificationPipeline
+    folder = tmp_path / "bert"
+    ner.save_pretrained(folder)  # transformers' own save: no custom pipeline named for a built-in model
+    assert "custom_pipelines" not in json.loads((folder / "config.json").read_text())
+    assert type(pipeline("token-classification", model=str(folder))) is TokenClassificationPipeline
+
+
+def test_crf_models_never_get_the_argmax_pipeline(tmp_path, tiny_pipeline):
+    """A model of this class, built in this process or loaded from a folder through the Auto classes, gets the CRF
+    pipeline from `pipeline("token-classification", model=...)`."""
+    model, tokenizer = tiny_pipeline.model, tiny_pipeline.tokenizer
+    built_here = pipeline("token-classification", model=model, tokenizer=tokenizer)
+    assert type(built_here) is KoElectraCrfTokenClassificationPipeline
+    folder = tmp_path / "saved"
+    tiny_pipeline.save_pretrained(folder)
+    loaded = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    from_folder = pipeline("token-classification", model=loaded, tokenizer=AutoTokenizer.from_pretrained(folder))
+    assert type(from_folder) is KoElectraCrfTokenClassificationPipeline
+    expected = tiny_pipeline(TINY_TEXT, aggregation_strategy="simple")
+    assert built_here(TINY_TEXT, aggregation_strategy="simple") == expected
+    assert from_folder(TINY_TEXT, aggregation_strategy="simple") == expected
+
+
+IMPORT_CHECK = """
+import json, logging
+import transformers
+from transformers.pipelines import PIPELINE_REGISTRY
+before = (transformers.logging.get_verbosity(), logging.getLogger("transformers.pipelines.base").filters[:])
+import koelectra_crf
+after = (transformers.logging.get_verbosity(), logging.getLogger("transformers.pipelines.base").filters[:])
+print(json.dumps({"unchanged_logging": before == after,
+                  "entry": PIPELINE_REGISTRY.supported_tasks["token-classification"]["impl"].__name__}))
+"""
+
+
+def test_importing_the_package_changes_only_the_token_classification_entry():
+    completed = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "already registered" not in completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {"unchanged_logging": True, "entry": "TokenClassificationDispatch"}
+
+
+def test_remote_code_files_stand_alone():
+    """The model file does not import the pipeline; each Hub file imports only what it uses of the other four."""
+    folder = Path(koelectra_crf.__file__).parent
+    relative = {name: set(get_relative_imports(folder / name)) for name in REMOTE_FILES}
+    assert relative == {
+        "configuration_koelectra_crf.py": set(),
+        "crf.py": set(),
+        "alignment.py": {"crf"},
+        "modeling_koelectra_crf.py": {"configuration_koelectra_crf", "crf"},
+        "pipeline_koelectra_crf.py": {"alignment"},
+    }
+
+
+def test_a_plain_model_save_names_no_pipeline(tmp_path):
+    tiny_model(character_tokenizer(tmp_path / "tokenizer").vocab_size).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "custom_pipelines" not in saved
+    assert saved["auto_map"]["AutoModelForTokenClassification"].startswith("modeling_koelectra_crf.")
 
 
 def test_unsupported_arguments_are_refused(tiny_pipeline):
@@ -183,15 +255,12 @@ def test_unsupported_arguments_are_refused(tiny_pipeline):
 
 def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, tiny_pipeline):
     folder = tmp_path / "hub"
-    tiny_pipeline.model.save_pretrained(folder)
-    tiny_pipeline.tokenizer.save_pretrained(folder)
+    tiny_pipeline.save_pretrained(folder)
     saved = json.loads((folder / "config.json").read_text())
     assert saved["auto_map"]["AutoModelForTokenClassification"].startswith("modeling_koelectra_crf.")
     assert saved["custom_pipelines"]["token-classification"]["impl"].startswith("pipeline_koelectra_crf.")
-    remote_files = {"configuration_koelectra_crf.py", "modeling_koelectra_crf.py", "crf.py",
-                    "pipeline_koelectra_crf.py", "alignment.py"}  # fmt: skip
-    assert remote_files <= {path.name for path in folder.iterdir()}
-    for name in remote_files:  # the Hub user needs nothing but torch and transformers
+    assert REMOTE_FILES <= {path.name for path in folder.iterdir()}
+    for name in REMOTE_FILES:  # the Hub user needs nothing but torch and transformers
         # get_imports: the packages transformers requires to be installed before it runs a remote-code file
         assert set(get_imports(folder / name)) <= {"torch", "transformers"} | sys.stdlib_module_names, name
 

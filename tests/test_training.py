@@ -16,7 +16,8 @@ from transformers import DataCollatorForTokenClassification, Trainer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.data import load_klue_ner, tokenize_and_align
-from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, predict_char_tags, symmetric_kl
+from koelectra_crf.evaluation import evaluate_dataset
+from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report_to", "none"]
@@ -93,11 +94,20 @@ def test_evaluation_predicts_without_dropout_and_training_continues_with_it(tmp_
     trainer.training_step(
         trainer.model, batch
     )  # leaves the model in training mode, as mid-training evaluation finds it
-    texts = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"]["sentence"][:8]
+    dataset = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"].select(range(8))
     frozen = KoElectraCrfTokenClassificationPipeline(model=copy.deepcopy(trainer.model).eval(),
                                                      tokenizer=trainer.processing_class)  # fmt: skip
-    assert trainer.predict_char_tags(texts) == predict_char_tags(frozen, texts, batch_size=8)
+    metrics = trainer.evaluate(dataset)
+    expected_metrics, expected = evaluate_dataset(frozen, dataset, batch_size=8)
+    assert [p.predicted_tags for p in trainer.last_predictions] == [p.predicted_tags for p in expected]
+    assert metrics["eval_char_f1"] == pytest.approx(expected_metrics["char_f1"])
     assert trainer.model.training  # back in training mode after evaluating
+
+
+def test_evaluation_refuses_tokenized_data_with_a_clear_message(tmp_path):
+    trainer, _ = _tiny_trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks the columns \['guid', 'sentence', 'tokens', 'ner_tags'\]"):
+        trainer.evaluate(trainer.train_dataset)
 
 
 def _gradients_after_step(trainer, batch) -> dict[str, torch.Tensor]:

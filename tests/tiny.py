@@ -11,14 +11,19 @@ from pathlib import Path
 from transformers import BertConfig, ElectraConfig, ElectraTokenizerFast
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification
-from koelectra_crf.data import character_tokenizer as character_tokenizer_from_texts
 
 TINY_TEXT = "김철수는 서울에서 2024년 3월 1일 오전 9시에 삼성전자 사과 3개를 샀다. ABC 123 李 😀"
 
 
-def character_tokenizer(folder: Path, text: str = TINY_TEXT) -> ElectraTokenizerFast:
-    """A WordPiece tokenizer whose vocabulary is the characters of `text`."""
-    return character_tokenizer_from_texts([text], folder)
+def character_tokenizer(folder: Path, text: str = TINY_TEXT, texts: list[str] | None = None) -> ElectraTokenizerFast:
+    """A WordPiece tokenizer whose vocabulary is the characters of `text` (or of all `texts`), each also as a `##`
+    piece: no download, every character known. The vocabulary is written to `folder/vocab.txt`."""
+    chars = sorted({char for line in (texts or [text]) for char in line if not char.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{char}" for char in chars]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return ElectraTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False)
 
 
 def tiny_encoder_config(vocab_size: int, model_type: str = "electra"):

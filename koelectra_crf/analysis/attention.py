@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from koelectra_crf.data import strip_entity_marks
+from koelectra_crf.evaluation import Span
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 from . import plots
-from .predictions import Span
 
 TokenSpan = tuple[int, int] | None
 """A token's character span, None for a special token."""
@@ -31,7 +31,7 @@ def attention_maps(
     ner.model.set_attn_implementation("eager")
     with torch.no_grad():
         attentions = ner.model(**tensors, output_attentions=True).attentions
-    input_ids = encoded.window_input_ids(start, end)
+    input_ids = encoded.window(start, end)["input_ids"]
     spans = [None] * len(encoded.prefix_ids) + encoded.char_spans[start:end] + [None] * len(encoded.suffix_ids)
     return ner.tokenizer.convert_ids_to_tokens(input_ids), spans, torch.stack([a[0] for a in attentions]).float().cpu()
 

@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForTokenClassification
 
 from koelectra_crf.data import tokenize_and_align
+from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
 from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX, KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 from . import plots
-from .predictions import SentencePrediction, predict_dataset, run_pipeline
 
 DEFAULT_BINS = 15
 TEMPERATURES = [2.0 ** (k / 12) for k in range(-24, 25)]

@@ -17,9 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from koelectra_crf.alignment import OUTSIDE
-from koelectra_crf.data import ENTITY_TYPES
-
-from .predictions import SentencePrediction, Span
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.evaluation import SentencePrediction, Span
 
 CATEGORIES = ("correct", "boundary", "type", "boundary+type", "spurious", "missed")
 

@@ -1,6 +1,12 @@
-"""Run the CRF pipeline over KLUE data: the predictions every analysis starts from."""
+"""The one evaluation path: the CRF pipeline over a KLUE split, its entities as character tags, KLUE's metrics.
 
-from collections.abc import Sequence
+`evaluate_dataset` is what `NerTrainer.evaluate`, `koelectra-crf evaluate` (and through training, the model card)
+measure, so that what is reported is what users of the pipeline get. The other analyses start from its
+`SentencePrediction`s.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -9,8 +15,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf.alignment import char_tags_to_spans, spans_to_char_tags
-from koelectra_crf.data import example_tag_names, label_names, load_klue_ner
+from koelectra_crf.data import example_tag_names, label_names
+from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+RAW_COLUMNS = ("guid", "sentence", "tokens", "ner_tags")
+"""The columns of a KLUE split as `data.load_klue_ner` returns it: what evaluation reads."""
 
 Span = tuple[int, int, str]
 """(start, end, type): an entity's character offsets (end exclusive) and type."""
@@ -22,21 +32,13 @@ def default_device() -> str:
 
 
 def load_pipeline(model: str, device: str | None = None) -> KoElectraCrfTokenClassificationPipeline:
-    """The CRF pipeline of a model folder or Hub id, on `device` (default: the GPU when there is one)."""
+    """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
+    one)."""
     return KoElectraCrfTokenClassificationPipeline(
         model=AutoModelForTokenClassification.from_pretrained(model).eval(),
         tokenizer=AutoTokenizer.from_pretrained(model),
         device=device or default_device(),
     )
-
-
-def load_klue_split(file: str | None = None, max_sentences: int | None = None) -> Dataset:
-    """A KLUE NER TSV file, or the Hub `klue` validation split when no file is given; optionally its first
-    `max_sentences` sentences."""
-    dataset = load_klue_ner(test_file=file)["test"] if file else load_klue_ner()["validation"]
-    if max_sentences is not None:
-        dataset = dataset.select(range(min(max_sentences, len(dataset))))
-    return dataset
 
 
 @dataclass
@@ -95,3 +97,42 @@ def predict_dataset(
         )
         for example, sentence_entities in zip(dataset, entities, strict=True)
     ]
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in evaluation mode (no dropout) inside the block, back in its previous mode after it. Pipelines
+    do not switch modes themselves, and a model mid-training or just trained is in training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def prediction_metrics(predictions: list[SentencePrediction]) -> dict[str, float]:
+    """`metrics.klue_ner_metrics` of the predictions, spaces dropped as KLUE does."""
+    return klue_ner_metrics(
+        [p.gold_tags for p in predictions], [p.predicted_tags for p in predictions], [p.tokens for p in predictions]
+    )
+
+
+def evaluate_dataset(
+    ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, batch_size: int = 8
+) -> tuple[dict[str, float], list[SentencePrediction]]:
+    """KLUE metrics of the pipeline on a KLUE split, and its predictions.
+
+    The model runs in evaluation mode (and goes back to its previous mode after). `dataset` must hold the raw KLUE
+    columns ([`RAW_COLUMNS`], as `data.load_klue_ner` gives them), not tokenized windows.
+    """
+    missing = [column for column in RAW_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"evaluation tags raw KLUE sentences: the dataset lacks the columns {missing} (it has "
+            f"{dataset.column_names}). Pass a split of `koelectra_crf.data.load_klue_ner(...)`, not the output of "
+            "`tokenize_and_align`."
+        )
+    with evaluation_mode(ner.model):
+        predictions = predict_dataset(ner, dataset, batch_size)
+    return prediction_metrics(predictions), predictions

@@ -1,4 +1,4 @@
-"""`koelectra-crf evaluate`: KLUE metrics, a classification report, charts and per-sentence predictions."""
+"""The report of `koelectra-crf evaluate`: KLUE metrics, a classification report, charts, per-sentence predictions."""
 
 import json
 from pathlib import Path
@@ -6,19 +6,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
-from koelectra_crf.data import ENTITY_TYPES
-from koelectra_crf.metrics import klue_ner_metrics
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
+from koelectra_crf.evaluation import SentencePrediction
 
 from . import plots
-from .predictions import SentencePrediction
-
-
-def prediction_metrics(predictions: list[SentencePrediction]) -> dict[str, float]:
-    """`metrics.klue_ner_metrics` of the predictions, spaces dropped as KLUE does."""
-    return klue_ner_metrics(
-        [p.gold_tags for p in predictions], [p.predicted_tags for p in predictions], [p.tokens for p in predictions]
-    )
 
 
 def char_confusion_matrix(predictions: list[SentencePrediction]) -> np.ndarray:
@@ -62,11 +53,11 @@ def classification_report(metrics: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_evaluation(predictions: list[SentencePrediction], output_dir: Path) -> dict[str, float]:
+def write_evaluation(metrics: dict[str, float], predictions: list[SentencePrediction], output_dir: Path) -> None:
     """Write `metrics.json`, `classification_report.txt`, `entity_f1.png`, `confusion_matrix.{json,png}` and
-    `predictions.jsonl` (one line per sentence: guid, text, gold and predicted entities); return the metrics."""
+    `predictions.jsonl` (one line per sentence: guid, text, gold and predicted entities) of an evaluation
+    (`evaluation.evaluate_dataset`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics = prediction_metrics(predictions)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output_dir / "classification_report.txt").write_text(classification_report(metrics))
     plots.bar_chart(
@@ -97,4 +88,3 @@ def write_evaluation(predictions: list[SentencePrediction], output_dir: Path) ->
             ]
             record = {"guid": p.guid, "text": p.text, "gold": gold, "predicted": p.entities}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return metrics

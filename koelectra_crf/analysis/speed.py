@@ -13,12 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from koelectra_crf.evaluation import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-
-from .predictions import load_pipeline
-
-DEFAULT_SENTENCES = Path("../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv")
-"""The 21,008 KLUE NER train sentences, unlabelled (relative to the project root)."""
 
 WARMUP_SENTENCES = 8
 

@@ -1,0 +1,214 @@
+"""Fine-tune an encoder + BiLSTM + CRF on KLUE NER, in the style of transformers' `run_ner.py`.
+
+    accelerate launch training/run.py --config training/configs/klue-koelectra-base.json
+    python -m koelectra_crf.train --config training/configs/smoke.json --output_dir outputs/smoke
+
+(`training/run.py` is this module's `main`.) `--config PRESET.json` sets defaults; any flag on the command line
+overrides them. Every `TrainingArguments` flag works, plus the recipe's own (`--fgm_epsilon`, `--rdrop_alpha`,
+`--head_learning_rate`, `--early_stopping_patience`) and every setting of the model's head, named and defaulted
+as in `KoElectraCrfConfig` (`--use_bilstm`, `--max_length`, `--crf_constrain_training`, ...). The output folder
+holds a model that loads with `trust_remote_code=True`, its tokenizer, `eval_results.json`, the evaluation
+predictions and a model card (README.md).
+"""
+
+import dataclasses
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+from huggingface_hub import HfApi
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    set_seed,
+)
+
+from hub_card.render import render_model_card
+from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
+from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align
+from koelectra_crf.evaluation import SentencePrediction
+from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
+
+logger = logging.getLogger(__name__)
+# `--push_to_hub` uploads the model folder, not the checkpoints, logs and training state next to it.
+NOT_UPLOADED_FOLDERS = ("checkpoint-", "runs")
+NOT_UPLOADED_FILES = {"train_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
+                      "upload_manifest.json"}  # fmt: skip
+
+
+@dataclass
+class ModelArguments:
+    """Where the encoder and the tokenizer come from."""
+
+    encoder_name_or_path: str = field(
+        default="monologg/koelectra-base-v3-discriminator", metadata={"help": "Pretrained encoder (Hub id or folder)."}
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the encoder's."})
+    random_encoder_config: str | None = field(
+        default=None,
+        metadata={"help": "JSON encoder config: randomly initialised encoder instead of pretrained weights "
+                          "(smoke runs, speed benchmarks)."},
+    )  # fmt: skip
+
+
+def _head_arguments() -> type:
+    """A dataclass of the head's settings, made from `KoElectraCrfConfig`'s own fields: the same names, defaults
+    and help (the config docstring's Args) as the config, so each setting is declared once."""
+    config_fields = {f.name: f for f in dataclasses.fields(KoElectraCrfConfig)}
+    docs = dict(re.findall(r"^ {8}(\w+) \(`[^\n]*\n((?: {12}.*\n)+)", KoElectraCrfConfig.__doc__, re.MULTILINE))
+    head = []
+    for name, annotation in vars(KoElectraCrfConfig)["__annotations__"].items():
+        if name == "encoder":  # comes from ModelArguments
+            continue
+        help_text = " ".join(docs[name].split())
+        head.append((name, annotation, field(default=config_fields[name].default, metadata={"help": help_text})))
+    return dataclasses.make_dataclass("HeadArguments", head)
+
+
+HeadArguments = _head_arguments()
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "KLUE NER TSV; without files: Hub klue/ner."})
+    validation_file: str | None = None
+    test_file: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class CardArguments:
+    license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
+    push_dry_run: bool = field(default=False, metadata={"help": "Build the Hub folder and list it; upload nothing."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, HeadArguments, DataArguments, NerTrainingArguments, CardArguments)
+
+
+def parse_arguments(argv: list[str]) -> tuple:
+    """HfArgumentParser over the argument dataclasses (model, head, data, training, card);
+    `--config FILE.json` gives defaults that flags override."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", help="JSON preset: defaults for any of the flags below, which override it")
+    if "--config" in argv:
+        position = argv.index("--config")
+        preset = json.loads(Path(argv[position + 1]).read_text(encoding="utf-8"))
+        unknown = set(preset) - {action.dest for action in parser._actions} | ({"config"} & set(preset))
+        if unknown:
+            raise ValueError(f"{argv[position + 1]}: unknown settings {sorted(unknown)}")
+        parser.set_defaults(**preset)
+        argv = argv[:position] + argv[position + 2 :]
+    *arguments, _ = parser.parse_args_into_dataclasses(args=argv)  # the last: a namespace with `config`
+    return tuple(arguments)
+
+
+def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_size: int):
+    head = dataclasses.asdict(head_args)
+    if model_args.random_encoder_config is None:
+        return KoElectraCrfForTokenClassification.from_encoder(model_args.encoder_name_or_path, labels, **head)
+    encoder_dict = json.loads(Path(model_args.random_encoder_config).read_text(encoding="utf-8"))
+    encoder = AutoConfig.for_model(**{**encoder_dict, "vocab_size": vocab_size})
+    return KoElectraCrfForTokenClassification(KoElectraCrfConfig(encoder=encoder, labels=labels, **head))
+
+
+def write_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
+    """One JSON line per sentence: its guid, text and predicted character tags."""
+    with path.open("w", encoding="utf-8") as file:
+        for p in predictions:
+            record = {"guid": p.guid, "sentence": p.text, "tags": p.predicted_tags}
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, head_args, data_args, training_args, card_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # The Trainer would push checkpoints and a card of its own; the finished folder is uploaded below instead.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    set_seed(training_args.seed)
+
+    raw = load_klue_ner(data_args.train_file, data_args.validation_file, data_args.test_file)
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
+    if data_args.max_eval_samples is not None:
+        raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
+    output_dir = Path(training_args.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.encoder_name_or_path)
+    model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+
+    with training_args.main_process_first(desc="tokenizing"):
+        train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
+    callbacks = []
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+    trainer = NerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=raw["validation"],
+        data_collator=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    metrics = trainer.evaluate()
+    trainer.save_metrics("eval", metrics)
+    predictions = {"validation": trainer.last_predictions}
+    if "test" in raw:
+        trainer.save_metrics("test", trainer.evaluate(raw["test"], metric_key_prefix="test"))
+        predictions["test"] = trainer.last_predictions
+    if trainer.is_world_process_zero():
+        for split, split_predictions in predictions.items():
+            write_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
+        card = render_model_card(
+            trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
+            base_model=model_args.encoder_name_or_path if model_args.random_encoder_config is None else None,
+            data_description=describe_data(data_args), training_args=training_args, license=card_args.license,
+            model_id=training_args.hub_model_id,
+        )  # fmt: skip
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
+        if push_to_hub or card_args.push_dry_run:
+            upload(output_dir, training_args.hub_model_id, dry_run=card_args.push_dry_run)
+    return metrics
+
+
+def describe_data(data_args: DataArguments) -> str:
+    if data_args.train_file is None:
+        return "KLUE NER (Hub `klue`/`ner`): train split for training, validation split for evaluation"
+    train, validation = Path(data_args.train_file).name, Path(data_args.validation_file).name
+    return f"training file `{train}`, evaluation file `{validation}`"
+
+
+def upload(folder: Path, repo_id: str | None, dry_run: bool) -> list[str]:
+    """Upload the model folder with huggingface_hub (or, dry run, list what would be uploaded)."""
+    relative_paths = (path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
+    files = sorted(
+        str(path) for path in relative_paths
+        if not path.parts[0].startswith(NOT_UPLOADED_FOLDERS) and path.name not in NOT_UPLOADED_FILES
+    )  # fmt: skip
+    if dry_run:
+        logger.info("push dry run: would upload %d files to %s: %s", len(files), repo_id, files)
+        (folder / "upload_manifest.json").write_text(json.dumps(files, indent=1), encoding="utf-8")
+        return files
+    if repo_id is None:
+        raise ValueError("--push_to_hub needs --hub_model_id")
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=files)
+    return files
+
+
+if __name__ == "__main__":
+    main()
