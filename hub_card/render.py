@@ -23,13 +23,39 @@ NOT_COMPARABLE = (
 )
 
 
+def describe_data(train_file: str | None, validation_file: str | None) -> tuple[str, dict[str, str]]:
+    """What the model was trained and evaluated on: a phrase for the card's text, and the model-index `dataset`.
+
+    The Hub's `klue`/`ner` when no training file was given (the training script's default); otherwise the files,
+    by name: they may hold anything in KLUE's format (the smoke sample, a re-split, another corpus), so they claim
+    no Hub dataset.
+    """
+    if train_file is None:
+        return (
+            "KLUE NER (Hub `klue`/`ner`: train split for training, validation split for evaluation; news, web and "
+            "review text)",
+            {"type": "klue", "name": "KLUE NER (validation split)", "config": "ner", "split": "validation"},
+        )
+    train, validation = Path(train_file).name, Path(validation_file).name if validation_file else "none"
+    return (
+        f"local files in KLUE's TSV format: training file `{train}`, evaluation file `{validation}`",
+        {"type": "local", "name": f"local file {validation}"},
+    )
+
+
 def render_model_card(
-    model, tokenizer, metrics: dict[str, float], base_model: str | None, data_description: str, training_args,
-    license: str = "apache-2.0", model_id: str | None = None,
+    model, tokenizer, metrics: dict[str, float], base_model: str | None, training_args,
+    train_file: str | None = None, validation_file: str | None = None, license: str = "apache-2.0",
+    model_id: str | None = None,
 ) -> str:  # fmt: skip
     """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
-    with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations."""
+    with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations.
+
+    `train_file`/`validation_file` are the training script's: None for the Hub's KLUE NER, which alone makes the
+    card claim `datasets: [klue]` ([`describe_data`])."""
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
+    data_description, evaluated_on = describe_data(train_file, validation_file)
+    on_klue = train_file is None
     with evaluation_mode(model):
         ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
         outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
@@ -41,8 +67,8 @@ def render_model_card(
         "license": license,
         "library_name": "transformers",
         "pipeline_tag": "token-classification",
-        "tags": ["ner", "crf", "klue", "korean"],
-        "datasets": ["klue"],
+        "tags": ["ner", "crf", "korean"] + ["klue"] * on_klue,
+        **({"datasets": ["klue"]} if on_klue else {}),
         **({"base_model": base_model} if base_model else {}),
         "widget": [
             {"text": text, "example_title": f"example {i + 1}", "output": output}
@@ -52,7 +78,7 @@ def render_model_card(
             "name": model_id.split("/")[-1],
             "results": [{
                 "task": {"type": "token-classification", "name": "Named entity recognition"},
-                "dataset": {"type": "klue", "name": f"KLUE NER ({data_description})", "config": "ner"},
+                "dataset": evaluated_on,
                 "metrics": [
                     {"type": "f1", "name": "entity F1 (KLUE)", "value": round(results["entity_f1"], 2)},
                     {"type": "f1", "name": "character F1 (KLUE)", "value": round(results["char_f1"], 2)},

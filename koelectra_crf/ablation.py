@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from koelectra_crf.analysis import plots
@@ -34,18 +35,47 @@ VARIANTS: dict[str, list[str]] = {
     "full_no_fgm": ["--use_bilstm", "true", "--use_crf", "true", "--fgm_epsilon", "0"],
     "full_no_rdrop": ["--use_bilstm", "true", "--use_crf", "true", "--rdrop_alpha", "0"],
     "full": ["--use_bilstm", "true", "--use_crf", "true"],
+    "character": ["--use_bilstm", "true", "--use_crf", "true", "--tag_unit", "character", *_NO_TRICKS],
+    "character_full": ["--use_bilstm", "true", "--use_crf", "true", "--tag_unit", "character"],
 }
-"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none."""
+"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none. Without
+`--tag_unit` a variant tags subword tokens (the preset's default)."""
 
-COMPARISONS = [
-    ("+crf", "baseline"),
-    ("+bilstm", "+crf"),
-    ("full", "+bilstm"),
-    ("full", "full_no_fgm"),
-    ("full", "full_no_rdrop"),
-]
-"""(variant, reference) pairs whose entity F1 difference the report states: each step of the ladder, and each
-training trick removed from the full recipe."""
+
+@dataclass(frozen=True)
+class Study:
+    """The variants a study trains, and the (variant, reference) pairs whose entity F1 difference its report states."""
+
+    variants: tuple[str, ...]
+    comparisons: tuple[tuple[str, str], ...]
+
+
+STUDIES = {
+    # The six variants of the original project: each step of the ladder, and each training trick removed.
+    "ablation": Study(
+        ("baseline", "+crf", "+bilstm", "full_no_fgm", "full_no_rdrop", "full"),
+        (
+            ("+crf", "baseline"),
+            ("+bilstm", "+crf"),
+            ("full", "+bilstm"),
+            ("full", "full_no_fgm"),
+            ("full", "full_no_rdrop"),
+        ),
+    ),  # fmt: skip
+    # Plain fine-tuning, the subword and the character head (BiLSTM + CRF), and the full recipe on each head.
+    "heads": Study(
+        ("baseline", "+bilstm", "character", "full", "character_full"),
+        (
+            ("character", "+bilstm"),
+            ("+bilstm", "baseline"),
+            ("character", "baseline"),
+            ("full", "+bilstm"),
+            ("character_full", "character"),
+            ("character_full", "full"),
+        ),
+    ),  # fmt: skip
+}
+ABLATION = STUDIES["ablation"]
 
 Launch = Callable[[list[str]], int]
 
@@ -108,7 +138,8 @@ def claim(folder: Path) -> bool:
 
 
 def train_command(config: Path, folder: Path, seed: int, variant: str, extra: Iterable[str] = ()) -> list[str]:
-    """The training command of one run, resuming from the run's latest checkpoint when it has one."""
+    """The training command of one run, resuming from the run's latest checkpoint when it has one, starting afresh
+    otherwise."""
     # `extra` comes before the variant's flags: with repeated flags the last wins, so a variant stays itself.
     command = [
         sys.executable,
@@ -126,6 +157,10 @@ def train_command(config: Path, folder: Path, seed: int, variant: str, extra: It
     checkpoint = latest_checkpoint(folder)
     if checkpoint is not None:
         command += ["--resume_from_checkpoint", str(checkpoint)]
+    else:
+        # The run's own folder, not done and without a checkpoint: it holds the lock and whatever an attempt killed
+        # before its first checkpoint left, nothing to keep (the training refuses a non-empty folder otherwise).
+        command += ["--overwrite_output_dir", "true"]
     return command
 
 
@@ -135,12 +170,13 @@ def run_ablation(
     seeds: int = 3,
     extra: Iterable[str] = (),
     launch: Launch = launch_subprocess,
+    study: Study = ABLATION,
 ) -> None:
     """Train every variant × seed (seeds 0..seeds-1, all variants of a seed before the next seed) that is neither
     done nor claimed by another runner. Stops at the first run that fails; running again resumes."""
     extra = list(extra)
     for seed in range(seeds):
-        for variant in VARIANTS:
+        for variant in study.variants:
             folder = run_dir(output_dir, variant, seed)
             if run_status(folder) == "done" or not claim(folder):
                 print(f"{variant} seed {seed}: {run_status(folder)}, skipped")
@@ -155,22 +191,24 @@ def run_ablation(
                 raise RuntimeError(f"{variant} seed {seed} failed (exit code {exit_code}); run again to resume it")
 
 
-def check_arguments(config: Path, output_dir: Path, seeds: int = 3, extra: Iterable[str] = ()) -> list[list[str]]:
+def check_arguments(
+    config: Path, output_dir: Path, seeds: int = 3, extra: Iterable[str] = (), study: Study = ABLATION
+) -> list[list[str]]:
     """Parse the training arguments of every variant × seed as its run would (`train.parse_arguments`), training
     nothing; return the commands. A flag that the training does not know fails here, before any run starts."""
     commands = []
     for seed in range(seeds):
-        for variant in VARIANTS:
+        for variant in study.variants:
             command = train_command(config, run_dir(output_dir, variant, seed), seed, variant, extra)
             parse_arguments(command[3:])
             commands.append(command)
     return commands
 
 
-def status_table(output_dir: Path, seeds: int = 3) -> str:
+def status_table(output_dir: Path, seeds: int = 3, study: Study = ABLATION) -> str:
     """Markdown table of every variant × seed: status, latest checkpoint, entity F1 when done."""
     lines = ["| variant | seed | status | latest checkpoint | entity F1 |", "|---|---:|---|---|---:|"]
-    for variant in VARIANTS:
+    for variant in study.variants:
         for seed in range(seeds):
             folder = run_dir(output_dir, variant, seed)
             status = run_status(folder)
@@ -190,10 +228,10 @@ def read_run_results(folder: Path) -> dict[str, float]:
     }
 
 
-def collect_results(output_dir: Path) -> dict[str, list[dict[str, float]]]:
+def collect_results(output_dir: Path, study: Study = ABLATION) -> dict[str, list[dict[str, float]]]:
     """`read_run_results` of every finished run under `output_dir`, per variant, in seed order."""
     results = {}
-    for variant in VARIANTS:
+    for variant in study.variants:
         folders = sorted(
             (path.parent for path in (output_dir / variant).glob("seed-*/" + RESULTS_FILE)),
             key=lambda folder: int(folder.name.removeprefix("seed-")),
@@ -222,10 +260,10 @@ def difference(values: list[float], reference: list[float]) -> tuple[float, floa
     return mean - reference_mean, (std**2 / len(values) + reference_std**2 / len(reference)) ** 0.5
 
 
-def ablation_report(output_dir: Path) -> str:
+def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
     """Markdown: mean ± std over seeds of entity F1, char F1, per-type F1 and training time per variant, then the
-    entity F1 differences of `COMPARISONS` with their standard errors."""
-    results = collect_results(output_dir)
+    entity F1 differences of the study's comparisons with their standard errors."""
+    results = collect_results(output_dir, study)
     metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in ENTITY_TYPES)]
     lines = [
         f"# Ablation ({output_dir})",
@@ -251,7 +289,7 @@ def ablation_report(output_dir: Path) -> str:
         "| variant | reference | Δ entity F1 | SE | beyond 2 SE |",
         "|---|---|---:|---:|---|",
     ]
-    for variant, reference in COMPARISONS:
+    for variant, reference in study.comparisons:
         if not results[variant] or not results[reference]:
             lines.append(f"| {variant} | {reference} | – | – | not enough runs |")
             continue
@@ -262,12 +300,12 @@ def ablation_report(output_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(output_dir: Path) -> str:
+def write_report(output_dir: Path, study: Study = ABLATION) -> str:
     """Write `ablation.md` and `ablation.png` (entity and char F1 per variant, error bars = std) into
     `output_dir`; return the Markdown."""
-    report = ablation_report(output_dir)
+    report = ablation_report(output_dir, study)
     (output_dir / "ablation.md").write_text(report)
-    results = {variant: runs for variant, runs in collect_results(output_dir).items() if runs}
+    results = {variant: runs for variant, runs in collect_results(output_dir, study).items() if runs}
     series, errors = {}, {}
     for metric, name in (("entity_f1", "entity F1"), ("char_f1", "char F1")):
         stats = [mean_std([run[metric] for run in runs]) for runs in results.values()]

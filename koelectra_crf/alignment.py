@@ -13,17 +13,25 @@ Tokenization modes (`config.tokenization`):
   `korean_ner` approach, meant for character vocabularies such as KoCharELECTRA's). If a tokenizer splits a
   character into several tokens, only the last is tagged.
 
-Spaces are never tokens. Going back to characters (`token_tags_to_char_tags`), the first character of a tagged
-token gets the token's tag, its other characters the ``I-`` of the same type (or ``O``); a character covered by no
-tagged token (a space, or a character the tokenizer drops) continues an entity only when the entity goes on right
-after it (KLUE labels a space inside an entity ``I-``); otherwise it is ``O``.
+Spaces are never tokens. What carries a tag is a *unit* (`config.tag_unit`):
+
+- ``"token"``: each tagged token. Going back to characters (`unit_tags_to_char_tags`), the first character of a
+  tagged token gets the token's tag, its other characters the ``I-`` of the same type (or ``O``), so an entity
+  boundary inside a token (a name glued to its particle: ``원의`` in ``최정원의``) cannot be represented.
+- ``"character"``: each non-space character that a tagged token covers, with that token behind it (the model
+  builds its features from that token's state). Every such character gets its own tag: no boundary is rounded.
+
+Either way, a character that is no unit (a space, or a character the tokenizer drops) continues an entity only
+when the entity goes on right after it (KLUE labels a space inside an entity ``I-``); otherwise it is ``O``.
 
 Long texts are cut into overlapping windows of `max_length` tokens (special tokens included) sharing `stride`
 tokens, so every character is tagged and none is dropped.
 """
 
 import unicodedata
+from bisect import bisect_left
 from dataclasses import dataclass
+from functools import cached_property
 
 from .crf import IGNORE_INDEX
 
@@ -35,6 +43,7 @@ class EncodedText:
     """A whole text tokenized once, without special tokens or truncation.
 
     Attributes:
+        text: the text.
         token_ids: ids of the N content tokens.
         char_spans: (start, end) character span of each content token in the text; (start, start) when the
             token covers no visible character.
@@ -43,6 +52,7 @@ class EncodedText:
         type_id: token type id of a single sequence; None when the model takes no token type ids.
     """
 
+    text: str
     token_ids: list[int]
     char_spans: list[tuple[int, int]]
     tagged: list[bool]
@@ -62,28 +72,75 @@ class EncodedText:
             ranges.append((start, min(start + capacity, num_tokens)))
         return ranges
 
-    def window(self, start: int, end: int, labels: list[int] | None = None) -> dict[str, list]:
+    def unit_tokens(self, tag_unit: str) -> list[int]:
+        """The content token behind each tagged unit, in text order (see the module docstring)."""
+        return [token for _, token in self._units(tag_unit)]
+
+    def unit_spans(self, tag_unit: str) -> list[tuple[int, int]]:
+        """The character span of each tagged unit, in text order: a tagged token's span, or one character."""
+        return [span for span, _ in self._units(tag_unit)]
+
+    def _units(self, tag_unit: str) -> list[tuple[tuple[int, int], int]]:
+        if tag_unit == "token":
+            return self._token_units
+        if tag_unit == "character":
+            return self._character_units
+        raise ValueError(f"tag_unit must be 'token' or 'character', got {tag_unit!r}")
+
+    @cached_property
+    def _token_units(self) -> list[tuple[tuple[int, int], int]]:
+        return [
+            (span, k) for k, (span, is_tagged) in enumerate(zip(self.char_spans, self.tagged, strict=True)) if is_tagged
+        ]
+
+    @cached_property
+    def _character_units(self) -> list[tuple[tuple[int, int], int]]:
+        return [
+            ((i, i + 1), k)
+            for (start, end), k in self._token_units
+            for i in range(start, end)
+            if not self.text[i].isspace()
+        ]
+
+    def window(self, start: int, end: int, tag_unit: str = "token", labels: list[int] | None = None) -> dict[str, list]:
         """Model inputs of the window of content tokens [start, end), special tokens around it, as lists:
 
         - `input_ids`, `attention_mask` and (when the model takes them) `token_type_ids`, of length L;
-        - `tag_mask`: True at the tagged content tokens, False at special and untagged tokens;
-        - given `labels` (one tag id per content token of the text, `IGNORE_INDEX` where untagged), `labels`:
-          the window's part of them, `IGNORE_INDEX` at the special tokens.
+        - `tag_mask`: which positions of the tagged sequence are units. With `tag_unit="token"` the tagged sequence
+          is the L tokens (True at tagged content tokens); with `"character"` it is the U units whose token is in
+          the window (all True), described by `char_token_index` (position of the unit's token among the L),
+          `char_position_ids` (the character's offset inside its token) and `char_codes` (its code point);
+        - given `labels` (one tag id per unit of the whole text), `labels`: the window's part, aligned with
+          `tag_mask` (`IGNORE_INDEX` where it is False).
 
         The one place where windows are assembled, for training (`data.tokenize_and_align`) and inference (the
         pipeline) alike.
         """
-        prefix, suffix = [False] * len(self.prefix_ids), [False] * len(self.suffix_ids)
         input_ids = self.prefix_ids + self.token_ids[start:end] + self.suffix_ids
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": [1] * len(input_ids),
-            "tag_mask": prefix + self.tagged[start:end] + suffix,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
         if self.type_id is not None:
             inputs["token_type_ids"] = [self.type_id] * len(input_ids)
+        all_units = self._units(tag_unit)  # in token order: the window's units are one slice of them
+        first = bisect_left(all_units, start, key=lambda unit: unit[1])
+        last = bisect_left(all_units, end, key=lambda unit: unit[1])
+        units = [(u, *all_units[u]) for u in range(first, last)]
+        offset = len(self.prefix_ids) - start  # content token k sits at position k + offset of the window
+        if tag_unit == "token":
+            inputs["tag_mask"] = [False] * len(input_ids)
+            for _, _, k in units:
+                inputs["tag_mask"][k + offset] = True
+        else:
+            inputs["tag_mask"] = [True] * len(units)
+            inputs["char_token_index"] = [k + offset for _, _, k in units]
+            inputs["char_position_ids"] = [i - self.char_spans[k][0] for _, (i, _), k in units]
+            inputs["char_codes"] = [ord(self.text[i]) for _, (i, _), _ in units]
         if labels is not None:
-            inputs["labels"] = [IGNORE_INDEX] * len(prefix) + labels[start:end] + [IGNORE_INDEX] * len(suffix)
+            if tag_unit == "token":
+                inputs["labels"] = [IGNORE_INDEX] * len(input_ids)
+                for u, _, k in units:
+                    inputs["labels"][k + offset] = labels[u]
+            else:
+                inputs["labels"] = [labels[u] for u, _, _ in units]
         return inputs
 
 
@@ -120,6 +177,7 @@ def _align(text: str, batch, index: int, char_positions: list[int] | None, uses_
         spans = [(char_positions[word_ids[i]], char_positions[word_ids[i]] + 1) for i in content]
     tagged = [start < end and (k + 1 == len(spans) or spans[k + 1][0] != start) for k, (start, end) in enumerate(spans)]
     return EncodedText(
+        text=text,
         token_ids=[ids[i] for i in content],
         char_spans=spans,
         tagged=tagged,
@@ -135,12 +193,9 @@ def _strip_space(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def token_labels(encoded: EncodedText, char_tags: list[str]) -> list[str | None]:
-    """Training targets: the tag of each tagged token's first character, None for untagged tokens."""
-    return [
-        char_tags[start] if is_tagged else None
-        for (start, _), is_tagged in zip(encoded.char_spans, encoded.tagged, strict=True)
-    ]
+def unit_labels(encoded: EncodedText, char_tags: list[str], tag_unit: str) -> list[str]:
+    """Training targets: the tag of each unit's first character (for a token unit, KLUE-baseline's convention)."""
+    return [char_tags[start] for start, _ in encoded.unit_spans(tag_unit)]
 
 
 def entity_type(tag: str) -> str | None:
@@ -148,12 +203,10 @@ def entity_type(tag: str) -> str | None:
     return tag[2:] if tag[:2] in ("B-", "I-") else None
 
 
-def token_tags_to_char_tags(text: str, encoded: EncodedText, token_tags: list[str | None]) -> list[str]:
-    """The tag of every character of `text`, from the tags of its content tokens (None for untagged tokens)."""
+def unit_tags_to_char_tags(text: str, unit_spans: list[tuple[int, int]], unit_tags: list[str]) -> list[str]:
+    """The tag of every character of `text`, from the tags of its units (`EncodedText.unit_spans`)."""
     char_tags: list[str | None] = [None] * len(text)
-    for (start, end), tag in zip(encoded.char_spans, token_tags, strict=True):
-        if tag is None:
-            continue
+    for (start, end), tag in zip(unit_spans, unit_tags, strict=True):
         label_type = entity_type(tag)
         char_tags[start] = tag
         char_tags[start + 1 : end] = [f"I-{label_type}" if label_type else OUTSIDE] * (end - start - 1)

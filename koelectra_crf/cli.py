@@ -1,15 +1,17 @@
 """The `koelectra-crf` command: predict, evaluate, analyse, benchmark and ablate a KoELECTRA-CRF model.
 
     koelectra-crf predict MODEL [TEXT ...] [--input FILE]       (no text and no file: one text per stdin line)
+    koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
+    koelectra-crf export MODEL --output DIR [--quantize int8]     (ONNX graph for onnxruntime; the CRF runs outside)
     koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR]
-    koelectra-crf errors MODEL [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
+    koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
     koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
     koelectra-crf benchmark MODEL --input FILE [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
     koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report | --check] [-- ARGS]
 
-MODEL is a model folder or a Hub id. The data is a KLUE NER TSV file, or the Hub `klue` validation split when no
-`--test_file` is given.
+MODEL is a model folder or a Hub id; for predict, evaluate, errors and benchmark also an ONNX export (CPU only).
+The data is a KLUE NER TSV file, or the Hub `klue` validation split when no `--test_file` is given.
 """
 
 import argparse
@@ -17,10 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-from koelectra_crf import ablation
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, serving
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import load_klue_split
 from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset, run_pipeline
+from koelectra_crf.threads import choose_cpu_threads
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +58,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="entities of texts, one JSON line per text")
     _model_arguments(predict)
     predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
-    predict.add_argument("--input", type=Path, help="file with one text per line")
+    predict.add_argument("--input", type=Path, help="file of texts: text lines, JSONL with a `text` field, KLUE TSV")
+    predict.add_argument(
+        "--input_format", choices=bulk.INPUT_FORMATS, default="auto",
+        help="(default: auto: jsonl for *.jsonl, klue for a file starting with '## ', else text)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--output", type=Path,
+        help="write the JSON lines to this file instead of printing them: streamed with a progress bar, a rerun "
+        "resumes after the last complete line; under `accelerate launch` the processes share the input",
+    )  # fmt: skip
     _batch_size_argument(predict)
+
+    export = commands.add_parser("export", help="ONNX graph (encoder + BiLSTM + emissions) for onnxruntime")
+    export.add_argument("model", help="model folder or Hub id")
+    export.add_argument("--output", type=Path, required=True, help="folder to write (graph, CRF, config, tokenizer)")
+    export.add_argument(
+        "--quantize", choices=serving.QUANTIZATIONS, help="int8 weights (onnxruntime dynamic quantization)"
+    )
 
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
     errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
     errors_parser.add_argument("--examples", type=int, default=5, help="examples per category (default: 5)")
+    errors_parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="MODEL",
+        help="more models to analyse on the same data; writes each one's analysis in OUTPUT_DIR/<n>-<name> and a "
+        "side-by-side comparison.md",
+    )
     calibration_parser = commands.add_parser("calibration", help="ECE and reliability diagram of the CRF marginals")
     calibration_parser.add_argument(
         "--bins",
@@ -107,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     ablation_parser.add_argument("--config", type=Path, help="training preset (JSON); needed to train")
     ablation_parser.add_argument("--output_dir", type=Path, required=True, help="one folder per variant and seed")
     ablation_parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    ablation_parser.add_argument(
+        "--study",
+        choices=sorted(ablation.STUDIES),
+        default="ablation",
+        help="which variants: the original project's six (ablation), or plain fine-tuning against the subword and "
+        "character heads (heads) (default: %(default)s)",
+    )
     mode = ablation_parser.add_mutually_exclusive_group()
     mode.add_argument("--status", action="store_true", help="list every variant × seed as done, running or missing")
     mode.add_argument("--report", action="store_true", help="write ablation.md and ablation.png from the results")
@@ -117,36 +153,74 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_pipeline(model: str, device: str | None, processes: int = 1) -> KoElectraCrfTokenClassificationPipeline:
+    """The model's pipeline, with CPU threads chosen for it (`threads.choose_cpu_threads`, sharing the cores among
+    `processes`; OMP_NUM_THREADS wins)."""
+    ner = load_pipeline(model, device)
+    if not isinstance(ner.model, serving.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
+        choose_cpu_threads(ner.model, processes)
+    return ner
+
+
 def _predict(args: argparse.Namespace) -> None:
+    if args.output:
+        state = bulk.process_state(args.device)
+        device = args.device
+        if device is None and state.device.type != "cpu" and not serving.is_onnx_folder(args.model):
+            device = str(state.device)  # each process its own GPU
+        ner = _load_pipeline(args.model, device, state.num_processes)
+        bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
+        return
     if args.texts:
         texts = args.texts
+    elif args.input:
+        texts = bulk.read_texts(args.input, args.input_format)
     else:
-        lines = args.input.read_text(encoding="utf-8").splitlines() if args.input else sys.stdin.read().splitlines()
-        texts = [line for line in lines if line.strip()]
-    ner = load_pipeline(args.model, args.device)
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    ner = _load_pipeline(args.model, args.device)
     for text, entities in zip(
         texts, run_pipeline(ner, texts, args.batch_size, aggregation_strategy="simple"), strict=True
     ):
         print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
 
 
+def _export(args: argparse.Namespace) -> None:
+    model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
+    folder = serving.export_onnx(model, AutoTokenizer.from_pretrained(args.model), args.output, args.quantize)
+    info = json.loads((folder / serving.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    megabytes = (folder / serving.ONNX_FILE).stat().st_size / 2**20
+    print(f"{folder / serving.ONNX_FILE}: {megabytes:.1f} MB, largest logit difference from PyTorch on a sample "
+          f"{info['sample_max_abs_difference']:.2g}")  # fmt: skip
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    ner = load_pipeline(args.model, args.device)
+    ner = _load_pipeline(args.model, args.device)
     metrics, predictions = evaluate_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
     report.write_evaluation(metrics, predictions, args.output_dir)
     print(report.classification_report(metrics), end="")
 
 
 def _errors(args: argparse.Namespace) -> None:
-    ner = load_pipeline(args.model, args.device)
-    predictions = predict_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
-    report = errors.write_error_analysis(predictions, args.output_dir, args.examples)
-    for category in errors.CATEGORIES:
-        print(f"{category:<15}{report['counts'][category]:>8}{report['percentages'][category]:>8.2f}%")
+    data = load_klue_split(args.test_file, args.max_sentences)
+    models = [args.model, *args.compare]
+    reports = {}
+    for n, model in enumerate(models):
+        predictions = predict_dataset(_load_pipeline(model, args.device), data, args.batch_size)
+        name = f"{n}-{Path(model).name}"
+        folder = args.output_dir if len(models) == 1 else args.output_dir / name
+        reports[name] = errors.write_error_analysis(predictions, folder, args.examples)
+    if len(models) == 1:
+        (report,) = reports.values()
+        for category in errors.CATEGORIES:
+            print(f"{category:<15}{report['counts'][category]:>8}{report['percentages'][category]:>8.2f}%")
+        return
+    comparison = errors.comparison_markdown(reports)
+    (args.output_dir / "comparison.md").write_text(comparison, encoding="utf-8")
+    print(comparison, end="")
 
 
 def _calibration(args: argparse.Namespace) -> None:
-    ner = load_pipeline(args.model, args.device)
+    ner = _load_pipeline(args.model, args.device)
     validation = load_klue_split(args.validation_file) if args.validation_file else None
     report = calibration.write_calibration(
         ner,
@@ -163,7 +237,7 @@ def _calibration(args: argparse.Namespace) -> None:
 
 
 def _attention(args: argparse.Namespace) -> None:
-    ner = load_pipeline(args.model, args.device)
+    ner = _load_pipeline(args.model, args.device)
     report = attention.write_attention(ner, args.sentence, args.output_dir, args.layers, args.heads)
     shares = ", ".join(f"{share:.3f}" for share in report["share_to_entities_by_layer"])
     print(f"share of attention to entity tokens by layer: {shares} (uniform: {report['share_if_uniform']:.3f})")
@@ -177,19 +251,21 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> None:
+    study = ablation.STUDIES[args.study]
     if args.status:
-        print(ablation.status_table(args.output_dir, args.seeds), end="")
+        print(ablation.status_table(args.output_dir, args.seeds, study), end="")
     elif args.report:
-        print(ablation.write_report(args.output_dir), end="")
+        print(ablation.write_report(args.output_dir, study), end="")
     elif args.check:
-        for command in ablation.check_arguments(args.config, args.output_dir, args.seeds, args.extra):
+        for command in ablation.check_arguments(args.config, args.output_dir, args.seeds, args.extra, study):
             print(" ".join(command))
     else:
-        ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra)
+        ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra, study=study)
 
 
 COMMANDS = {
     "predict": _predict,
+    "export": _export,
     "evaluate": _evaluate,
     "errors": _errors,
     "calibration": _calibration,
@@ -205,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "ablation" and not (args.status or args.report or args.config):
         parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
+    if args.command == "predict" and args.output and (args.texts or not args.input):
+        parser.error("predict: --output tags the file given by --input (and no TEXT arguments)")
     COMMANDS[args.command](args)
 
 

@@ -12,6 +12,7 @@ ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"
 """The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
 
 TOKENIZATION_MODES = ("subword", "char")
+TAG_UNITS = ("token", "character")
 
 # monologg/koelectra-base-v3-discriminator: the default encoder when none is given.
 KOELECTRA_BASE_V3 = {
@@ -54,6 +55,20 @@ class KoElectraCrfConfig(PreTrainedConfig):
             Tag names in id order; sets `id2label` and `label2id`. Defaults to `KLUE_LABELS`.
         crf_constrain_training (`bool`, defaults to `False`):
             Also apply the BIO transition constraints in the training likelihood (they always apply in decoding).
+        tag_unit (`str`, defaults to `"token"`):
+            What the BiLSTM, emission layer and CRF run over. `"token"`: the tagged tokens (a token carries the tag
+            of its first character, so an entity boundary inside a token is lost). `"character"`: every non-space
+            character, from the state of the token that covers it plus `char_embedding_size` features of its own
+            (see [`KoElectraCrfForTokenClassification`]); decoding gives character tags directly.
+        char_embedding_size (`int`, defaults to 32):
+            With `tag_unit="character"`: size of the embeddings of a character's offset inside its token and of
+            the character itself.
+        char_buckets (`int`, defaults to 4096):
+            With `tag_unit="character"`: rows of the character embedding; a character uses row (code point mod
+            `char_buckets`), so no vocabulary is needed.
+        max_char_position (`int`, defaults to 8):
+            With `tag_unit="character"`: offsets inside a token have embeddings up to this; later offsets share
+            the last one.
     """
 
     model_type = "koelectra-crf"
@@ -71,6 +86,10 @@ class KoElectraCrfConfig(PreTrainedConfig):
     max_length: int = 128
     stride: int = 32
     crf_constrain_training: bool = False
+    tag_unit: str = "token"
+    char_embedding_size: int = 32
+    char_buckets: int = 4096
+    max_char_position: int = 8
 
     def __post_init__(self, labels: list[str] | None = None, **kwargs):
         # `labels` (tag names in id order) is the one way to set the label set; id2label/label2id derive from it.
@@ -80,6 +99,8 @@ class KoElectraCrfConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.label2id is None:
             self.label2id = {label: i for i, label in self.id2label.items()}
+        if self.tag_unit not in TAG_UNITS:
+            raise ValueError(f"tag_unit must be one of {TAG_UNITS}, got {self.tag_unit!r}")
         if self.tokenization not in TOKENIZATION_MODES:
             raise ValueError(f"tokenization must be one of {TOKENIZATION_MODES}, got {self.tokenization!r}")
         if self.multi_sample_dropout < 1:

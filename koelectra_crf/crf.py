@@ -29,8 +29,9 @@ marginals are all 0.
 Constraints. Allowed start tags, transitions and end tags (e.g. from :func:`bio_constraints`) are applied by
 adding :data:`CONSTRAINT_PENALTY` to the scores of disallowed moves: a large but finite number, so that
 gradients stay finite. :meth:`LinearChainCRF.decode` instead adds ``-inf``, so it can never return a
-disallowed path. Constraints always apply to ``decode`` and ``marginals``; they apply to ``log_likelihood``
-and ``log_partition`` only with ``constrain_training=True``.
+disallowed path. Constraints always apply to ``decode``, ``marginals``, ``sequence_probability`` and
+``entity_probabilities``; they apply to ``log_likelihood`` and ``log_partition`` only with
+``constrain_training=True``.
 
 Implementations. The forward algorithm is a loop over time. On a CPU the loop, a few small operations per
 step, is the fastest, and its gradient comes from the backward algorithm (:class:`_LogPartitionSequential`),
@@ -211,18 +212,7 @@ class LinearChainCRF(nn.Module):
         Returns:
             ``(B,)`` float32; 0 for a row without unmasked positions. Differentiable; minimise ``-ll.mean()``.
         """
-        mask = self._check(emissions, mask)
-        if tags.shape != mask.shape:
-            raise ValueError(f"tags must have shape {tuple(mask.shape)}, got {tuple(tags.shape)}")
-        if emissions.size(1) == 0:
-            return emissions.float().sum(dim=(1, 2))  # zeros, connected to the graph
-        with _autocast_disabled(emissions.device):
-            em, mask_c, lengths, order = _left_align(emissions, mask)
-            # Tags of the compacted rows; padding gets tag 0 so that it can index safely.
-            tags_c = tags.gather(1, order).masked_fill(~mask_c, 0)
-            start, transitions, end = self._scores(self.constrain_training)
-            gold = _path_score(em, tags_c, mask_c, lengths, start, transitions, end)
-            return gold - self._log_partition(em, lengths, start, transitions, end)
+        return self._log_likelihood(emissions, tags, mask, self.constrain_training)
 
     def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Log partition function ``log Z = log sum_y exp(score(y))`` of each sequence.
@@ -286,20 +276,87 @@ class LinearChainCRF(nn.Module):
             return emissions.float()
         with _autocast_disabled(emissions.device):
             em, mask_c, lengths, order = _left_align(emissions, mask)
-            start, transitions, end = self._scores(constrained=True)
-            forward_alphas = _forward_alphas_parallel if self._parallel(em.device) else _forward_alphas_sequential
-            alphas = forward_alphas(em, start, transitions)
-            # The backward algorithm is the forward algorithm on the reversed chain: reverse each sequence in
-            # place, start with f, move from tag j to tag i with score A[i, j] (i.e. A transposed). Its alphas,
-            # reversed back, are beta_t(k) + e[t, k]: the suffixes from position t on, emission at t included.
-            reverse = _reverse_index(mask_c, lengths)
-            betas_and_emission = _gather_time(forward_alphas(_gather_time(em, reverse), end, transitions.t()), reverse)
+            alphas, betas_and_emission = self._forward_backward(em, mask_c, lengths, *self._scores(constrained=True))
             # In exact arithmetic logsumexp_k(alpha_t(k) + beta_t(k)) = log Z at every t. In float32 over a long
             # chain (scores in the thousands) the two drift apart by 1e-3 or more, so normalise per position
             # (a softmax over k) instead of subtracting the global log Z: each row is then a distribution.
             probabilities = (alphas + betas_and_emission - em).softmax(dim=-1)
             probabilities = probabilities.masked_fill(~mask_c.unsqueeze(2), 0.0)
             return torch.zeros_like(probabilities).scatter(1, order.unsqueeze(2).expand_as(em), probabilities)
+
+    def sequence_probability(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Probability ``P(tags | x) = exp(score(tags)) / Z`` of given tag sequences, e.g. the Viterbi paths.
+
+        Under the constraints, as :meth:`decode`, :meth:`marginals` and :meth:`entity_probabilities` see them,
+        whatever ``constrain_training``: this is ``exp`` of :meth:`log_likelihood` with ``constrain_training=True``
+        (the path score and ``log Z`` both with :data:`CONSTRAINT_PENALTY` on the disallowed moves). A sequence
+        with a disallowed move therefore gets 0, the probabilities of all ``K^n`` sequences of a row sum to 1, and
+        ``P(y_t = k | x)`` from :meth:`marginals` is the sum of the probabilities of the sequences with
+        ``y_t = k``.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            tags: ``(B, T)`` long; values at masked positions are ignored (``decode``'s ``-100`` is fine).
+            mask: ``(B, T)`` bool or ``None``.
+
+        Returns:
+            ``(B,)`` float32; 1 for a row without unmasked positions (the empty sequence is its only one).
+            Differentiable.
+        """
+        with _autocast_disabled(emissions.device):
+            return self._log_likelihood(emissions, tags, mask, constrained=True).exp()
+
+    def entity_probabilities(self, emissions: Tensor, mask: Tensor | None, spans: Tensor) -> Tensor:
+        """Probability that the tag sequence holds exactly a given entity, for a batch of spans.
+
+        An entity of type ``X`` on the tagged positions ``s..l`` of a row (positions of the chain, i.e. of the
+        compacted row) is there exactly when ``y_s = b``, ``y_t = i`` for ``s < t <= l`` and, if ``l + 1 < n``,
+        ``y_{l+1} != i``, with ``b`` and ``i`` the tag ids of ``B-X`` and ``I-X`` (the entity does not go on; a
+        following ``B-X`` starts another entity, so it is allowed). Constraints apply as in :meth:`marginals`.
+
+        Every such path is a prefix ending in ``y_s = b``, the fixed middle, and a suffix from ``l + 1`` on that
+        does not start with ``i``, so with ``alpha`` and ``beta`` as in :meth:`marginals`::
+
+            log P = alpha_s(b) + sum_{t=s+1}^{l} (A[y_{t-1}, i] + e[t, i]) + R - log Z
+            R     = logsumexp_{j != i}(A[y_l, j] + e[l+1, j] + beta_{l+1}(j))   if l + 1 < n
+            R     = f[y_l]                                                     if l = n - 1
+
+        where ``y_s = b`` and ``y_t = i`` for ``t > s`` (so ``y_l = b`` for a one-position entity). The middle
+        sum is ``A[b, i] + (l - s - 1) A[i, i]`` (when ``l > s``) plus the emissions of ``i`` summed over a
+        ``(N, T)`` mask of the positions ``s < t <= l``: no loop, all spans at once. ``log Z`` is taken at ``s``,
+        ``logsumexp_k(alpha_s(k) + beta_s(k))``, the per-position normaliser of :meth:`marginals` (see there), so
+        that ``P <= P(y_s = b | x)`` holds in float32 too, up to rounding. The alphas and betas come from the
+        loop or the parallel scan, as ``implementation`` selects.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            mask: ``(B, T)`` bool or ``None``.
+            spans: ``(N, 5)`` integer, one span ``(row, start, end, begin_tag, inside_tag)`` per line. ``row``
+                indexes the batch; ``start`` and ``end`` are positions as the caller sees them (as in
+                :meth:`marginals`' output), ``end`` EXCLUSIVE like a Python slice; ``begin_tag`` and
+                ``inside_tag`` are the tag ids of ``B-X`` and ``I-X``. The entity's tagged positions are the
+                unmasked ones in ``[start, end)``: ``start`` must be unmasked, masked positions within the span
+                (e.g. later subword tokens) are skipped as the chain skips them, and "the next tagged position" is
+                the first unmasked one at or after ``end``. Spans may overlap and come in any order.
+
+        Returns:
+            ``(N,)`` float32. 0 for a span that no tag sequence holds: a masked ``start``, ``end <= start``, or
+            a value out of range (not raised as an error, which would wait for the device). Differentiable.
+        """
+        mask = self._check(emissions, mask)
+        if spans.dim() != 2 or spans.size(1) != 5 or spans.dtype.is_floating_point or spans.dtype == torch.bool:
+            raise ValueError(
+                "spans must be an integer tensor of shape (N, 5): (row, start, end, begin_tag, inside_tag), "
+                f"got {spans.dtype} {tuple(spans.shape)}"
+            )
+        batch_size, length, _ = emissions.shape
+        if batch_size == 0 or length == 0:  # no span is in range
+            return emissions.float().new_zeros(spans.size(0))
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, _ = _left_align(emissions, mask)
+            start, transitions, end = self._scores(constrained=True)
+            alphas, betas_and_emission = self._forward_backward(em, mask_c, lengths, start, transitions, end)
+            return _entity_probabilities(em, alphas, betas_and_emission, mask, lengths, spans, transitions, end)
 
     # ------------------------------------------------------------------------------------------------------
     # Helpers
@@ -335,6 +392,43 @@ class LinearChainCRF(nn.Module):
             scores.append(score)
         return scores[0], scores[1], scores[2]
 
+    def _log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None, constrained: bool) -> Tensor:
+        """:meth:`log_likelihood` ``(B,)``, with the constraints' penalties in the scores when ``constrained``."""
+        mask = self._check(emissions, mask)
+        if tags.shape != mask.shape:
+            raise ValueError(f"tags must have shape {tuple(mask.shape)}, got {tuple(tags.shape)}")
+        if emissions.size(1) == 0:
+            return emissions.float().sum(dim=(1, 2))  # zeros, connected to the graph
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, order = _left_align(emissions, mask)
+            # Tags of the compacted rows; padding gets tag 0 so that it can index safely.
+            tags_c = tags.gather(1, order).masked_fill(~mask_c, 0)
+            start, transitions, end = self._scores(constrained)
+            gold = _path_score(em, tags_c, mask_c, lengths, start, transitions, end)
+            return gold - self._log_partition(em, lengths, start, transitions, end)
+
+    def _forward_backward(
+        self, em: Tensor, mask_c: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The forward and backward log-scores of left-aligned emissions, by the loop or the parallel scan.
+
+        Returns ``alpha`` ``(B, T, K)`` (see ``_forward_sequential``) and ``beta_t(k) + e[t, k]`` ``(B, T, K)``,
+        where ``beta_t(k)`` is the log-sum of the scores of all suffixes ``y_{t+1}..y_{n-1}`` after ``y_t = k``,
+        the end score included::
+
+            beta_{n-1}(k) = f[k],   beta_t(k) = logsumexp_j(A[k, j] + e[t+1, j] + beta_{t+1}(j)).
+
+        Values past a row's end are not meaningful.
+        """
+        forward_alphas = _forward_alphas_parallel if self._parallel(em.device) else _forward_alphas_sequential
+        alphas = forward_alphas(em, start, transitions)
+        # The backward algorithm is the forward algorithm on the reversed chain: reverse each sequence in place,
+        # start with f, move from tag j to tag i with score A[i, j] (i.e. A transposed). Its alphas, reversed
+        # back, are beta_t(k) + e[t, k]: the suffixes from position t on, emission at t included.
+        reverse = _reverse_index(mask_c, lengths)
+        betas_and_emission = _gather_time(forward_alphas(_gather_time(em, reverse), end, transitions.t()), reverse)
+        return alphas, betas_and_emission
+
     def _log_partition(self, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
         """``log Z`` ``(B,)`` of left-aligned emissions, 0 for empty rows."""
         if self._parallel(em.device):
@@ -361,6 +455,57 @@ def _path_score(
     last_tags = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     score = start[tags[:, 0]] + emission + transition + end[last_tags]
     return score.masked_fill(lengths == 0, 0.0)
+
+
+def _entity_probabilities(
+    em: Tensor,
+    alphas: Tensor,
+    betas_and_emission: Tensor,
+    mask: Tensor,
+    lengths: Tensor,
+    spans: Tensor,
+    transitions: Tensor,
+    end: Tensor,
+) -> Tensor:
+    """``P(y_s = b, y_{s+1..l} = i, y_{l+1} != i | x)`` ``(N,)`` of the ``spans`` (see
+    :meth:`LinearChainCRF.entity_probabilities`, whose recurrence this computes) for every span at once.
+
+    ``alphas`` and ``betas_and_emission`` come from ``LinearChainCRF._forward_backward``; ``mask`` ``(B, T)`` is
+    the caller's (not left-aligned) mask that the spans' positions refer to; ``spans`` ``(N, 5)``.
+    """
+    batch_size, length, num_tags = em.shape
+    rows, first, stop, begin, inside = spans.long().unbind(dim=1)  # (N,) each
+    valid = (rows >= 0) & (rows < batch_size) & (first >= 0) & (first < stop) & (stop <= length)
+    valid &= (begin >= 0) & (begin < num_tags) & (inside >= 0) & (inside < num_tags)
+    # Clamped, every index below is in range; the invalid spans' results are discarded at the end.
+    rows, first, stop = rows.clamp(0, batch_size - 1), first.clamp(0, length - 1), stop.clamp(0, length)
+    begin, inside = begin.clamp(0, num_tags - 1), inside.clamp(0, num_tags - 1)
+    valid &= mask[rows, first]
+    # From the caller's positions to the chain's: before[r, p] = number of unmasked positions of row r before p.
+    before = torch.cat([mask.new_zeros(batch_size, 1, dtype=torch.long), mask.long().cumsum(dim=1)], dim=1)
+    s = before[rows, first]  # the B tag's position, (N,)
+    last = (before[rows, stop] - 1).clamp(min=0)  # l, the entity's last position, >= s for a valid span
+    count = (last - s).clamp(min=0)  # l - s, the number of I tags
+
+    # alpha_s(b) - log Z, with log Z = logsumexp_k(alpha_s(k) + beta_s(k)), the normaliser at s.
+    alpha_s = alphas[rows, s]  # (N, K)
+    log_z = torch.logsumexp(alpha_s + betas_and_emission[rows, s] - em[rows, s], dim=1)
+    head = alpha_s.gather(1, begin.unsqueeze(1)).squeeze(1) - log_z
+    # sum_{t=s+1}^{l} (A[y_{t-1}, i] + e[t, i]): A[b, i] once and A[i, i] l-s-1 times, and a masked sum over time.
+    times = torch.arange(length, device=em.device)
+    in_middle = (times > s.unsqueeze(1)) & (times <= last.unsqueeze(1))  # (N, T)
+    emission = em[rows.unsqueeze(1), times, inside.unsqueeze(1)].masked_fill(~in_middle, 0.0).sum(dim=1)
+    moves = transitions[begin, inside] + (count - 1) * transitions[inside, inside]
+    middle = emission + torch.where(count > 0, moves, 0.0)
+    # R: the suffixes after l that do not continue the entity, or the end score f[y_l] if l is the last position.
+    last_tag = torch.where(count > 0, inside, begin)  # y_l
+    following = (last + 1).clamp(max=length - 1)
+    suffixes = transitions[last_tag] + betas_and_emission[rows, following]  # A[y_l, j] + e[l+1, j] + beta_{l+1}(j)
+    continues = torch.arange(num_tags, device=em.device) == inside.unsqueeze(1)  # j = i, (N, K)
+    rest = torch.logsumexp(suffixes.masked_fill(continues, _LOG_ZERO), dim=1)
+    tail = torch.where(last + 1 < lengths[rows], rest, end[last_tag])
+    # A log-probability is at most 0; float32 rounding of scores in the hundreds can overshoot it by ~1e-4.
+    return (head + middle + tail).clamp(max=0).masked_fill(~valid, float("-inf")).exp()
 
 
 def _forward_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> tuple[Tensor, Tensor]:

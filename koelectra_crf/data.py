@@ -10,11 +10,13 @@ import re
 import unicodedata
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 
-from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, token_labels
+from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, unit_labels
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
 from koelectra_crf.crf import IGNORE_INDEX
 
@@ -147,7 +149,7 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
             tags.append(tag)
     if tokens:  # the last sentence need not end with a blank line
         finish()
-    elif header is not None:
+    elif header is not None and sentences:
         raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
     if not sentences:
         raise KlueFormatError(f"{path}: no sentences (the file is empty or holds only `## ` comment lines)")
@@ -262,9 +264,9 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """Model inputs for training: one row per window of every sentence (no character is dropped).
 
     Uses the alignment and the window builder the pipeline uses ([`koelectra_crf.alignment`]) in
-    `config.tokenization` mode with `config.max_length`/`config.stride`. `labels` holds the model's ids
-    (`config.label2id`, matched by name) on tagged tokens and -100 on special and untagged tokens (the model derives
-    the positions to tag from them). Padding is left to the data collator.
+    `config.tokenization` mode with `config.max_length`/`config.stride`, tagging `config.tag_unit`s. `labels` holds
+    the model's ids (`config.label2id`, matched by name) on the units and -100 elsewhere (special and untagged
+    tokens; the model derives the positions to tag from them). Padding is left to [`NerDataCollator`].
     """
     names = label_names(dataset)
 
@@ -272,10 +274,10 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
         rows = {}
         encoded_texts = encode_texts(["".join(tokens) for tokens in batch["tokens"]], tokenizer, config.tokenization)
         for encoded, tag_ids in zip(encoded_texts, batch["ner_tags"], strict=True):
-            tags = token_labels(encoded, [names[i] for i in tag_ids])
-            label_ids = [IGNORE_INDEX if tag is None else tags_to_ids([tag], config.label2id)[0] for tag in tags]
+            tags = unit_labels(encoded, [names[i] for i in tag_ids], config.tag_unit)
+            label_ids = tags_to_ids(tags, config.label2id)
             for start, end in encoded.windows(config.max_length, config.stride):
-                window = encoded.window(start, end, label_ids)
+                window = encoded.window(start, end, config.tag_unit, label_ids)
                 del window["tag_mask"]  # the same as labels != -100; the data collator would not pad it
                 for key, values in window.items():
                     rows.setdefault(key, []).append(values)
@@ -291,3 +293,29 @@ def load_klue_split(file: str | Path | None = None, max_sentences: int | None = 
     if max_sentences is not None:
         dataset = dataset.select(range(min(max_sentences, len(dataset))))
     return dataset
+
+
+@dataclass
+class NerDataCollator:
+    """Pads a batch of [`tokenize_and_align`] rows into tensors, each key to its own longest length (rounded up to
+    `pad_to_multiple_of`), on the right: `input_ids` with the tokenizer's pad id, `labels` with -100, every other key
+    (`attention_mask`, `token_type_ids`, and with `tag_unit="character"` the per-character `char_*` keys, whose
+    length is the number of characters, not of tokens) with 0.
+
+    transformers' `DataCollatorForTokenClassification` pads `labels` to the token length, which is wrong for
+    character labels; for token labels the two give the same batches (right padding).
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pad_values = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}
+        batch = {}
+        for key in features[0]:
+            length = max(len(feature[key]) for feature in features)
+            if self.pad_to_multiple_of:
+                length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            pad = pad_values.get(key, 0)
+            batch[key] = torch.tensor([list(f[key]) + [pad] * (length - len(f[key])) for f in features])
+        return batch

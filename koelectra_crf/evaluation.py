@@ -18,6 +18,7 @@ from koelectra_crf.alignment import char_tags_to_spans, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
 
 RAW_COLUMNS = ("guid", "sentence", "tokens", "ner_tags")
 """The columns of a KLUE split as `data.load_klue_ner` returns it: what evaluation reads."""
@@ -33,7 +34,11 @@ def default_device() -> str:
 
 def load_pipeline(model: str, device: str | None = None) -> KoElectraCrfTokenClassificationPipeline:
     """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
-    one)."""
+    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime."""
+    if is_onnx_folder(model):
+        if device not in (None, "cpu"):
+            raise ValueError(f"{model} is an ONNX export: it runs on the CPU (onnxruntime), not on {device}")
+        return load_onnx_pipeline(model)
     return KoElectraCrfTokenClassificationPipeline(
         model=AutoModelForTokenClassification.from_pretrained(model).eval(),
         tokenizer=AutoTokenizer.from_pretrained(model),

@@ -1,5 +1,6 @@
 """Encoder + optional BiLSTM + CRF token classifier (shipped to the Hub as remote code)."""
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ class KoElectraCrfOutput(TokenClassifierOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             Mean over sequences of the CRF negative log-likelihood (cross-entropy per token when `use_crf=False`).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_labels)`):
-            Emission scores (before the CRF).
+            Emission scores (before the CRF). With `tag_unit="character"` the sequence is the window's characters
+            (`num_characters` instead of `sequence_length`, here and below).
         predictions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Viterbi tags (argmax when `use_crf=False`), `-100` at positions that are not tagged. Computed in eval
             mode only: training never needs them.
@@ -51,12 +53,59 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+class KoElectraCrfCharacterFeatures(nn.Module):
+    r"""Features of characters from the states of the subword tokens that cover them (`tag_unit="character"`).
+
+    A token's state says what the token is in context; what tells the characters of one token apart is added:
+
+        f(c) = [ h_k ; P[min(p, max_char_position - 1)] ; E[ord(c) mod char_buckets] ]
+
+    for character c at offset p inside its token k: `h_k` the encoder state of the token (shared by its
+    characters), `P` a learned embedding of the offset (a boundary inside a token is usually at a fixed offset from
+    its start: the name before a particle), `E` a learned embedding of the character itself (Korean particles and
+    suffixes such as 의, 는, 에서, 씨 are what ends an entity), hashed by code point so that any tokenizer works
+    without a character vocabulary. The BiLSTM over these features (when there is one) lets every character see
+    its neighbours, including across token boundaries.
+    """
+
+    def __init__(self, config: KoElectraCrfConfig):
+        super().__init__()
+        self.config = config
+        self.positions = nn.Embedding(config.max_char_position, config.char_embedding_size)
+        self.characters = nn.Embedding(config.char_buckets, config.char_embedding_size)
+
+    @property
+    def output_size(self) -> int:
+        return self.config.encoder.hidden_size + 2 * self.config.char_embedding_size
+
+    def forward(
+        self,
+        token_states: torch.Tensor,
+        char_token_index: torch.LongTensor,
+        char_position_ids: torch.LongTensor,
+        char_codes: torch.LongTensor,
+    ) -> torch.Tensor:
+        """Character features (B, C, H + 2E) from token states (B, T, H) and, each (B, C), the position of each
+        character's token among the T, the character's offset inside that token, and its code point."""
+        index = char_token_index.unsqueeze(-1).expand(-1, -1, token_states.shape[-1])
+        states = token_states.gather(1, index)
+        offsets = self.positions(char_position_ids.clamp(max=self.config.max_char_position - 1))
+        characters = self.characters(char_codes % self.config.char_buckets)
+        return torch.cat([states, offsets.to(states.dtype), characters.to(states.dtype)], dim=-1)
+
+
 class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
     """Token classifier: encoder -> dropout -> [BiLSTM] -> (multi-sample) dropout + linear -> CRF.
 
     The encoder is any `AutoModel` (its config is `config.encoder`). Emission scores have shape
     (batch_size, sequence_length, num_labels); the CRF scores tag sequences over the positions that are tagged
     (labels != -100 in training, `tag_mask` at inference), skipping special tokens and padding.
+
+    With `config.tag_unit="character"` the encoder still reads subword tokens, but the BiLSTM, the emission layer
+    and the CRF run over the text's non-space characters ([`KoElectraCrfCharacterFeatures`]), trained on the KLUE
+    character tags themselves: an entity may start or end inside a token (최정원|의). The inputs then also hold,
+    per window, the characters' `char_token_index`, `char_position_ids` and `char_codes`, which
+    `alignment.EncodedText.window` builds; `labels`, `tag_mask`, `logits` and `predictions` are per character.
     """
 
     # The loss is a mean per sequence, not a sum over tokens: let the Trainer average it over accumulation steps.
@@ -69,6 +118,10 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None
         hidden_size = config.encoder.hidden_size
+        self.characters = None
+        if config.tag_unit == "character":
+            self.characters = KoElectraCrfCharacterFeatures(config)
+            hidden_size = self.characters.output_size
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.bilstm = None
         if config.use_bilstm:
@@ -96,28 +149,37 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         encoder_config.dtype = torch.float32
         config = KoElectraCrfConfig(encoder=encoder_config, labels=labels, **config_kwargs)
         model = cls(config)
-        encoder = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.float32)
+        # Transformers' load report would list the checkpoint's weights a token classifier does not use (pooler,
+        # pre-training heads) or lacks (a pooler); the encoder weights that matter are checked right below instead.
+        report_logger = logging.getLogger("transformers.modeling_utils")
+        no_report = _DropLoadReport()
+        report_logger.addFilter(no_report)
+        try:
+            encoder = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.float32)
+        finally:
+            report_logger.removeFilter(no_report)
         missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
         if missing:
             raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
         return model.float()
 
-    def emissions(self, sequence_output: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Emission scores (B, T, K) from encoder states (B, T, H)."""
+    def emissions(self, sequence_output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Emission scores (B, T, K) from the states (B, T, H) of the tagged sequence (tokens, or characters with
+        `tag_unit="character"`); `mask` (B, T) marks its real positions, from the start of each row."""
         sequence_output = self.dropout(sequence_output)
         if self.bilstm is not None:
-            sequence_output = self._run_bilstm(sequence_output, attention_mask)
+            sequence_output = self._run_bilstm(sequence_output, mask)
         samples = self.config.multi_sample_dropout if self.training else 1
         # Multi-sample dropout: average the emissions of several dropout masks (one pass when not training,
         # where dropout is the identity).
         return torch.stack([self.classifier(self.dropout(sequence_output)) for _ in range(samples)]).mean(0)
 
-    def _run_bilstm(self, states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if attention_mask is None:
+    def _run_bilstm(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
             return self.bilstm(states)[0]
-        # Packed so that the backward direction starts at each sequence's last real token, not in the padding:
+        # Packed so that the backward direction starts at each sequence's last real position, not in the padding:
         # a text's tags must not depend on what it is batched with.
-        lengths = attention_mask.sum(-1).clamp(min=1).cpu()
+        lengths = mask.sum(-1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(states, lengths, batch_first=True, enforce_sorted=False)
         output, _ = self.bilstm(packed)
         output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=states.shape[1])
@@ -135,6 +197,35 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             return self.crf.marginals(emissions, tag_mask)
         return emissions.float().softmax(-1) * tag_mask.unsqueeze(-1)
 
+    def entity_probabilities(
+        self, emissions: torch.Tensor, tag_mask: torch.Tensor, spans: torch.Tensor
+    ) -> torch.Tensor:
+        """P(the tags hold exactly a given entity | text), shape (N,), for `spans` (N, 5) of (row, start, end
+        exclusive, B-X id, I-X id) in positions of the tagged sequence: B-X at its first tagged position, I-X
+        through its last, and no I-X at the next tagged position. With a CRF, its exact value
+        (`LinearChainCRF.entity_probabilities`); without, where the tags are independent, the product of those
+        softmax probabilities."""
+        if self.crf is not None:
+            return self.crf.entity_probabilities(emissions, tag_mask, spans)
+        probabilities = emissions.float().softmax(-1)
+        result = []
+        for row, start, end, begin, inside in spans.tolist():
+            positions = tag_mask[row].nonzero().flatten().tolist()
+            inner = [t for t in positions if start <= t < end]
+            after = [t for t in positions if t >= end][:1]
+            tags = [begin] + [inside] * (len(inner) - 1)
+            p = torch.prod(probabilities[row, inner, tags]) if inner else probabilities.new_tensor(0.0)
+            result.append(p * (1 - probabilities[row, after[0], inside]) if after else p)
+        return torch.stack(result) if result else probabilities.new_zeros(0)
+
+    def sequence_probability(self, emissions: torch.Tensor, tags: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
+        """P(tags | text), shape (B,), of tag sequences (B, T) such as the decoded ones: exp(score) / Z with a CRF,
+        the product of the softmax probabilities of the tags without one."""
+        if self.crf is not None:
+            return self.crf.sequence_probability(emissions, tags, tag_mask)
+        chosen = emissions.float().log_softmax(-1).gather(-1, tags.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (chosen * tag_mask).sum(-1).exp()
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -144,6 +235,9 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         tag_mask: torch.BoolTensor | None = None,
+        char_token_index: torch.LongTensor | None = None,
+        char_position_ids: torch.LongTensor | None = None,
+        char_codes: torch.LongTensor | None = None,
         **kwargs,
     ) -> KoElectraCrfOutput:
         r"""
@@ -155,7 +249,13 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
                 Tag ids; -100 at positions that carry no tag (special tokens, padding, continuation pieces). These
                 positions never reach the CRF.
             tag_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Positions to tag when there are no labels. Defaults to `labels != -100`, else `attention_mask`.
+                Positions to tag when there are no labels. Defaults to `labels != -100`, else `attention_mask`
+                (with `tag_unit="character"`: else every character).
+            char_token_index, char_position_ids, char_codes (`torch.LongTensor` of shape `(batch_size,
+                num_characters)`, needed with `tag_unit="character"`):
+                For each character of the window: the position of its token in `input_ids`, its offset inside that
+                token, its code point ([`KoElectraCrfCharacterFeatures`]). `labels` and `tag_mask` are then per
+                character, padded at the end.
             kwargs: passed to the encoder (`output_attentions`, `output_hidden_states`, ...).
         """
         encoder_inputs = {
@@ -168,7 +268,20 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         encoder_outputs = self.encoder(
             **{name: value for name, value in encoder_inputs.items() if value is not None}, return_dict=True, **kwargs
         )
-        emissions = self.emissions(encoder_outputs.last_hidden_state, attention_mask)
+        states, sequence_mask = encoder_outputs.last_hidden_state, attention_mask
+        if self.characters is not None:
+            if char_token_index is None or char_position_ids is None or char_codes is None:
+                raise ValueError(
+                    "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window "
+                    "(koelectra_crf.alignment.EncodedText.window builds them)"
+                )
+            states = self.characters(states, char_token_index, char_position_ids, char_codes)
+            if tag_mask is None:
+                tag_mask = (
+                    labels != IGNORE_INDEX if labels is not None else torch.ones_like(char_codes, dtype=torch.bool)
+                )
+            sequence_mask = tag_mask
+        emissions = self.emissions(states, sequence_mask)
 
         if tag_mask is None:
             if labels is not None:
@@ -196,4 +309,14 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         )
 
 
-__all__ = ["KoElectraCrfForTokenClassification", "KoElectraCrfOutput", "KoElectraCrfPreTrainedModel"]
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+__all__ = [
+    "KoElectraCrfCharacterFeatures",
+    "KoElectraCrfForTokenClassification",
+    "KoElectraCrfOutput",
+    "KoElectraCrfPreTrainedModel",
+]

@@ -8,21 +8,27 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
   text in Unicode NFC (decomposed Hangul composed, `alignment.nfc_with_offsets`), the offsets stay the input's;
 - texts longer than `config.max_length` tokens are tagged whole, through overlapping windows (nothing is cut);
 - entity spans always follow the character tags: a Korean particle glued to a name (서울시**에서**) stays outside
-  the entity, so the word-based strategies cannot widen an entity to the whole space-separated word. The
-  `aggregation_strategy` chooses the group score: `simple`/`average` the mean of its tokens' scores, `first`
-  the first token's, `max` the highest.
+  the entity, so the word-based strategies cannot widen an entity to the whole space-separated word;
+- an entity's `score` (every aggregating strategy: `simple`, `first`, `average`, `max` give the same spans and
+  scores) is the probability the CRF puts on exactly that entity: B-X at its first unit, I-X through its last, no
+  I-X right after it (`LinearChainCRF.entity_probabilities`), not a mean of per-token scores;
+- `return_sequence_probability=True` makes each text's result `{"entities": [...], "sequence_probability": p}`,
+  p = P(decoded tags | text) (`LinearChainCRF.sequence_probability`), e.g. to keep only confident pseudo-labels.
 """
 
 import os
+import shutil
+from bisect import bisect_left
 
 import torch
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, token_tags_to_char_tags
+from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, unit_tags_to_char_tags
 
 TASK = "token-classification"
+HANDLER_FILE = "handler.py"
 
 
 class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
@@ -33,7 +39,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
     `pipeline("token-classification", model=folder, trust_remote_code=True)` for a folder written by
     [`save_pretrained`]. A `ChunkPipeline`: one text becomes one model input per window, and the windows of a
     text come back together to `postprocess`. It takes the arguments and returns the output format of the
-    built-in `TokenClassificationPipeline` (`aggregation_strategy`, `ignore_labels`), but none of its hooks.
+    built-in `TokenClassificationPipeline` (`aggregation_strategy`, `ignore_labels`, and `stride`: tokens shared by
+    consecutive windows, the config's `stride` by default), but none of its hooks.
     """
 
     _load_processor = False
@@ -52,7 +59,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
     @classmethod
     def add_to_folder(cls, model, folder: str | os.PathLike) -> None:
         """Name this pipeline and the model's classes in `model.config` and copy the remote-code files (the model's,
-        the config's and this pipeline's modules with their relative imports) into `folder`.
+        the config's and this pipeline's modules with their relative imports) into `folder`, and `handler.py`, the
+        Inference Endpoints handler (`EndpointHandler`, see that file).
 
         Call it before the model's `save_pretrained` writes config.json into `folder`: [`save_pretrained`] does,
         and so does the trainer for every folder it writes.
@@ -70,14 +78,33 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         }
         for code in (cls, type(model), type(config)):
             custom_object_save(code, folder)
+        # Shipped beside this file in the package. A copy of this module run as remote code has none beside it
+        # (transformers copies a module's imports only): a folder saved from such a copy gets no handler.
+        handler = os.path.join(os.path.dirname(os.path.abspath(__file__)), HANDLER_FILE)
+        if os.path.isfile(handler):
+            shutil.copyfile(handler, os.path.join(folder, HANDLER_FILE))
 
-    def _sanitize_parameters(self, ignore_labels=None, aggregation_strategy=None, **unsupported):
-        # Windows come from the model's config instead of `stride`, offsets from the tokenizer.
+    def _sanitize_parameters(
+        self,
+        ignore_labels=None,
+        aggregation_strategy=None,
+        stride=None,
+        return_sequence_probability=None,
+        **unsupported,
+    ):
+        # Offsets come from the tokenizer, windows from the model's config (`stride` overrides its stride).
         if unsupported:
             raise ValueError(
                 f"{sorted(unsupported)} not supported: pass plain strings; long texts are windowed with the "
-                f"model's max_length={self.model.config.max_length} and stride={self.model.config.stride}"
+                f"model's max_length={self.model.config.max_length} and stride={self.model.config.stride} "
+                "(`stride=` sets another)"
             )
+        preprocess_params = {}
+        if stride is not None:
+            # The upper bound (the tokens a window holds) depends on the tokenizer: `EncodedText.windows` checks it.
+            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+                raise ValueError(f"stride must be a non-negative int (tokens shared by windows), got {stride!r}")
+            preprocess_params["stride"] = stride
         postprocess_params = {}
         if aggregation_strategy is not None:
             if isinstance(aggregation_strategy, str):
@@ -88,9 +115,11 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             postprocess_params["aggregation_strategy"] = aggregation_strategy
         if ignore_labels is not None:
             postprocess_params["ignore_labels"] = ignore_labels
-        return {}, {}, postprocess_params
+        if return_sequence_probability is not None:
+            postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
+        return preprocess_params, {}, postprocess_params
 
-    def preprocess(self, sentence: str, **_):
+    def preprocess(self, sentence: str, stride: int | None = None, **_):
         if not isinstance(sentence, str):
             raise ValueError(f"expected a string, got {type(sentence).__name__}")
         config = self.model.config
@@ -98,10 +127,12 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         # offsets back into `sentence`, the caller's string, which is what travels on.
         text, _ = nfc_with_offsets(sentence)
         encoded = encode_texts([text], self.tokenizer, config.tokenization)[0]
-        windows = encoded.windows(config.max_length, config.stride)
+        windows = encoded.windows(config.max_length, config.stride if stride is None else stride)
         for n, (start, end) in enumerate(windows):
             yield {
-                **{name: torch.tensor([values]) for name, values in encoded.window(start, end).items()},
+                **{
+                    name: torch.tensor([values]) for name, values in encoded.window(start, end, config.tag_unit).items()
+                },
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,
                 "sentence": sentence if n == 0 else None,
@@ -115,7 +146,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         return {
             "emissions": outputs.logits,
             **self._tags_and_scores(outputs.logits, tag_mask, outputs.predictions),
-            "attention_mask": model_inputs["attention_mask"],
+            "tag_mask": tag_mask,
             **passed_on,
         }
 
@@ -126,7 +157,13 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         scores = probabilities.gather(-1, predictions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return {"predictions": predictions, "scores": scores}
 
-    def postprocess(self, all_outputs, aggregation_strategy=AggregationStrategy.NONE, ignore_labels=None):
+    def postprocess(
+        self,
+        all_outputs,
+        aggregation_strategy=AggregationStrategy.NONE,
+        ignore_labels=None,
+        return_sequence_probability: bool = False,
+    ):
         ignore_labels = ["O"] if ignore_labels is None else ignore_labels
         sentence, encoded = all_outputs[0]["sentence"], all_outputs[0]["encoded"]
         text, char_spans = nfc_with_offsets(sentence)  # as in `preprocess`: `encoded` is aligned with `text`
@@ -136,64 +173,84 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             start, end = char_spans[start][0], char_spans[end - 1][1]
             return {"word": sentence[start:end], "start": start, "end": end}
 
-        tag_ids, scores = self._token_predictions(all_outputs, encoded)
-        id2label = self.model.config.id2label
-        tags = [id2label[t] if tagged else None for t, tagged in zip(tag_ids, encoded.tagged, strict=True)]
-        prefix = len(encoded.prefix_ids)
+        tag_unit = self.model.config.tag_unit
+        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit)
+        tags = [self.model.config.id2label[t] for t in tag_ids]
+        unit_spans = encoded.unit_spans(tag_unit)
 
         if aggregation_strategy == AggregationStrategy.NONE:
-            return [
-                {"entity": tag, "score": scores[k], "index": prefix + k, **original(start, end)}
-                for k, (tag, (start, end)) in enumerate(zip(tags, encoded.char_spans, strict=True))
-                if tag is not None and tag not in ignore_labels
-            ]  # fmt: skip
+            # One entry per unit (token or character); `index` is the position of its token in the model's input.
+            positions = [len(encoded.prefix_ids) + k for k in encoded.unit_tokens(tag_unit)]
+            units = zip(tags, scores, unit_spans, positions, strict=True)
+            entities = [
+                {"entity": tag, "score": score, "index": position, **original(start, end)}
+                for tag, score, (start, end), position in units
+                if tag not in ignore_labels
+            ]
+        else:
+            spans = char_tags_to_spans(unit_tags_to_char_tags(text, unit_spans, tags))
+            spans = [span for span in spans if span[2] not in ignore_labels]
+            probabilities = self._entity_probabilities(emissions, unit_spans, spans)
+            entities = [
+                {"entity_group": label_type, "score": probability, **original(start, end)}
+                for (start, end, label_type), probability in zip(spans, probabilities, strict=True)
+            ]
+        if not return_sequence_probability:
+            return entities
+        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        decoded = torch.tensor([tag_ids], device=emissions.device)
+        probability = self.model.sequence_probability(emissions, decoded, tag_mask)[0].item()
+        return {"entities": entities, "sequence_probability": probability}
 
-        token_starting_at = {start: k for k, (start, _) in enumerate(encoded.char_spans) if encoded.tagged[k]}
-        group_score = {
-            AggregationStrategy.SIMPLE: lambda s: sum(s) / len(s),
-            AggregationStrategy.AVERAGE: lambda s: sum(s) / len(s),
-            AggregationStrategy.FIRST: lambda s: s[0],
-            AggregationStrategy.MAX: max,
-        }[aggregation_strategy]
-        entities = []
-        for start, end, label_type in char_tags_to_spans(token_tags_to_char_tags(text, encoded, tags)):
-            token_scores = [scores[token_starting_at[i]] for i in range(start, end) if i in token_starting_at]
-            if label_type not in ignore_labels:
-                entities.append(
-                    {"entity_group": label_type, "score": group_score(token_scores), **original(start, end)}
-                )  # fmt: skip
-        return entities
+    def _entity_probabilities(
+        self, emissions: torch.Tensor, unit_spans: list[tuple[int, int]], spans: list[tuple[int, int, str]]
+    ) -> list[float]:
+        """The model's probability of each entity (character span and type), from the emissions (1, U, K) of the
+        text's units: an entity covers the units that start inside its span."""
+        unit_starts = [start for start, _ in unit_spans]
+        label2id = self.model.config.label2id
+        rows = [
+            (0, bisect_left(unit_starts, start), bisect_left(unit_starts, end), label2id[f"B-{t}"], label2id[f"I-{t}"])
+            for start, end, t in spans
+        ]
+        if not rows:
+            return []
+        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        unit_rows = torch.tensor(rows, device=emissions.device)
+        return self.model.entity_probabilities(emissions, tag_mask, unit_rows).tolist()
 
-    def _token_predictions(self, all_outputs, encoded: EncodedText) -> tuple[list[int], list[float]]:
-        """Tag id and score of every content token of the text.
+    def _unit_predictions(
+        self, all_outputs, encoded: EncodedText, tag_unit: str
+    ) -> tuple[torch.Tensor, list[int], list[float]]:
+        """Emissions (1, U, K), tag ids and scores of the U units of the text (`EncodedText.unit_spans`).
 
-        One window: its Viterbi path. Several: each token's emissions come from the window where it has the most
-        context on both sides, and the CRF decodes the whole text at once, so window seams cannot break an entity.
+        A window's units are the True positions of its `tag_mask`, in text order. One window: its Viterbi path.
+        Several: each unit's emissions come from the window where the unit's token has the most context on both
+        sides, and the CRF decodes the whole text at once, so window seams cannot break an entity.
         """
-        prefix = len(encoded.prefix_ids)
-        rows = []
+        if len(all_outputs) == 1:
+            output = all_outputs[0]
+            mask = output["tag_mask"][0]
+            emissions = output["emissions"][0][mask].unsqueeze(0)
+            return emissions, output["predictions"][0][mask].tolist(), output["scores"][0][mask].tolist()
+
+        unit_tokens = encoded.unit_tokens(tag_unit)
+        windows = []  # (first token, end token, {unit: emissions})
         for output in all_outputs:
             start, end = output["window"]
-            first = prefix + int(output["attention_mask"][0].argmax())  # first content position (any padding side)
-            rows.append((start, end, first, output))
-        if len(rows) == 1:
-            start, end, first, output = rows[0]
-            span = slice(first, first + end - start)
-            return output["predictions"][0, span].tolist(), output["scores"][0, span].tolist()
+            units = [u for u, k in enumerate(unit_tokens) if start <= k < end]
+            windows.append((start, end, dict(zip(units, output["emissions"][0][output["tag_mask"][0]], strict=True))))
 
-        def context(k: int, row) -> int:
-            start, end = row[0], row[1]
+        def context(k: int, window) -> int:
+            start, end, _ = window
             return min(k - start, end - 1 - k) if start <= k < end else -1
 
-        emissions = []
-        for k in range(len(encoded.token_ids)):
-            start, _, first, output = max(rows, key=lambda row: context(k, row))
-            emissions.append(output["emissions"][0, first + k - start])
+        emissions = [max(windows, key=lambda window: context(k, window))[2][u] for u, k in enumerate(unit_tokens)]
         device = self.model.device
         emissions = torch.stack(emissions).unsqueeze(0).to(device)
-        tag_mask = torch.tensor([encoded.tagged], device=device)
+        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=device)
         result = self._tags_and_scores(emissions, tag_mask)
-        return result["predictions"][0].tolist(), result["scores"][0].tolist()
+        return emissions, result["predictions"][0].tolist(), result["scores"][0].tolist()
 
     def __call__(self, inputs: str | list[str], **kwargs):
         """Tag one text (a list of entity dicts) or a list of texts (one list per text); see the module docstring

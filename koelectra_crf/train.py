@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,17 @@ from huggingface_hub import HfApi
 from transformers import (
     AutoConfig,
     AutoTokenizer,
-    DataCollatorForTokenClassification,
     EarlyStoppingCallback,
     HfArgumentParser,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
-from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align
+from koelectra_crf.data import NerDataCollator, label_names, load_klue_ner, tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction
+from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ logger = logging.getLogger(__name__)
 NOT_UPLOADED_FOLDERS = ("checkpoint-", "runs")
 NOT_UPLOADED_FILES = {"train_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
                       "upload_manifest.json"}  # fmt: skip
+RESUME_LAST = ("last", "true")
+"""`--resume_from_checkpoint` values that mean the latest `checkpoint-N` in `--output_dir`."""
+# What `--overwrite_output_dir` deletes of the previous run: what the new run would not replace but mix with its own
+# (old checkpoints would be resumed from or rotated, the Trainer merges into all_results.json, a test split's files
+# would outlive it). The rest (model, tokenizer, card) is replaced as the new run writes it.
+PREVIOUS_RUN_LEFTOVERS = ("checkpoint-*", "*_results.json", "predictions_*.jsonl")
 
 
 @dataclass
@@ -85,12 +93,20 @@ class DataArguments:
 
 
 @dataclass
-class CardArguments:
+class OutputArguments:
+    """What happens to `--output_dir` (TrainingArguments has no overwrite flag since transformers 5) and the card."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds a previous run: its checkpoints and results "
+                          "are deleted, its model replaced. Without it such a folder is refused unless "
+                          f"--resume_from_checkpoint ({'/'.join(RESUME_LAST)} or a path) continues the run."},
+    )  # fmt: skip
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
     push_dry_run: bool = field(default=False, metadata={"help": "Build the Hub folder and list it; upload nothing."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, HeadArguments, DataArguments, NerTrainingArguments, CardArguments)
+ARGUMENT_CLASSES = (ModelArguments, HeadArguments, DataArguments, NerTrainingArguments, OutputArguments)
 
 
 def parse_arguments(argv: list[str]) -> tuple:
@@ -98,6 +114,9 @@ def parse_arguments(argv: list[str]) -> tuple:
     `--config FILE.json` gives defaults that flags override."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     parser.add_argument("--config", help="JSON preset: defaults for any of the flags below, which override it")
+    # TrainingArguments documents a path only; `checkpoint_to_resume` also takes `last`/`true`.
+    resume = parser._option_string_actions["--resume_from_checkpoint"]
+    resume.help = f"A checkpoint-N folder to resume from, or {'/'.join(RESUME_LAST)} for the latest in --output_dir."
     if "--config" in argv:
         position = argv.index("--config")
         preset = json.loads(Path(argv[position + 1]).read_text(encoding="utf-8"))
@@ -128,8 +147,18 @@ def write_predictions(path: Path, predictions: list[SentencePrediction]) -> None
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, head_args, data_args, training_args, card_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    model_args, head_args, data_args, training_args, output_args = parse_arguments(
+        sys.argv[1:] if argv is None else argv
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(training_args.output_dir)
+    # Before any work: a run that would lose or mix with a previous one stops here.
+    overwrite = output_args.overwrite_output_dir
+    checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, overwrite)
+    if checkpoint is None and overwrite:
+        with training_args.main_process_first(local=False, desc="clearing the output folder"):
+            if training_args.should_save:
+                delete_previous_run(output_dir)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     # The Trainer would push checkpoints and a card of its own; the finished folder is uploaded below instead.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -140,9 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     if data_args.max_eval_samples is not None:
         raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
-    output_dir = Path(training_args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.encoder_name_or_path)
     model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+    choose_cpu_threads(model, processes=training_args.world_size)
 
     with training_args.main_process_first(desc="tokenizing"):
         train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
@@ -154,11 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=raw["validation"],
-        data_collator=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8),
+        data_collator=NerDataCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -175,20 +204,55 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.encoder_name_or_path if model_args.random_encoder_config is None else None,
-            data_description=describe_data(data_args), training_args=training_args, license=card_args.license,
-            model_id=training_args.hub_model_id,
+            train_file=data_args.train_file, validation_file=data_args.validation_file, training_args=training_args,
+            license=output_args.license, model_id=training_args.hub_model_id,
         )  # fmt: skip
         (output_dir / "README.md").write_text(card, encoding="utf-8")
-        if push_to_hub or card_args.push_dry_run:
-            upload(output_dir, training_args.hub_model_id, dry_run=card_args.push_dry_run)
+        if push_to_hub or output_args.push_dry_run:
+            upload(output_dir, training_args.hub_model_id, dry_run=output_args.push_dry_run)
     return metrics
 
 
-def describe_data(data_args: DataArguments) -> str:
-    if data_args.train_file is None:
-        return "KLUE NER (Hub `klue`/`ner`): train split for training, validation split for evaluation"
-    train, validation = Path(data_args.train_file).name, Path(data_args.validation_file).name
-    return f"training file `{train}`, evaluation file `{validation}`"
+def checkpoint_to_resume(output_dir: Path, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (None: train from the start), after making sure that a run in `output_dir`
+    loses nothing that nobody asked to lose (as transformers' `run_ner.py` does).
+
+    `resume_from_checkpoint` is a checkpoint folder, or `last`/`true` for the latest `checkpoint-N` in
+    `output_dir`. Without it, a non-empty `output_dir` holds a previous run: refused unless `overwrite`.
+    Raises ValueError with what to do instead.
+    """
+    if resume_from_checkpoint is not None:
+        if resume_from_checkpoint.lower() in RESUME_LAST:
+            last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+            if last is None:
+                raise ValueError(
+                    f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder "
+                    "to resume from"
+                )
+            return last
+        if not Path(resume_from_checkpoint).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder")
+        return resume_from_checkpoint
+    previous = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if previous and not overwrite:
+        shown = ", ".join(previous[:5]) + (", ..." if len(previous) > 5 else "")
+        raise ValueError(
+            f"--output_dir {output_dir} is not empty ({shown}): it holds a previous run. Continue it with "
+            "--resume_from_checkpoint last (its latest checkpoint-N), replace it with --overwrite_output_dir true "
+            "(its checkpoints and results are deleted), or choose another --output_dir."
+        )
+    return None
+
+
+def delete_previous_run(output_dir: Path) -> None:
+    """Delete what a previous run left in `output_dir` that the new one would not replace (`PREVIOUS_RUN_LEFTOVERS`)."""
+    for pattern in PREVIOUS_RUN_LEFTOVERS:
+        for path in output_dir.glob(pattern):
+            logger.info("--overwrite_output_dir: deleting %s", path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def upload(folder: Path, repo_id: str | None, dry_run: bool) -> list[str]:

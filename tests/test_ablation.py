@@ -11,9 +11,19 @@ from pathlib import Path
 import pytest
 from test_analysis import assert_valid_png
 
-from koelectra_crf.ablation import LOCK_FILE, VARIANTS, check_arguments, claim, latest_checkpoint, run_ablation
+from koelectra_crf.ablation import (
+    ABLATION,
+    LOCK_FILE,
+    STUDIES,
+    check_arguments,
+    claim,
+    latest_checkpoint,
+    run_ablation,
+)
 from koelectra_crf.cli import build_parser, main
 from koelectra_crf.train import parse_arguments
+
+VARIANTS = ABLATION.variants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +79,8 @@ def test_every_variant_and_seed_runs_once_with_its_flags(tmp_path):
         assert (args["--use_bilstm"], args["--use_crf"]) == (bilstm, crf), variant
         assert (args.get("--fgm_epsilon"), args.get("--rdrop_alpha")) == (fgm, rdrop), variant
         assert args["--config"] == str(tmp_path / "preset.json") and args["--num_train_epochs"] == "2"
-        assert "--resume_from_checkpoint" not in args
+        # A fresh run's folder already holds the runner's lock: the training must be told it may start there.
+        assert "--resume_from_checkpoint" not in args and args["--overwrite_output_dir"] == "true"
     assert not list((tmp_path / "out").rglob(LOCK_FILE))
 
 
@@ -95,6 +106,7 @@ def test_finished_runs_are_skipped_and_an_interrupted_run_resumes(tmp_path):
     launched = [Path(flags(c)["--output_dir"]).parent.name for c in trainer.commands]
     assert launched == [v for v in VARIANTS if v != "baseline"]  # baseline was done
     assert flags(trainer.commands[0])["--resume_from_checkpoint"] == str(interrupted / "checkpoint-10")
+    assert "--overwrite_output_dir" not in flags(trainer.commands[0])
     assert all("--resume_from_checkpoint" not in flags(c) for c in trainer.commands[1:])
     assert all((output_dir / v / "seed-0" / "eval_results.json").exists() for v in VARIANTS)
 
@@ -222,25 +234,30 @@ def test_ablation_arguments_after_double_dash_go_to_every_run(tmp_path):
 
 
 PRESETS = ["training/configs/offline-e5-small.json", "training/configs/smoke.json"]
-EXPECTED_SETTINGS = {  # variant: (use_bilstm, use_crf, FGM on, R-Drop on), as the training reads them
-    "baseline": (False, False, False, False),
-    "+crf": (False, True, False, False),
-    "+bilstm": (True, True, False, False),
-    "full_no_fgm": (True, True, False, True),
-    "full_no_rdrop": (True, True, True, False),
-    "full": (True, True, True, True),
+EXPECTED_SETTINGS = {  # variant: (use_bilstm, use_crf, FGM on, R-Drop on, tag_unit), as the training reads them
+    "baseline": (False, False, False, False, "token"),
+    "+crf": (False, True, False, False, "token"),
+    "+bilstm": (True, True, False, False, "token"),
+    "full_no_fgm": (True, True, False, True, "token"),
+    "full_no_rdrop": (True, True, True, False, "token"),
+    "full": (True, True, True, True, "token"),
+    "character": (True, True, False, False, "character"),
+    "character_full": (True, True, True, True, "character"),
 }
 
 
+@pytest.mark.parametrize("study", sorted(STUDIES))
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_variant_command_parses_into_its_settings(preset, tmp_path):
-    commands = check_arguments(ROOT / preset, tmp_path, seeds=2, extra=["--num_train_epochs", "1"])
-    assert len(commands) == 2 * len(VARIANTS)
+def test_every_variant_command_parses_into_its_settings(preset, study, tmp_path):
+    variants = STUDIES[study].variants
+    commands = check_arguments(ROOT / preset, tmp_path, 2, ["--num_train_epochs", "1"], STUDIES[study])
+    assert len(commands) == 2 * len(variants)
+    assert {Path(command[command.index("--output_dir") + 1]).parent.name for command in commands} == set(variants)
     for command in commands:
         assert command[:3] == [sys.executable, "-m", "koelectra_crf.train"]
         _, head, _, training, _ = parse_arguments(command[3:])
         variant = Path(training.output_dir).parent.name
-        settings = (head.use_bilstm, head.use_crf, training.fgm_epsilon > 0, training.rdrop_alpha > 0)
+        settings = (head.use_bilstm, head.use_crf, training.fgm_epsilon > 0, training.rdrop_alpha > 0, head.tag_unit)
         assert settings == EXPECTED_SETTINGS[variant], variant
         assert training.num_train_epochs == 1 and training.seed == int(Path(training.output_dir).name[len("seed-") :])
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from test_analysis import assert_valid_png
 from tiny import character_tokenizer, tiny_model
-from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import spans_to_char_tags
 from koelectra_crf.analysis.calibration import TEMPERATURES
 from koelectra_crf.analysis.errors import CATEGORIES
 from koelectra_crf.cli import main
-from koelectra_crf.data import load_klue_ner, read_klue_tsv, strip_entity_marks, tokenize_and_align
+from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, strip_entity_marks, tokenize_and_align
 from koelectra_crf.metrics import klue_ner_metrics
 
 MARKED = [
@@ -48,7 +48,7 @@ def model_dir(klue_file, tmp_path_factory):
     torch.manual_seed(0)
     model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8)
     rows = tokenize_and_align(load_klue_ner(test_file=klue_file)["test"], tokenizer, model.config)
-    batch = DataCollatorForTokenClassification(tokenizer)(rows.to_list())
+    batch = NerDataCollator(tokenizer.pad_token_id)(rows.to_list())
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     model.train()
     for _ in range(15):
@@ -133,16 +133,35 @@ def test_errors_writes_categories_and_examples(model_dir, klue_file, tmp_path):
     assert "# Error analysis" in markdown and "## Type confusion" in markdown
 
 
+def test_errors_compares_models_side_by_side(model_dir, klue_file, tmp_path, capsys):
+    run("errors", model_dir, "--test_file", klue_file, "--output_dir", tmp_path / "one", "--device", "cpu")
+    single = json.loads((tmp_path / "one" / "errors.json").read_text())
+    capsys.readouterr()
+    run("errors", model_dir, "--compare", model_dir, "--test_file", klue_file, "--output_dir", tmp_path / "two",
+        "--device", "cpu")  # fmt: skip
+    printed = capsys.readouterr().out
+    for n in (0, 1):
+        assert json.loads((tmp_path / "two" / f"{n}-{model_dir.name}" / "errors.json").read_text()) == single
+    assert (tmp_path / "two" / "comparison.md").read_text() == printed
+    boundary = single["counts"]["boundary"]
+    expected_cell = f"{boundary} ({single['percentages']['boundary']:.1f}%)"
+    assert f"| boundary | {expected_cell} | {expected_cell} |" in printed
+
+
 def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path):
     run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
         "--device", "cpu", "--bins", 5)  # fmt: skip
     report = json.loads((tmp_path / "calibration.json").read_text())
     assert report["num_bins"] == 5 and report["temperature"] in TEMPERATURES
     for stage in ("before", "after"):
-        for level in ("token", "entity"):
+        for level in ("token", "entity", "entity_token_mean"):
             summary = report[stage][level]
             assert len(summary["bins"]) == 5 and sum(b["count"] for b in summary["bins"]) == summary["count"] > 0
             assert 0.0 <= summary["ece"] <= 1.0
+        # The same predicted entities, scored two ways: same count and accuracy, different confidences.
+        exact, mean = report[stage]["entity"], report[stage]["entity_token_mean"]
+        assert exact["count"] == mean["count"] and exact["accuracy"] == mean["accuracy"]
+        assert exact["mean_confidence"] != mean["mean_confidence"]
     # Every tagged token of every sentence is scored (the tiny tokenizer has one token per character).
     assert report["before"]["token"]["count"] == sum(len(strip_entity_marks(m)[0].replace(" ", "")) for m in MARKED)
     assert_valid_png(tmp_path / "reliability_diagram.png")

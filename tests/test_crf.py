@@ -27,17 +27,17 @@ ALPHABETICAL_LABELS = "B-DT B-LC B-OG B-PS B-QT B-TI I-DT I-LC I-OG I-PS I-QT I-
 # Oracles and helpers
 
 
-def brute_force(emissions, start, transitions, end, allowed=None):
-    """Enumerate all K^L tag sequences of one sequence ``emissions`` (L, K), in float64.
+def path_scores(emissions, start, transitions, end, allowed=None):
+    """All K^L tag sequences of one sequence ``emissions`` (L, K) and their scores, in float64.
 
-    ``allowed`` = (allowed_start, allowed_transitions, allowed_end) excludes the disallowed paths.
-    Returns (log Z, best path (L,), marginals (L, K)).
+    ``allowed`` = (allowed_start, allowed_transitions, allowed_end) gives the disallowed paths the score -inf.
+    Returns (paths (K^L, L), scores (K^L,)); for L = 0 the one empty path, with score 0.
     """
     emissions, start, transitions, end = (x.double() for x in (emissions, start, transitions, end))
     length, num_tags = emissions.shape
+    paths = torch.tensor(list(itertools.product(range(num_tags), repeat=length)), dtype=torch.long)  # (N, L)
     if length == 0:
-        return torch.tensor(0.0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), emissions
-    paths = torch.tensor(list(itertools.product(range(num_tags), repeat=length)))  # (N, L)
+        return paths.view(1, 0), torch.zeros(1, dtype=torch.float64)
     scores = (
         start[paths[:, 0]]
         + emissions[torch.arange(length), paths].sum(1)
@@ -51,7 +51,22 @@ def brute_force(emissions, start, transitions, end, allowed=None):
             & allowed_transitions[paths[:, :-1], paths[:, 1:]].all(1)
             & allowed_end[paths[:, -1]]
         )
-        paths, scores = paths[valid], scores[valid]
+        scores = scores.masked_fill(~valid, float("-inf"))
+    return paths, scores
+
+
+def brute_force(emissions, start, transitions, end, allowed=None):
+    """Enumerate all K^L tag sequences of one sequence ``emissions`` (L, K), in float64.
+
+    ``allowed`` = (allowed_start, allowed_transitions, allowed_end) excludes the disallowed paths.
+    Returns (log Z, best path (L,), marginals (L, K)).
+    """
+    if emissions.size(0) == 0:
+        return torch.tensor(0.0, dtype=torch.float64), torch.zeros(0, dtype=torch.long), emissions.double()
+    paths, scores = path_scores(emissions, start, transitions, end, allowed)
+    valid = scores > float("-inf")
+    paths, scores = paths[valid], scores[valid]
+    num_tags = emissions.size(1)
     weights = scores.softmax(0)
     marginals = (torch.nn.functional.one_hot(paths, num_tags).double() * weights[:, None, None]).sum(0)
     return scores.logsumexp(0), paths[scores.argmax()], marginals
@@ -200,6 +215,256 @@ def test_brute_force_constrained(implementation, labels):
         torch.testing.assert_close(marginals[b][mask[b]].double(), expected_marginals, rtol=1e-4, atol=1e-5)
         free_log_z, _, _ = brute_force(row, *params)
         torch.testing.assert_close(log_z_unconstrained[b].double(), free_log_z, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sequence and entity probabilities
+
+# Tag ids in a scrambled order, so that no test relies on where B, I and O sit.
+PROBABILITY_LABELS = ["I-Y", "B-X", "O", "I-X", "B-Y"]
+# (begin, inside) pairs of the entity tests: two entity types, a pair that BIO disallows, and begin == inside.
+ENTITY_TAG_PAIRS = [("B-X", "I-X"), ("B-Y", "I-Y"), ("B-X", "I-Y"), ("O", "O")]
+
+
+def probability_crf(implementation, constrained, generator=None):
+    """A random CRF over PROBABILITY_LABELS, with the BIO constraints or none, and those constraints (or None)."""
+    allowed = bio_constraints(PROBABILITY_LABELS) if constrained else None
+    crf = LinearChainCRF(len(PROBABILITY_LABELS), *(allowed or ()), implementation=implementation)
+    with torch.no_grad():
+        for parameter in crf.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return crf, allowed
+
+
+def crf_scores(crf):
+    return crf.start_transitions.detach(), crf.transitions.detach(), crf.end_transitions.detach()
+
+
+def tag_pairs(labels=PROBABILITY_LABELS, pairs=ENTITY_TAG_PAIRS):
+    return [(labels.index(begin), labels.index(inside)) for begin, inside in pairs]
+
+
+def brute_force_entity(paths, probabilities, positions, start, end, begin, inside):
+    """The total probability of the paths (float64) of one row that hold exactly the entity: ``begin`` at the
+    caller's position ``start``, ``inside`` at every later unmasked position before ``end`` (exclusive), and not
+    ``inside`` at the next unmasked position, if any. ``positions``: the row's unmasked positions, in order.
+    """
+    if start not in positions or end <= start:
+        return 0.0
+    s = positions.index(start)
+    last = sum(position < end for position in positions) - 1
+    holds = (paths[:, s] == begin) & (paths[:, s + 1 : last + 1] == inside).all(1)
+    if last + 1 < len(positions):
+        holds &= paths[:, last + 1] != inside
+    return probabilities[holds].sum().item()
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "bio"])
+def test_sequence_probability_brute_force(implementation, constrained):
+    generator = torch.Generator().manual_seed(11)
+    crf, allowed = probability_crf(implementation, constrained, generator)  # constrain_training=False
+    mask = BRUTE_FORCE_MASKS
+    batch, length = mask.shape
+    emissions = torch.randn(batch, length, crf.num_tags, generator=generator) * 2
+    best_probability = crf.sequence_probability(emissions, crf.decode(emissions, mask), mask)
+    assert best_probability.dtype == torch.float32 and best_probability.shape == (batch,)
+    for b in range(batch):
+        paths, scores = path_scores(emissions[b][mask[b]], *crf_scores(crf), allowed)
+        expected = scores.softmax(0)  # 0 for the disallowed paths
+        tags = torch.full((len(paths), length), -100)
+        tags[:, mask[b]] = paths
+        every_path = emissions[b].expand(len(paths), -1, -1), tags, mask[b].expand(len(paths), -1)
+        probabilities = crf.sequence_probability(*every_path)
+        assert probabilities.dtype == torch.float32
+        torch.testing.assert_close(probabilities.double(), expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(probabilities.double().sum(), torch.tensor(1.0).double(), rtol=0, atol=1e-5)
+        assert (probabilities[expected == 0] == 0).all()  # a disallowed path has no mass at all
+        # The Viterbi path is the most probable one (an empty row: the empty path, probability 1).
+        torch.testing.assert_close(best_probability[b].double(), expected.max(), rtol=1e-4, atol=1e-6)
+        # The same as the constrained log-likelihood, whatever constrain_training says.
+        crf.constrain_training = True
+        torch.testing.assert_close(crf.log_likelihood(*every_path).exp(), probabilities, rtol=1e-6, atol=1e-7)
+        crf.constrain_training = False
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "bio"])
+def test_entity_probabilities_brute_force(implementation, constrained):
+    generator = torch.Generator().manual_seed(12)
+    crf, allowed = probability_crf(implementation, constrained, generator)
+    mask = BRUTE_FORCE_MASKS
+    batch, length = mask.shape
+    emissions = torch.randn(batch, length, crf.num_tags, generator=generator) * 2
+    # Every (start, end) of every row, ends exclusive: masked starts, empty spans, spans over masked positions
+    # (row 2: 0 1 1 0 1), spans past a row's end, spans ending at a row's last position.
+    spans = torch.tensor(
+        [
+            [b, start, end, begin, inside]
+            for b in range(batch)
+            for start in range(length)
+            for end in range(length + 1)
+            for begin, inside in tag_pairs()
+        ]
+    )
+    probabilities = crf.entity_probabilities(emissions, mask, spans)
+    assert probabilities.dtype == torch.float32 and probabilities.shape == (len(spans),)
+    marginals = crf.marginals(emissions, mask)
+
+    expected = []
+    for b in range(batch):
+        paths, scores = path_scores(emissions[b][mask[b]], *crf_scores(crf), allowed)
+        positions = mask[b].nonzero().squeeze(1).tolist()
+        for _, start, end, begin, inside in spans[spans[:, 0] == b].tolist():
+            expected.append(brute_force_entity(paths, scores.softmax(0), positions, start, end, begin, inside))
+    expected = torch.tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(probabilities.double(), expected, rtol=1e-4, atol=1e-6)
+
+    rows, starts, ends, begins, insides = spans.t()
+    impossible = ~mask[rows, starts] | (ends <= starts)
+    assert (probabilities[impossible] == 0).all()
+    assert (expected[~impossible] > 0.05).sum() > 30  # not only tiny probabilities were compared
+    if constrained:  # B-X then I-Y is disallowed: only one-position entities have mass
+        multi = (begins == PROBABILITY_LABELS.index("B-X")) & (insides == PROBABILITY_LABELS.index("I-Y"))
+        multi &= (mask.long().cumsum(1)[rows, (ends - 1).clamp(min=0)] - mask.long().cumsum(1)[rows, starts]) > 0
+        assert (probabilities[multi & ~impossible] == 0).all()
+    # An entity is at most as probable as each of its tags.
+    for (b, start, end, begin, inside), probability in zip(spans.tolist(), probabilities.tolist(), strict=True):
+        if mask[b, start] and end > start:
+            bound = min(
+                [marginals[b, start, begin].item()]
+                + [marginals[b, t, inside].item() for t in range(start + 1, end) if mask[b, t]]
+            )
+            assert probability <= bound + 1e-6
+
+
+def test_entity_probabilities_from_a_position_add_up_to_its_begin_marginal(implementation):
+    # Every path with y_s = b holds exactly one entity (b, i) starting at s, whose run of i ends at one last
+    # position l >= s: summed over l, the entity probabilities are P(y_s = b). Longer rows than brute force can
+    # enumerate, with masks that are not left-aligned; both implementations must agree.
+    generator = torch.Generator().manual_seed(13)
+    crf, _ = probability_crf(implementation, constrained=True, generator=generator)
+    batch, length = 4, 16
+    emissions = torch.randn(batch, length, crf.num_tags, generator=generator) * 2
+    emissions[..., PROBABILITY_LABELS.index("I-X")] += 2.0  # long X entities are likely
+    mask = torch.rand(batch, length, generator=generator) < 0.7
+    mask[0] = True
+    mask[1, :3] = False
+    mask[1, -2:] = False
+    spans, groups, heads = [], [], []  # a group per (row, start, pair); heads[g] = (row, start, begin) of group g
+    for b in range(batch):
+        positions = mask[b].nonzero().squeeze(1).tolist()
+        for k, start in enumerate(positions):
+            for begin, inside in tag_pairs():
+                for last in positions[k:]:  # one span per last position l (the end after l)
+                    spans.append([b, start, last + 1, begin, inside])
+                    groups.append(len(heads))
+                heads.append([b, start, begin])
+    spans, groups, heads = torch.tensor(spans), torch.tensor(groups), torch.tensor(heads)
+    probabilities = crf.entity_probabilities(emissions, mask, spans)
+    totals = torch.zeros(len(heads)).index_add_(0, groups, probabilities)
+    rows, starts, begins = heads.t()
+    marginals = crf.marginals(emissions, mask)
+    torch.testing.assert_close(totals, marginals[rows, starts, begins], rtol=1e-4, atol=1e-5)
+    assert (probabilities > 0.05).sum() > 20
+
+    other = with_implementation(crf, "parallel" if implementation == "sequential" else "sequential")
+    torch.testing.assert_close(other.entity_probabilities(emissions, mask, spans), probabilities, rtol=1e-4, atol=1e-6)
+
+
+def test_entity_to_the_end_of_a_row(implementation):
+    # An entity over all of a row's tagged positions has no next position (R = f[y_l]): its probability is the
+    # probability of the one path B-X I-X ... I-X, whether `end` is the position after the last tag or T.
+    generator = torch.Generator().manual_seed(14)
+    crf, _ = probability_crf(implementation, constrained=True, generator=generator)
+    begin, inside = PROBABILITY_LABELS.index("B-X"), PROBABILITY_LABELS.index("I-X")
+    batch, length = 4, 12
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    mask[0] = True
+    mask[1, 2:9] = True  # masked head and tail
+    mask[1, 5] = False  # and a hole
+    mask[2, 6] = True  # one position: the entity is the single B-X, y_l = b
+    mask[3, [0, 4, 11]] = True
+    emissions = torch.randn(batch, length, crf.num_tags, generator=generator)
+    emissions[..., inside] += 4.0
+    emissions[..., begin] += 2.0
+    firsts = mask.long().argmax(1)
+    lasts = length - 1 - mask.flip(1).long().argmax(1)
+    path = torch.where(torch.arange(length) == firsts[:, None], begin, inside).masked_fill(~mask, -100)
+    expected = crf.sequence_probability(emissions, path, mask)
+    ends = torch.cat([lasts + 1, torch.full_like(lasts, length)])  # just after the last tag, or T
+    rows = torch.arange(batch).repeat(2)
+    spans = torch.stack([rows, firsts[rows], ends, torch.full_like(ends, begin), torch.full_like(ends, inside)], 1)
+    probabilities = crf.entity_probabilities(emissions, mask, spans)
+    torch.testing.assert_close(probabilities, expected.repeat(2), rtol=1e-4, atol=1e-7)
+    assert (expected > 0.01).all()
+    # Stopping one position before the end of row 0 (no mask): the last tag may then be anything but I-X.
+    shorter = crf.entity_probabilities(emissions, mask, torch.tensor([[0, 0, length - 1, begin, inside]]))
+    alternatives = path[:1].repeat(crf.num_tags, 1)
+    alternatives[:, -1] = torch.arange(crf.num_tags)  # the last tag j
+    each = crf.sequence_probability(emissions[:1].expand(crf.num_tags, -1, -1), alternatives)
+    torch.testing.assert_close(shorter, each[torch.arange(crf.num_tags) != inside].sum(0, keepdim=True))
+    assert 0.01 < shorter.item() < 1 - expected[0].item()
+
+
+def test_probabilities_of_half_precision_inputs_compute_in_float32(implementation):
+    generator = torch.Generator().manual_seed(15)
+    crf, _ = probability_crf(implementation, constrained=True, generator=generator)
+    batch, length = 3, 8
+    emissions = torch.randn(batch, length, crf.num_tags, generator=generator) * 3
+    mask = ragged_mask(batch, length, generator)
+    mask[2, 1] = False
+    tags = torch.randint(crf.num_tags, (batch, length), generator=generator)
+    spans = torch.tensor([[0, 0, 3, 1, 3], [1, 2, 4, 4, 0], [2, 0, 8, 2, 2], [0, 5, 8, 1, 3]])
+
+    def results(em):
+        return crf.sequence_probability(em, tags, mask), crf.entity_probabilities(em, mask, spans)
+
+    for low in (torch.float16, torch.bfloat16):
+        rounded = emissions.to(low)
+        expected = results(rounded.float())
+        outputs = [results(rounded)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(results(rounded))
+            outputs.append(results(rounded.float()))
+        for output in outputs:
+            for value, reference in zip(output, expected, strict=True):
+                assert value.dtype == torch.float32
+                torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-7)
+    # Half-precision parameters are used as float32 too.
+    half = copy.deepcopy(crf).half()
+    rounded = copy.deepcopy(half).float()
+    for value, reference in zip(
+        (half.sequence_probability(emissions, tags, mask), half.entity_probabilities(emissions, mask, spans)),
+        (rounded.sequence_probability(emissions, tags, mask), rounded.entity_probabilities(emissions, mask, spans)),
+        strict=True,
+    ):
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, reference, rtol=0, atol=0)
+
+
+def test_entity_probabilities_edge_cases(implementation):
+    crf, _ = probability_crf(implementation, constrained=True, generator=torch.Generator().manual_seed(16))
+    num_tags = crf.num_tags
+    emissions = torch.randn(2, 5, num_tags, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    valid = [0, 0, 2, 1, 3]
+    out_of_range = [[-1, 0, 2, 1, 3], [2, 0, 2, 1, 3], [0, -1, 2, 1, 3], [0, 0, 6, 1, 3], [0, 0, 2, num_tags, 3]]
+    out_of_range += [[0, 0, 2, 1, -1]]
+    impossible = [[1, 0, 5, 1, 3], [0, 2, 4, 1, 3], [0, 3, 3, 1, 3]]  # an empty row, a masked start, end <= start
+    spans = torch.tensor([valid, *out_of_range, *impossible], dtype=torch.int32)  # any integer dtype
+    probabilities = crf.entity_probabilities(emissions, mask, spans)
+    assert probabilities[0] > 0 and (probabilities[1:] == 0).all()
+    probabilities.sum().backward()
+    assert torch.isfinite(emissions.grad).all() and torch.isfinite(crf.transitions.grad).all()
+    assert emissions.grad[0].abs().sum() > 0 and (emissions.grad[~mask] == 0).all()
+
+    assert crf.entity_probabilities(emissions, None, spans[:0]).shape == (0,)
+    for shape in ((0, 5, num_tags), (2, 0, num_tags)):
+        empty = torch.randn(*shape)
+        assert crf.entity_probabilities(empty, None, spans).tolist() == [0.0] * len(spans)
+        assert crf.sequence_probability(empty, torch.zeros(shape[:2], dtype=torch.long)).tolist() == [1.0] * shape[0]
+    for bad in (spans[:, :4], spans[0], spans.float(), spans.bool()):
+        with pytest.raises(ValueError, match=re.escape("spans must be an integer tensor of shape (N, 5)")):
+            crf.entity_probabilities(emissions, mask, bad)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -505,14 +770,21 @@ def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
     crf = random_crf(3)
     assert crf.implementation == "auto"
     emissions, tags = torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.long)
+    spans = torch.tensor([[0, 1, 3, 1, 2]])
     crf.log_likelihood(emissions, tags)
     crf.marginals(emissions)
     crf.decode(emissions)
+    crf.sequence_probability(emissions, tags)
+    crf.entity_probabilities(emissions, None, spans)
     crf = random_crf(3, implementation="parallel")
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.log_partition(emissions)
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.marginals(emissions)
+    with pytest.raises(AssertionError, match="parallel implementation used"):
+        crf.sequence_probability(emissions, tags)
+    with pytest.raises(AssertionError, match="parallel implementation used"):
+        crf.entity_probabilities(emissions, None, spans)
     with pytest.raises(AssertionError, match="parallel implementation used"):
         crf.decode(emissions)
 
@@ -545,6 +817,9 @@ def test_no_data_dependent_host_synchronisation(implementation):
     assert emissions.grad.shape == emissions.shape
     assert crf.decode(emissions, mask).shape == (4, 9)
     assert crf.marginals(emissions, mask).shape == emissions.shape
+    assert crf.sequence_probability(emissions, tags, mask).shape == (4,)
+    spans = torch.zeros(7, 5, dtype=torch.long, device="meta")
+    assert crf.entity_probabilities(emissions, mask, spans).shape == (7,)
 
 
 def test_state_dict_holds_only_the_parameters():

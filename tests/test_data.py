@@ -1,14 +1,20 @@
 """KLUE NER loading: the v1.1 TSV parser, the Hub-schema normalisation, labels by name, format errors."""
 
 import re
+import unicodedata
 import warnings
+from pathlib import Path
 
 import pytest
+import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
+from tiny import character_tokenizer, tiny_model
+from transformers import DataCollatorForTokenClassification
 
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
+    NerDataCollator,
     example_tag_names,
     label_names,
     load_klue_ner,
@@ -16,6 +22,7 @@ from koelectra_crf.data import (
     read_klue_tsv,
     strip_entity_marks,
     tags_to_ids,
+    tokenize_and_align,
 )
 
 # The Hub's `klue`/`ner` ClassLabel order (alphabetical by type): a different order than KLUE_LABELS on purpose.
@@ -181,3 +188,89 @@ def test_ill_formed_bio_is_kept_and_counted(tmp_path):
     with pytest.warns(UserWarning, match=re.escape(str(path)) + ": 2 ill-formed BIO tags"):
         sentences = read_klue_tsv(path)
     assert [sentence["ner_tags"] for sentence in sentences] == [["I-PS", "I-PS", "O"], ["B-LC", "O", "I-OG"]]
+
+
+def test_collator_pads_token_windows_like_transformers_and_character_keys_to_their_own_length(tmp_path):
+    raw = load_klue_ner(Path(__file__).resolve().parents[1] / "training/smoke/smoke-train.tsv")["train"].select(
+        range(6)
+    )
+    tokenizer = character_tokenizer(tmp_path, texts=list(raw["sentence"]))
+    token_rows = tokenize_and_align(raw, tokenizer, tiny_model(tokenizer.vocab_size).config).to_list()
+    ours = NerDataCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)(token_rows)
+    theirs = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8)(token_rows)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+
+    character_config = tiny_model(tokenizer.vocab_size, tag_unit="character").config
+    rows = tokenize_and_align(raw, tokenizer, character_config).to_list()
+    batch = NerDataCollator(tokenizer.pad_token_id, pad_to_multiple_of=None)(rows)
+    characters = max(len(row["labels"]) for row in rows)
+    assert batch["labels"].shape == batch["char_codes"].shape == (len(rows), characters)
+    assert batch["input_ids"].shape == (len(rows), max(len(row["input_ids"]) for row in rows))
+    for i, row in enumerate(rows):
+        assert batch["labels"][i, len(row["labels"]) :].eq(-100).all()
+        assert batch["char_codes"][i, : len(row["char_codes"])].tolist() == row["char_codes"]
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    plain = read_klue_tsv(write(tmp_path, "## g1\tA 씨\nA\tB-PS\n \tO\n씨\tO\n"))
+    path = tmp_path / "bom.tsv"
+    path.write_text(HEADER + "## g1\tA 씨\nA\tB-PS\n \tO\n씨\tO\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_klue_tsv(path) == plain
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", HEADER])
+def test_a_file_without_sentences_is_refused_by_name(tmp_path, content):
+    path = tmp_path / "empty.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(KlueFormatError, match=re.escape(f"{path}: no sentences")):
+        load_klue_ner(train_file=path)
+
+
+def test_a_file_that_is_not_utf8_is_refused_by_name_and_line(tmp_path):
+    path = tmp_path / "cp949.tsv"
+    path.write_bytes(("## g1\tAB\nA\tO\nB\tO\n\n" * 3000 + "## g2\t씨\n씨\tO\n").encode("cp949"))  # past a read block
+    with pytest.raises(KlueFormatError, match=re.escape(f"{path}:12001: not UTF-8") + ".*must be UTF-8"):
+        read_klue_tsv(path)
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def test_decomposed_hangul_is_composed_with_the_first_characters_tag(tmp_path):
+    """An NFD file (one line per jamo) reads as the NFC file does; a composed character takes its first jamo's tag,
+    and an entity boundary inside a syllable moves to the syllable's start (here: counted as ill-formed BIO)."""
+    body = "## g1\t<김민준:PS> 씨\n김\tB-PS\n민\tI-PS\n준\tI-PS\n \tO\n씨\tO\n\n"
+    composed = read_klue_tsv(write(tmp_path, body))
+    decomposed_path = tmp_path / "nfd.tsv"
+    lines = []
+    for line in body.splitlines():
+        char, tab, tag = line.partition("\t")
+        if line.startswith("## ") or not tab or char == " ":
+            lines.append(nfd(line))
+        else:  # one line per jamo: the first keeps the tag, the others continue the entity
+            jamo = nfd(char)
+            inside = "O" if tag == "O" else f"I-{tag[2:]}"
+            lines += [f"{jamo[0]}\t{tag}"] + [f"{j}\t{inside}" for j in jamo[1:]]
+    decomposed_path.write_text(HEADER + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="1 sentences not in Unicode NFC"):
+        assert read_klue_tsv(decomposed_path) == composed
+
+    # 씨 = ᄊ + ᅵ; an entity starting on the vowel starts with the syllable: the syllable takes ᄊ's tag.
+    path = tmp_path / "split.tsv"
+    path.write_text(HEADER + "## g2\t" + nfd("씨김") + "\nᄊ\tO\nᅵ\tB-PS\n" + "".join(
+        f"{j}\tI-PS\n" for j in nfd("김")), encoding="utf-8")  # fmt: skip
+    with pytest.warns(UserWarning, match="not in Unicode NFC"), pytest.warns(UserWarning, match="1 ill-formed"):
+        assert read_klue_tsv(path)[0]["ner_tags"] == ["O", "I-PS"]
+
+
+def test_compatibility_characters_stay_and_combining_marks_compose(tmp_path):
+    # NFC leaves full-width digits and ㈜ alone (only NFKC would change them); é from e + U+0301 takes e's tag.
+    body = "## g1\t㈜２０ e\u0301\n㈜\tB-OG\n２\tB-QT\n０\tI-QT\n \tO\ne\tB-PS\n\u0301\tI-PS\n"
+    with pytest.warns(UserWarning, match="1 sentences not in Unicode NFC"):
+        [sentence] = read_klue_tsv(write(tmp_path, body))
+    assert sentence["sentence"] == "㈜２０ é" and sentence["tokens"] == list("㈜２０ é")
+    assert sentence["ner_tags"] == ["B-OG", "B-QT", "I-QT", "O", "B-PS"]

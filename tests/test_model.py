@@ -1,5 +1,8 @@
 """The model: loss and predictions over tagged positions only, initialisation, from_encoder, batching."""
 
+import itertools
+
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny import TINY_TEXT, character_tokenizer, tiny_encoder_config, tiny_model
@@ -103,11 +106,13 @@ def test_constraint_masks_are_rebuilt_when_loading(tmp_path):
         assert torch.equal(buffer, value)
 
 
-def test_from_encoder_keeps_encoder_weights_in_float32(tmp_path):
+def test_from_encoder_keeps_encoder_weights_in_float32(tmp_path, capfd):
     torch.manual_seed(0)
     encoder = AutoModel.from_config(tiny_encoder_config(50, "bert")).half()  # a float16 checkpoint with a pooler
     encoder.save_pretrained(tmp_path / "encoder")
+    capfd.readouterr()
     model = KoElectraCrfForTokenClassification.from_encoder(str(tmp_path / "encoder"), lstm_hidden_size=8)
+    assert "LOAD REPORT" not in capfd.readouterr().err  # the pooler it drops is no news to the user
     assert model.config.encoder.model_type == "bert"
     assert model.encoder.pooler is None
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -128,3 +133,36 @@ def test_tag_mask_excludes_special_tokens_at_inference(tmp_path):
     output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), tag_mask=tag_mask)
     assert (output.predictions[0, [0, -1]] == -100).all()
     assert (output.predictions[0, 1:-1] >= 0).all()
+
+
+@pytest.mark.parametrize("use_crf", [True, False])
+def test_entity_and_sequence_probabilities_match_enumeration(tmp_path, use_crf):
+    """The model's entity and sequence probabilities against enumerating every tag sequence of a short text (the
+    softmax head's tags are independent; the CRF's come from its scores)."""
+    torch.manual_seed(0)
+    labels = ["B-PS", "I-PS", "O"]
+    model = tiny_model(20, labels=labels, use_crf=use_crf)
+    emissions = torch.randn(1, 5, 3)
+    tag_mask = torch.tensor([[True, False, True, True, True]])  # position 1 is not tagged (a continuation piece)
+    positions = [0, 2, 3, 4]
+    paths = list(itertools.product(range(3), repeat=len(positions)))
+    tags = torch.full((len(paths), 5), -100)
+    tags[:, positions] = torch.tensor(paths)
+    probabilities = model.sequence_probability(
+        emissions.expand(len(paths), -1, -1), tags, tag_mask.expand(len(paths), -1)
+    )
+    assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+    spans = torch.tensor([[0, 0, 3, 0, 1], [0, 2, 4, 0, 1], [0, 3, 5, 0, 1], [0, 4, 5, 0, 1]])
+    for (_, start, end, begin, inside), probability in zip(
+        spans.tolist(), model.entity_probabilities(emissions, tag_mask, spans), strict=True
+    ):
+        inner = [k for k, t in enumerate(positions) if start <= t < end]
+        after = [k for k, t in enumerate(positions) if t >= end][:1]
+        holds = [
+            path[inner[0]] == begin
+            and all(path[k] == inside for k in inner[1:])
+            and not (after and path[after[0]] == inside)
+            for path in paths
+        ]
+        assert probability.item() == pytest.approx(probabilities[torch.tensor(holds)].sum().item(), abs=1e-5)

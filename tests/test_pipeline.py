@@ -1,8 +1,10 @@
 """The CRF pipeline: character offsets, windows, aggregation, labels by name, and loading from a Hub folder."""
 
 import json
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 import koelectra_crf
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.alignment import encode_texts, token_labels
+from koelectra_crf.alignment import encode_texts, nfc_with_offsets, unit_labels
 from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
 
@@ -33,6 +35,10 @@ MARKED = [
     "<이재용:PS> <삼성전자:OG> 회장이 <2024년 3월 1일:DT> <오전 9시:TI> <서울 강남구:LC> 본사를 찾았다.",
     "  Apple CEO <팀 쿡:PS> 도   李舜臣 😀 함께 사과 <3개:QT> 를 샀다 ",
 ]
+# Entities that end inside a subword token (a name glued to its particle): only character units can represent them.
+MARKED_INSIDE_TOKENS = [
+    "<최정원:PS>의 동생은 <스위스:LC>는 물론 <부산:LC>에서도 <10점:QT>을 받았다고 <어제:DT> 말했다."
+]
 
 
 def char_tags(text: str, spans) -> list[str]:
@@ -43,7 +49,8 @@ def char_tags(text: str, spans) -> list[str]:
 
 
 def oracle_forward(model, tokenizer, texts_and_spans):
-    """A forward that emits, for each window of the given texts, a strong score for the gold tag of each token.
+    """A forward that emits, for each window of the given texts, a strong score for the gold tag of each unit (token
+    or character).
 
     Windows are recognised by their token ids, so the pipeline's whole path (tokenization, windows, stitching,
     CRF, character alignment, aggregation) is exercised with a model whose answer is known.
@@ -52,18 +59,20 @@ def oracle_forward(model, tokenizer, texts_and_spans):
     emissions_by_ids = {}
     for text, spans in texts_and_spans:
         encoded = encode_texts([text], tokenizer, config.tokenization)[0]
-        labels = token_labels(encoded, char_tags(text, spans))
+        tags = unit_labels(encoded, char_tags(text, spans), config.tag_unit)
+        label_ids = [config.label2id[tag] for tag in tags]
         for start, end in encoded.windows(config.max_length, config.stride):
-            ids = tuple(encoded.window(start, end)["input_ids"])
-            emissions = torch.zeros(len(ids), config.num_labels)
-            for position, label in enumerate(labels[start:end], start=len(encoded.prefix_ids)):
-                if label is not None:
-                    emissions[position, config.label2id[label]] = 10.0
+            window = encoded.window(start, end, config.tag_unit, label_ids)
+            labels = torch.tensor(window["labels"])
+            emissions = torch.zeros(len(labels), config.num_labels)
+            tagged = labels != -100
+            emissions[tagged, labels[tagged]] = 10.0
+            ids = tuple(window["input_ids"])
             assert ids not in emissions_by_ids or torch.equal(emissions_by_ids[ids], emissions)
             emissions_by_ids[ids] = emissions
 
     def forward(input_ids, attention_mask, tag_mask, **_):
-        emissions = torch.zeros(*input_ids.shape, config.num_labels)
+        emissions = torch.zeros(*tag_mask.shape, config.num_labels)
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask, strict=True)):
             values = emissions_by_ids[tuple(ids[mask.bool()].tolist())]
             emissions[row, : len(values)] = values
@@ -80,16 +89,18 @@ def real_tokenizers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "tokenizer_name,tokenization",
-    [("wordpiece", "subword"), ("sentencepiece", "subword"), ("wordpiece", "char"), ("sentencepiece", "char"),
-     ("characters", "char")],
+    "tokenizer_name,tokenization,tag_unit",
+    [("wordpiece", "subword", "token"), ("sentencepiece", "subword", "token"), ("wordpiece", "char", "token"),
+     ("sentencepiece", "char", "token"), ("characters", "char", "token"), ("wordpiece", "subword", "character"),
+     ("sentencepiece", "subword", "character")],
 )  # fmt: skip
-def test_pipeline_recovers_gold_entities_through_real_tokenizers(tmp_path, tokenizer_name, tokenization):
+def test_pipeline_recovers_gold_entities_through_real_tokenizers(tmp_path, tokenizer_name, tokenization, tag_unit):
     tokenizer = real_tokenizers(tmp_path)[tokenizer_name]
-    model = tiny_model(len(tokenizer), tokenization=tokenization, max_length=48, stride=12)
+    model = tiny_model(len(tokenizer), tokenization=tokenization, tag_unit=tag_unit, max_length=48, stride=12)
     filler = "오늘은 날씨가 맑고 바람이 분다. " * 120  # ~2,300 characters of text without entities
-    texts = [strip_entity_marks(marked) for marked in MARKED]
-    long_text, long_spans = strip_entity_marks(filler + MARKED[0] + " " + MARKED[1])
+    marked = MARKED + (MARKED_INSIDE_TOKENS if tag_unit == "character" else [])
+    texts = [strip_entity_marks(text) for text in marked]
+    long_text, long_spans = strip_entity_marks(filler + " ".join(marked))
     assert len(long_text) >= 2_300 and min(start for start, _, _ in long_spans) > len(long_text) - 200
     texts.append((long_text, long_spans))
     model.forward = oracle_forward(model, tokenizer, texts)
@@ -133,17 +144,60 @@ def test_offsets_are_exact_for_every_strategy(tiny_pipeline, strategy):
         assert starts == sorted(starts)
 
 
-def test_strategies_share_spans_and_differ_only_in_scores(tiny_pipeline):
-    text = TINY_TEXT * 3
+def test_every_strategy_scores_an_entity_by_its_exact_crf_probability(tiny_pipeline):
+    """An entity's score is P(B-X at its first unit, I-X through its last, no I-X after it | text). Oracle: the
+    log-partition of the emissions restricted to the sequences that hold the entity, minus the full one (a route
+    through the CRF independent of its forward-backward entity probabilities)."""
+    text = TINY_TEXT * 3  # several windows: the score comes from the stitched emissions of the whole text
     results = {strategy: tiny_pipeline(text, aggregation_strategy=strategy) for strategy in STRATEGIES[1:]}
-    spans = {s: [(e["start"], e["end"], e["entity_group"]) for e in r] for s, r in results.items()}
-    assert len({tuple(v) for v in spans.values()}) == 1
-    tokens = tiny_pipeline(text, aggregation_strategy="none")
-    for first, average, maximum in zip(results["first"], results["average"], results["max"], strict=True):
-        scores = [t["score"] for t in tokens if first["start"] <= t["start"] < first["end"]]
-        assert first["score"] == pytest.approx(scores[0])
-        assert average["score"] == pytest.approx(sum(scores) / len(scores))
-        assert maximum["score"] == pytest.approx(max(scores))
+    assert results["simple"] and all(result == results["simple"] for result in results.values())
+
+    captured = {}
+    unit_predictions = tiny_pipeline._unit_predictions
+
+    def capture(*args):
+        captured["emissions"], _, _ = output = unit_predictions(*args)
+        return output
+
+    tiny_pipeline._unit_predictions = capture
+    try:
+        tiny_pipeline(text, aggregation_strategy="simple")
+    finally:
+        del tiny_pipeline._unit_predictions
+    emissions = captured["emissions"].double()
+    crf, label2id = tiny_pipeline.model.crf.double(), tiny_pipeline.model.config.label2id
+    crf.constrain_training = True  # the log-partition over valid BIO sequences, as decoding and scores use
+    (encoded,) = encode_texts([text], tiny_pipeline.tokenizer, "subword")
+    unit_starts = [start for start, _ in encoded.unit_spans("token")]
+    try:
+        log_z = crf.log_partition(emissions)
+        tokens = tiny_pipeline(text, aggregation_strategy="none", ignore_labels=[])
+        for entity in results["simple"]:
+            units = [u for u, start in enumerate(unit_starts) if entity["start"] <= start < entity["end"]]
+            begin, inside = label2id[f"B-{entity['entity_group']}"], label2id[f"I-{entity['entity_group']}"]
+            restricted = emissions.clone()
+            for u, tag in zip(units, [begin] + [inside] * (len(units) - 1), strict=True):
+                restricted[0, u, [k for k in range(restricted.shape[-1]) if k != tag]] = -1e4
+            if units[-1] + 1 < restricted.shape[1]:
+                restricted[0, units[-1] + 1, inside] = -1e4
+            expected = (crf.log_partition(restricted) - log_z).exp().item()
+            assert entity["score"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+            unit_scores = [t["score"] for t in tokens if entity["start"] <= t["start"] < entity["end"]]
+            assert entity["score"] <= min(unit_scores) + 1e-5  # never above a marginal of one of its tags
+    finally:
+        crf.float()
+        crf.constrain_training = False
+
+
+def test_sequence_probability_on_request(tiny_pipeline):
+    text = TINY_TEXT
+    result = tiny_pipeline(text, aggregation_strategy="simple", return_sequence_probability=True)
+    assert set(result) == {"entities", "sequence_probability"}
+    assert result["entities"] == tiny_pipeline(text, aggregation_strategy="simple")
+    assert 0.0 < result["sequence_probability"] <= 1.0
+    tokens = tiny_pipeline(text, aggregation_strategy="none", ignore_labels=[])
+    # The decoded sequence is at most as likely as any one of its tags.
+    assert result["sequence_probability"] <= min(t["score"] for t in tokens) + 1e-6
 
 
 def test_empty_and_blank_texts_give_no_entities(tiny_pipeline):
@@ -249,8 +303,66 @@ def test_a_plain_model_save_names_no_pipeline(tmp_path):
 
 
 def test_unsupported_arguments_are_refused(tiny_pipeline):
-    with pytest.raises(ValueError, match="stride"):
-        tiny_pipeline(TINY_TEXT, stride=4)
+    for unsupported in ({"is_split_into_words": True}, {"offset_mapping": [(0, 1)]}):
+        with pytest.raises(ValueError, match=re.escape(f"{list(unsupported)} not supported")):
+            tiny_pipeline(TINY_TEXT, **unsupported)
+    for stride in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="stride must be a non-negative int"):
+            tiny_pipeline(TINY_TEXT, stride=stride)
+    with pytest.raises(ValueError, match=r"stride \(30\) must be smaller than the tokens a window holds \(30\)"):
+        tiny_pipeline(TINY_TEXT, stride=30)  # max_length 32: [CLS] + 30 tokens + [SEP]
+
+
+def test_stride_overrides_the_configs_for_one_call(tiny_pipeline):
+    """The task's standard `stride`: tokens shared by consecutive windows, the config's (8) unless given."""
+    text = TINY_TEXT * 6
+
+    def windows(**kwargs) -> list[tuple[int, int]]:
+        return [window["window"] for window in tiny_pipeline.preprocess(text, **kwargs)]
+
+    assert windows() == windows(stride=8)
+    for stride in (0, 4, 20):
+        ranges = windows(stride=stride)
+        assert all(end - start == 30 for start, end in ranges[:-1])  # full windows of 30 content tokens
+        overlaps = [end - start for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False)]
+        assert len(ranges) > 1 and overlaps == [stride] * (len(ranges) - 1)
+        entities = tiny_pipeline(text, stride=stride, aggregation_strategy="simple")
+        assert entities and all(e["word"] == text[e["start"] : e["end"]] for e in entities)
+    assert tiny_pipeline.model.config.stride == 8  # the call changed nothing for the next one
+
+
+def test_an_empty_list_of_texts_is_refused_clearly(tiny_pipeline):
+    with pytest.raises(ValueError, match="At least one input is required"):
+        tiny_pipeline([])
+
+
+def test_an_unknown_aggregation_strategy_names_the_valid_ones(tiny_pipeline):
+    valid = "['none', 'simple', 'first', 'average', 'max']"
+    with pytest.raises(ValueError, match=re.escape(f"unknown aggregation_strategy 'longest': use one of {valid}")):
+        tiny_pipeline(TINY_TEXT, aggregation_strategy="longest")
+
+
+@pytest.mark.parametrize(
+    ("text", "model_text"),
+    [
+        (unicodedata.normalize("NFD", TINY_TEXT * 3), TINY_TEXT * 3),  # decomposed Hangul: composed for the model
+        # NFC leaves compatibility characters alone (full-width digits, ㈜) and composes e + U+0301.
+        ("㈜삼성전자 ２０２４년 김철수 cafe\u0301 李 " * 3, "㈜삼성전자 ２０２４년 김철수 café 李 " * 3),
+    ],
+)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_unnormalized_text_is_tagged_as_nfc_with_offsets_into_the_input(tiny_pipeline, text, model_text, strategy):
+    assert nfc_with_offsets(text)[0] == model_text != text
+    expected = tiny_pipeline(model_text, aggregation_strategy=strategy)
+    entities = tiny_pipeline(text, aggregation_strategy=strategy)
+    assert len(entities) == len(expected) > 0
+    for entity, reference in zip(entities, expected, strict=True):
+        assert entity["word"] == text[entity["start"] : entity["end"]]
+        assert unicodedata.normalize("NFC", entity["word"]) == reference["word"]
+        moved = {"word", "start", "end"}  # everything else (tag, score, token index) is the model's, unchanged
+        assert {k: v for k, v in entity.items() if k not in moved} == {
+            k: v for k, v in reference.items() if k not in moved
+        }
 
 
 def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, tiny_pipeline):
@@ -271,3 +383,23 @@ def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, 
         expected_logits = tiny_pipeline.model(**batch).logits
     torch.testing.assert_close(torch.tensor(fresh["logits"]), expected_logits)
     assert fresh["entities"] == json.loads(json.dumps(tiny_pipeline(texts, aggregation_strategy="simple")))
+
+
+def test_character_head_folder_loads_in_a_fresh_process_and_batches_like_one_at_a_time(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer(tmp_path / "tokenizer")
+    model = tiny_model(tokenizer.vocab_size, tag_unit="character", max_length=32, stride=8)
+    with torch.no_grad():  # a random head that still predicts entities now and then
+        model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    texts = [TINY_TEXT, TINY_TEXT * 5, "김철수 😀"]
+    expected = ner(texts, aggregation_strategy="simple", batch_size=1)
+    assert any(expected)
+    spans = [[(e["start"], e["end"], e["entity_group"]) for e in entities] for entities in expected]
+    batched = ner(texts, aggregation_strategy="simple", batch_size=4)
+    assert [[(e["start"], e["end"], e["entity_group"]) for e in entities] for entities in batched] == spans
+    for one, many in zip(expected, batched, strict=True):
+        assert [e["score"] for e in one] == pytest.approx([e["score"] for e in many], abs=1e-6)
+    ner.save_pretrained(tmp_path / "hub")
+    fresh = load_in_fresh_process(tmp_path / "hub", texts, tmp_path)
+    assert [[(e["start"], e["end"], e["entity_group"]) for e in entities] for entities in fresh["entities"]] == spans

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
-from transformers import DataCollatorForTokenClassification, Trainer
+from transformers import Trainer, pipeline
 
-from koelectra_crf import KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.data import load_klue_ner, tokenize_and_align
+from hub_card.render import render_model_card
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline, train
+from koelectra_crf.data import NerDataCollator, load_klue_ner, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
 
@@ -49,6 +51,12 @@ def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
 
     card = ModelCard.load(smoke_run / "README.md")
     assert card.data.pipeline_tag == "token-classification" and card.data.library_name == "transformers"
+    # Trained on the smoke sample: the card names its files and claims no KLUE (see test_card_of_a_hub_klue_run).
+    assert not card.data.datasets and "klue" not in card.data.tags
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {
+        ("local", "local file smoke-valid.tsv")
+    }
+    assert "training file `smoke-train.tsv`, evaluation file `smoke-valid.tsv`" in card.text
     metrics = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert metrics["entity F1 (KLUE)"] == round(results["eval_entity_f1"], 2)
     assert metrics["character F1 (KLUE)"] == round(results["eval_char_f1"], 2)
@@ -69,16 +77,16 @@ def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
     assert any(example["output"] for example in widget)
 
 
-def _tiny_trainer(tmp_path, trainer_class=NerTrainer, **arguments):
+def _tiny_trainer(tmp_path, trainer_class=NerTrainer, tag_unit="token", **arguments):
     torch.manual_seed(0)
     raw = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"].select(range(8))
     tokenizer = character_tokenizer(tmp_path / "tokenizer", "".join(raw["sentence"]))
-    model = tiny_model(tokenizer.vocab_size, classifier_dropout=0.0)
+    model = tiny_model(tokenizer.vocab_size, classifier_dropout=0.0, tag_unit=tag_unit)
     args = NerTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=8,
                                 use_cpu=True, **arguments)  # fmt: skip
     trainer = trainer_class(
         model=model, args=args, train_dataset=tokenize_and_align(raw, tokenizer, model.config),
-        data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer,
+        data_collator=NerDataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
     )  # fmt: skip
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.create_optimizer()
@@ -117,10 +125,11 @@ def _gradients_after_step(trainer, batch) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
 
 
-def test_fgm_off_equals_plain_training_and_restores_embeddings(tmp_path):
-    plain, batch = _tiny_trainer(tmp_path / "a", Trainer)
-    fgm_off, _ = _tiny_trainer(tmp_path / "b", fgm_epsilon=0.0, rdrop_alpha=0.0)
-    fgm_on, _ = _tiny_trainer(tmp_path / "c", fgm_epsilon=1.0, rdrop_alpha=0.0)
+@pytest.mark.parametrize("tag_unit", ["token", "character"])
+def test_fgm_off_equals_plain_training_and_restores_embeddings(tmp_path, tag_unit):
+    plain, batch = _tiny_trainer(tmp_path / "a", Trainer, tag_unit=tag_unit)
+    fgm_off, _ = _tiny_trainer(tmp_path / "b", tag_unit=tag_unit, fgm_epsilon=0.0, rdrop_alpha=0.0)
+    fgm_on, _ = _tiny_trainer(tmp_path / "c", tag_unit=tag_unit, fgm_epsilon=1.0, rdrop_alpha=0.0)
     expected = _gradients_after_step(plain, batch)
     assert _gradients_after_step(fgm_off, batch).keys() == expected.keys()
     for name, gradient in _gradients_after_step(fgm_off, batch).items():
@@ -175,9 +184,11 @@ def test_symmetric_kl():
     torch.testing.assert_close(value, expected)
 
 
-def test_rdrop_off_equals_plain_loss_and_on_adds_a_weighted_kl(tmp_path):
-    plain, batch = _tiny_trainer(tmp_path / "a", Trainer)
-    rdrop_off, _ = _tiny_trainer(tmp_path / "b", rdrop_alpha=0.0, fgm_epsilon=0.0)
+@pytest.mark.parametrize("tag_unit", ["token", "character"])
+def test_rdrop_off_equals_plain_loss_and_on_adds_a_weighted_kl(tmp_path, tag_unit):
+    """R-Drop's KL is over the distributions of the tagged units: tokens, or characters with the character head."""
+    plain, batch = _tiny_trainer(tmp_path / "a", Trainer, tag_unit=tag_unit)
+    rdrop_off, _ = _tiny_trainer(tmp_path / "b", tag_unit=tag_unit, rdrop_alpha=0.0, fgm_epsilon=0.0)
     plain.model.train()
     rdrop_off.model.train()
     torch.manual_seed(2)
@@ -187,14 +198,14 @@ def test_rdrop_off_equals_plain_loss_and_on_adds_a_weighted_kl(tmp_path):
 
     losses = {}
     for alpha in (1.0, 2.0):  # same seed, same dropout masks: the losses differ by exactly one KL term
-        trainer, _ = _tiny_trainer(tmp_path / f"alpha{alpha}", rdrop_alpha=alpha, fgm_epsilon=0.0)
+        trainer, _ = _tiny_trainer(tmp_path / f"alpha{alpha}", tag_unit=tag_unit, rdrop_alpha=alpha, fgm_epsilon=0.0)
         trainer.model.train()
         torch.manual_seed(3)
         losses[alpha] = trainer.compute_loss(trainer.model, batch)
     kl = losses[2.0] - losses[1.0]
     assert kl > 0  # two dropout passes disagree
 
-    without_dropout, _ = _tiny_trainer(tmp_path / "nodrop", rdrop_alpha=5.0, fgm_epsilon=0.0)
+    without_dropout, _ = _tiny_trainer(tmp_path / "nodrop", tag_unit=tag_unit, rdrop_alpha=5.0, fgm_epsilon=0.0)
     without_dropout.model.train()
     for module in without_dropout.model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -245,7 +256,7 @@ def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     shutil.copytree(reference / "checkpoint-10", interrupted / "checkpoint-10")  # as if killed after step 10
-    run_training(interrupted, *steps, "--resume_from_checkpoint", str(interrupted / "checkpoint-10"))
+    run_training(interrupted, *steps, "--resume_from_checkpoint", "last")  # the latest checkpoint-N of output_dir
     state = json.loads((interrupted / "trainer_state.json").read_text())
     assert state["global_step"] == json.loads((reference / "trainer_state.json").read_text())["global_step"] == 20
     resumed, expected = load_file(interrupted / "model.safetensors"), load_file(reference / "model.safetensors")
@@ -253,10 +264,64 @@ def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
         torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_autocast_training_runs_and_learns(tmp_path):
+@pytest.mark.parametrize("tag_unit", ["token", "character"])
+def test_bf16_autocast_training_runs_and_learns(tmp_path, tag_unit):
     """Mixed precision on the CPU (bf16 autocast): the CRF computes in float32 inside, the loss still falls."""
-    run_training(tmp_path, "--bf16", "true", "--use_cpu", "true", "--num_train_epochs", "4", "--eval_strategy", "no",
-                 "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
+    run_training(tmp_path, "--tag_unit", tag_unit, "--bf16", "true", "--use_cpu", "true", "--num_train_epochs", "4",
+                 "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert all(loss == loss for loss in losses) and losses[-1] < losses[0] / 2  # no NaN, and learning
+
+
+def test_card_of_a_hub_klue_run_claims_klue(tmp_path):
+    trainer, _ = _tiny_trainer(tmp_path)
+    metrics = {"eval_entity_f1": 50.0, "eval_char_f1": 60.0}
+    card = ModelCard(render_model_card(trainer.model, trainer.processing_class, metrics, None, trainer.args))
+    assert card.data.datasets == ["klue"] and "klue" in card.data.tags
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {
+        ("klue", "KLUE NER (validation split)")
+    }
+
+
+def test_decomposed_hangul_gets_the_entities_of_composed_hangul(smoke_run):
+    ner = pipeline("token-classification", model=str(smoke_run), trust_remote_code=True)
+    composed = "김민준 씨는 2024년 5월 12일 부산에서 한빛전자 관계자를 만났다."
+    decomposed = unicodedata.normalize("NFD", composed)
+    expected = ner(composed, aggregation_strategy="simple")
+    entities = ner(decomposed, aggregation_strategy="simple")
+    assert len(expected) >= 3  # PS, DT, LC, OG for the trained smoke model; the NFD text used to give one OG
+    assert [(e["entity_group"], unicodedata.normalize("NFC", e["word"])) for e in entities] == [
+        (e["entity_group"], e["word"]) for e in expected
+    ]
+    assert all(e["word"] == decomposed[e["start"] : e["end"]] for e in entities)
+
+
+def smoke_arguments(output_dir: Path, *overrides: str) -> list[str]:
+    return ["--config", str(ROOT / "training/configs/smoke.json"), "--output_dir", str(output_dir), *overrides]
+
+
+def test_a_previous_run_is_refused_before_any_work(tmp_path):
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / "model.safetensors").write_text("a finished model")
+    with pytest.raises(ValueError, match=r"is not empty \(checkpoint-7, model.safetensors\).*--resume_from_checkpoint "
+                                         r"last.*--overwrite_output_dir true"):  # fmt: skip
+        train.main(smoke_arguments(tmp_path))
+    assert (tmp_path / "checkpoint-7").is_dir() and (tmp_path / "model.safetensors").read_text() == "a finished model"
+
+    for last in ("last", "true", "TRUE"):
+        assert train.checkpoint_to_resume(tmp_path, last, overwrite=False) == str(tmp_path / "checkpoint-7")
+    with pytest.raises(ValueError, match="no such checkpoint folder"):
+        train.checkpoint_to_resume(tmp_path, str(tmp_path / "checkpoint-8"), overwrite=False)
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint last: .*empty holds no checkpoint-N folder"):
+        train.main(smoke_arguments(tmp_path / "empty", "--resume_from_checkpoint", "last"))
+
+
+def test_overwrite_deletes_the_previous_runs_checkpoints_and_results(tmp_path):
+    for name in ("checkpoint-7", "checkpoint-14"):
+        (tmp_path / name).mkdir()
+    for name in ("all_results.json", "test_results.json", "predictions_test.jsonl", "model.safetensors"):
+        (tmp_path / name).write_text("{}")
+    assert train.checkpoint_to_resume(tmp_path, None, overwrite=True) is None
+    train.delete_previous_run(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.safetensors"]  # replaced by the new run

@@ -53,13 +53,15 @@ AutoModel.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 batch = tokenizer(texts, padding=True, return_tensors="pt")
-with torch.no_grad():
-    logits = model(**batch).logits
+logits = None
+if config.tag_unit == "token":  # character units need the pipeline's character inputs
+    with torch.no_grad():
+        logits = model(**batch).logits.tolist()
 ner = pipeline("token-classification", model=folder, trust_remote_code=True)
 print(json.dumps({
     "config_class": type(config).__name__, "model_class": type(model).__name__,
     "pipeline_class": type(ner).__name__, "imported_koelectra_crf": "koelectra_crf" in sys.modules,
-    "logits": logits.tolist(),
+    "logits": logits,
     "entities": ner(texts, aggregation_strategy="simple"),
 }))
 """

@@ -3,8 +3,10 @@
 - Token level: a tagged token's confidence is the CRF marginal of its Viterbi tag (the pipeline's `score` with
   `aggregation_strategy="none"`); it is right when that tag is the gold tag of the token's first character (the
   tag the token is trained on).
-- Entity level: a predicted entity's confidence is the mean marginal of its tokens (the pipeline's group score
-  with `aggregation_strategy="simple"`); it is right when gold has an entity with the same span and type.
+- Entity level, two confidences of the same predicted entities, each right when gold has an entity with the same
+  span and type: `entity`, the CRF's exact probability of that entity (the pipeline's group score with
+  `aggregation_strategy="simple"`), and `entity_token_mean`, the mean marginal of its units (the group score this
+  project used before, and the built-in pipeline's kind of score).
 
 Expected calibration error over `num_bins` equal-width bins of confidence:
 ECE = sum over bins of (n_b / N) * |accuracy_b - mean confidence_b|.
@@ -24,9 +26,8 @@ import torch
 from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
-from transformers import DataCollatorForTokenClassification
 
-from koelectra_crf.data import tokenize_and_align
+from koelectra_crf.data import NerDataCollator, tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
 from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX, KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
@@ -85,14 +86,12 @@ def calibration_summary(confidences: Sequence[float], correct: Sequence[bool], n
 
 
 def token_confidences(
-    ner: KoElectraCrfTokenClassificationPipeline, predictions: list[SentencePrediction], batch_size: int = 8
+    predictions: list[SentencePrediction], token_outputs: list[list[dict]]
 ) -> tuple[list[float], list[bool]]:
-    """Confidence and correctness of every tagged token of the sentences (`O` tokens included)."""
-    outputs = run_pipeline(
-        ner, [p.text for p in predictions], batch_size, aggregation_strategy="none", ignore_labels=[]
-    )
+    """Confidence and correctness of every tagged token of the sentences (`O` tokens included), from the pipeline's
+    output with `aggregation_strategy="none", ignore_labels=[]`."""
     confidences, correct = [], []
-    for sentence, tokens in zip(predictions, outputs, strict=True):
+    for sentence, tokens in zip(predictions, token_outputs, strict=True):
         for token in tokens:
             confidences.append(token["score"])
             correct.append(token["entity"] == sentence.gold_tags[token["start"]])
@@ -100,7 +99,8 @@ def token_confidences(
 
 
 def entity_confidences(predictions: list[SentencePrediction]) -> tuple[list[float], list[bool]]:
-    """Confidence and correctness (same span and type in gold) of every predicted entity."""
+    """Confidence (the pipeline's entity score) and correctness (same span and type in gold) of every predicted
+    entity."""
     confidences, correct = [], []
     for sentence in predictions:
         gold = set(sentence.gold_spans)
@@ -110,32 +110,52 @@ def entity_confidences(predictions: list[SentencePrediction]) -> tuple[list[floa
     return confidences, correct
 
 
+def entity_token_mean_confidences(
+    predictions: list[SentencePrediction], token_outputs: list[list[dict]]
+) -> tuple[list[float], list[bool]]:
+    """`entity_confidences` with the mean marginal of the entity's units as its confidence."""
+    confidences, correct = [], []
+    for sentence, tokens in zip(predictions, token_outputs, strict=True):
+        gold = set(sentence.gold_spans)
+        for start, end, label_type in sentence.predicted_spans:
+            scores = [token["score"] for token in tokens if start <= token["start"] < end]
+            confidences.append(sum(scores) / len(scores))
+            correct.append((start, end, label_type) in gold)
+    return confidences, correct
+
+
 def calibrate(
     ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, num_bins: int = DEFAULT_BINS, batch_size: int = 8
 ) -> dict[str, dict]:
-    """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split."""
+    """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split (`entity`: the exact entity
+    probability, `entity_token_mean`: the mean marginal of the entity's units)."""
     predictions = predict_dataset(ner, dataset, batch_size)
+    token_outputs = run_pipeline(
+        ner, [p.text for p in predictions], batch_size, aggregation_strategy="none", ignore_labels=[]
+    )
     return {
-        "token": calibration_summary(*token_confidences(ner, predictions, batch_size), num_bins),
+        "token": calibration_summary(*token_confidences(predictions, token_outputs), num_bins),
         "entity": calibration_summary(*entity_confidences(predictions), num_bins),
+        "entity_token_mean": calibration_summary(*entity_token_mean_confidences(predictions, token_outputs), num_bins),
     }
 
 
 def gold_windows(
     model: KoElectraCrfForTokenClassification, tokenizer, dataset: Dataset, batch_size: int = 8
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(emissions (n, K), gold tag ids (n,)) of the n tagged tokens of every window of every sentence.
+    """(emissions (n, K), gold tag ids (n,)) of the n tagged units of every window of every sentence.
 
     The windows and labels are the training ones (`data.tokenize_and_align`), the same alignment the pipeline uses.
     """
     rows = tokenize_and_align(dataset, tokenizer, model.config)
-    collate = DataCollatorForTokenClassification(tokenizer)
+    collate = NerDataCollator(tokenizer.pad_token_id)
     windows = []
     for i in tqdm(range(0, len(rows), batch_size), desc="validation emissions", unit="batch"):
         batch = collate(rows.select(range(i, min(i + batch_size, len(rows)))).to_list())
         labels = batch.pop("labels")
+        inputs = {name: value.to(model.device) for name, value in batch.items()}
         with torch.no_grad():
-            emissions = model(**batch.to(model.device)).logits.float().cpu()
+            emissions = model(**inputs, tag_mask=(labels != IGNORE_INDEX).to(model.device)).logits.float().cpu()
         for window_emissions, gold in zip(emissions, labels, strict=True):
             tagged = gold != IGNORE_INDEX
             if tagged.any():

@@ -129,6 +129,24 @@ def errors_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_markdown(reports: dict[str, dict]) -> str:
+    """Side-by-side category counts (and percentages) of several models' analyses of the same data."""
+    names = list(reports)
+    lines = [
+        "# Error analysis, side by side",
+        "",
+        "Gold/predicted entity pairs per category (percentage of each model's pairs in parentheses).",
+        "",
+        "| category | " + " | ".join(f"`{name}`" for name in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for category in CATEGORIES:
+        cells = [f"{r['counts'][category]} ({r['percentages'][category]:.1f}%)" for r in reports.values()]
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    lines.append("| pairs | " + " | ".join(str(r["pairs"]) for r in reports.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_error_analysis(predictions: list[SentencePrediction], output_dir: Path, examples_per_category: int) -> dict:
     """Write `errors.json` and `errors.md`; return the analysis."""
     output_dir.mkdir(parents=True, exist_ok=True)

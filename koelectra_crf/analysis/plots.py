@@ -122,7 +122,7 @@ def attention_by_layer(path: Path, shares: np.ndarray, uniform: float, title: st
 
 
 def reliability_diagram(path: Path, panels: dict[str, dict[str, list[dict]]], num_bins: int) -> Path:
-    """Accuracy against mean confidence per bin, one panel per level (token, entity), one line per model
+    """Accuracy against mean confidence per bin, one panel per level (token, entity, ...), one line per model
     (before/after temperature scaling); the diagonal is perfect calibration.
 
     `panels[level][model]` is a list of bins as written by `calibration.reliability_bins` (empty bins skipped).
@@ -136,7 +136,7 @@ def reliability_diagram(path: Path, panels: dict[str, dict[str, list[dict]]], nu
         axes.set(
             xlim=(0, 1),
             ylim=(0, 1),
-            xlabel="confidence (CRF marginal)",
+            xlabel="confidence",
             ylabel="accuracy",
             title=f"{level} level, {num_bins} equal-width bins",
         )

@@ -1,0 +1,151 @@
+"""Bulk tagging (`koelectra-crf predict MODEL --input FILE --output FILE.jsonl`): one JSON line per input text, in
+input order, streamed as the pipeline produces them, resumable, and shared among the processes of
+`accelerate launch`.
+
+- Input (`input_format`): `text` (one text per line, blank lines skipped), `jsonl` (objects with a `text` field)
+  or `klue` (a KLUE NER TSV file: its sentences). `auto`: `jsonl` for a `.jsonl` file, `klue` for a file that
+  starts with a `## ` line, `text` otherwise.
+- Output: `{"text": ..., "entities": [...]}` per text, the entities as the pipeline gives them with
+  `aggregation_strategy="simple"`.
+- Resuming: a rerun keeps the complete lines already written (after checking that their texts are the input's,
+  in order), drops a line cut short, and tags the rest.
+- Processes: under `accelerate launch --num_processes N` (on a machine without GPU add `--multi_gpu`, accelerate's
+  name for its torchrun launcher: with `--cpu` it starts one process; `torchrun --nproc_per_node N` works too),
+  the texts left to tag are cut into N consecutive shards; process r writes its shard to `OUTPUT.part-START-END`
+  (resumable the same way), and once all are done the main process appends the parts to the output in order and
+  removes them. With `batch_size=1` the output is byte for byte that of one process. With larger batches the
+  windows batched (and padded) together differ, which changes scores in their last float digits (and could
+  change a tag only where two paths score within that of each other).
+"""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from koelectra_crf.data import read_klue_tsv
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
+
+
+def process_state(device: str | None = None) -> PartialState:
+    """This process's place among those of `accelerate launch` or torchrun (one process when run alone). Without a
+    GPU, or on `device="cpu"`, processes meet over gloo (accelerate's MULTI_CPU), else over the GPUs' backend."""
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+
+
+def detect_format(path: Path) -> str:
+    """`jsonl`, `klue` or `text` for `input_format="auto"` (see the module docstring)."""
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    with open(path, encoding="utf-8-sig") as f:
+        return "klue" if f.readline().startswith("## ") else "text"
+
+
+def read_texts(path: str | Path, input_format: str = "auto") -> list[str]:
+    """The texts of an input file, in order (see the module docstring for the formats)."""
+    path = Path(path)
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+    if input_format == "auto":
+        input_format = detect_format(path)
+    if input_format == "klue":
+        return [sentence["sentence"] for sentence in read_klue_tsv(path)]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if input_format == "text":
+        return [line for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
+        texts.append(record["text"])
+    return texts
+
+
+def output_line(text: str, entities: list[dict]) -> str:
+    """The output line of one text, newline included."""
+    return json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n"
+
+
+def resume(path: Path, texts: list[str], truncate: bool = True) -> int:
+    """How many of `texts` the file at `path` already holds, as complete lines in order (0 when it does not exist).
+
+    A last line without its newline (the run was stopped while writing it) is cut off when `truncate`; a complete
+    line whose text is not the input's at its position is an error: the output belongs to another input.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if truncate and len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    lines = complete.decode("utf-8").splitlines()
+    if len(lines) > len(texts):
+        raise ValueError(f"{path} has {len(lines)} lines, more than the {len(texts)} texts of the input")
+    for number, (line, text) in enumerate(zip(lines, texts, strict=False), start=1):
+        if json.loads(line).get("text") != text:
+            raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
+    return len(lines)
+
+
+def _tag(ner: KoElectraCrfTokenClassificationPipeline, texts: list[str], batch_size: int) -> Iterator[list[dict]]:
+    # A generator makes the pipeline stream its results in order (a list would come back only once all are done).
+    return ner((text for text in texts), batch_size=batch_size, aggregation_strategy="simple")
+
+
+def _write(ner, texts: list[str], path: Path, batch_size: int, description: str, show_progress: bool) -> None:
+    """Tag `texts` into `path`, resuming after the lines it already holds."""
+    done = resume(path, texts)
+    with open(path, "a", encoding="utf-8") as f, tqdm(
+        total=len(texts), initial=done, desc=description, unit="text", disable=not show_progress
+    ) as progress:  # fmt: skip
+        for text, entities in zip(texts[done:], _tag(ner, texts[done:], batch_size), strict=True):
+            f.write(output_line(text, entities))
+            f.flush()  # what is written is kept by a rerun: write it now
+            progress.update()
+
+
+def tag_file(
+    ner: KoElectraCrfTokenClassificationPipeline,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 8,
+    input_format: str = "auto",
+) -> int:
+    """Tag every text of `input_path` into `output_path` (see the module docstring); return how many texts the
+    output holds. Every process of an `accelerate launch` calls it with the same arguments."""
+    state = process_state()
+    output_path = Path(output_path)
+    texts = read_texts(input_path, input_format)
+    if state.num_processes == 1:
+        _write(ner, texts, output_path, batch_size, "tagging", show_progress=True)
+        return len(texts)
+
+    with state.main_process_first():  # the main process cuts a partial line before the others count lines
+        done = resume(output_path, texts, truncate=state.is_main_process)
+    left, processes = len(texts) - done, state.num_processes
+    shards = [(done + left * r // processes, done + left * (r + 1) // processes) for r in range(processes)]
+    parts = [output_path.with_name(f"{output_path.name}.part-{start}-{end}") for start, end in shards]
+    start, end = shards[state.process_index]
+    description = f"tagging (process 0 of {processes})"
+    _write(ner, texts[start:end], parts[state.process_index], batch_size, description, state.is_local_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        with open(output_path, "ab") as f:
+            for part in parts:
+                with open(part, "rb") as lines:
+                    shutil.copyfileobj(lines, f)
+        # This run's parts, and those of earlier runs stopped before their merge (other shards): merged or stale.
+        for part in output_path.parent.glob(f"{output_path.name}.part-*"):
+            part.unlink()
+    state.wait_for_everyone()
+    return len(texts)

@@ -1,0 +1,30 @@
+"""Inference Endpoints handler of a koelectra-crf model folder (written into every saved folder as `handler.py`).
+
+A Hugging Face Inference Endpoint (or any server) builds `EndpointHandler(path)` once, `path` being the model
+folder, and calls it with each request's JSON:
+
+    {"inputs": "김민준 씨는 부산에서 한빛전자 관계자를 만났다.", "parameters": {"aggregation_strategy": "first"}}
+    {"inputs": ["첫 문장.", "두 번째 문장."]}
+
+It answers with the CRF pipeline's output: a list of entities for one text, one list per text for a list of texts.
+`parameters` are the pipeline's: `aggregation_strategy` ("simple" unless given, as the Hub's token-classification
+API answers; "none" for one entry per token), `ignore_labels`, `stride`. Needs only torch and transformers: the
+folder carries the model's and the pipeline's code.
+"""
+
+from typing import Any
+
+from transformers import pipeline
+
+DEFAULT_PARAMETERS = {"aggregation_strategy": "simple"}
+
+
+class EndpointHandler:
+    def __init__(self, path: str = "") -> None:
+        self.pipeline = pipeline("token-classification", model=path, trust_remote_code=True)
+
+    def __call__(self, data: dict[str, Any]) -> list:
+        if "inputs" not in data:
+            raise ValueError(f'the request needs "inputs" (a text or a list of texts); it has {sorted(data)}')
+        parameters = {**DEFAULT_PARAMETERS, **(data.get("parameters") or {})}
+        return self.pipeline(data["inputs"], **parameters)

@@ -1,0 +1,322 @@
+"""Serving with onnxruntime: the network as one ONNX graph, the CRF and the pipeline unchanged around it.
+
+`export_onnx` (the `koelectra-crf export` command) writes a folder:
+
+- `model.onnx`: encoder + BiLSTM + emission layer, from int64 inputs of shape `(batch, length)` (and, with
+  `tag_unit="character"`, `(batch, characters)`) to `logits` `(batch, length or characters, num_labels)` float32,
+  batch and lengths dynamic; int8 weights with `quantize="int8"` (onnxruntime's dynamic quantization);
+- `crf.safetensors`: the CRF's transition scores (absent for a model without CRF);
+- `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `tokenization`;
+- `onnx_export.json`: the graph's inputs, its quantization, the versions used, and the largest difference of its
+  logits from PyTorch's on the export's sample. Its presence marks the folder as an export.
+
+[`load_onnx_pipeline`] puts [`KoElectraCrfOnnxModel`] in place of the PyTorch model inside the unchanged
+`KoElectraCrfTokenClassificationPipeline`: same windows, same stitching, same output format and aggregation
+strategies. Loading needs torch, transformers and onnxruntime only (`pip install "koelectra-crf[serve]"`), not the
+training dependencies.
+
+Why the CRF stays outside the graph: the pipeline decodes a long text whole from the emissions of several windows,
+so emissions, not tags, are what the graph must give; decoding with the tested `LinearChainCRF` (and the model's
+own `decode`/`tag_probabilities`) makes the tags and scores numerically those of the PyTorch model given the same
+emissions (same constraint penalty, same tie-breaking); a Viterbi loop over a data-dependent length would export
+as an ONNX Loop that runs node by node, for a small share of the time; and int8 quantization then never touches
+the transition scores.
+"""
+
+import copy
+import inspect
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer
+
+from koelectra_crf.alignment import encode_texts
+from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
+from koelectra_crf.crf import LinearChainCRF, bio_constraints
+from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+ONNX_FILE = "model.onnx"
+CRF_FILE = "crf.safetensors"
+EXPORT_INFO_FILE = "onnx_export.json"
+QUANTIZATIONS = ("int8",)
+INSTALL_HINT = 'pip install "koelectra-crf[serve]" (onnx, onnxruntime, onnxscript)'
+# Two texts of different lengths: a sample batch of one, or of equal lengths, would let torch.export fix a dimension.
+# Short ones: tracing unrolls the LSTM over the sample's length, which is most of the export's time.
+SAMPLE_TEXTS = ["김철수는 서울에서", "이재용"]
+
+
+class EmissionGraph(nn.Module):
+    """What is exported: the emission scores of `model` in evaluation mode, from the window inputs the pipeline
+    builds (`alignment.EncodedText.window`), as int64 tensors of shape `(batch, length)` (character inputs and,
+    with `tag_unit="character"`, `tag_mask`: `(batch, characters)`), to `(batch, length or characters,
+    num_labels)`.
+
+    Equal to `model(**inputs).logits` in evaluation mode (no dropout, one sample) at every position the BiLSTM's
+    mask marks. The one change is how the BiLSTM meets padding: the model packs its sequences
+    (`pack_padded_sequence`, shapes that depend on the data, which `torch.export` cannot trace); here each
+    direction is a one-directional LSTM with the BiLSTM's weights over the padded batch, the backward one on each
+    row reversed within its length. The forward direction never sees the padding after a row's end and the
+    backward one starts at its last real position, as with packing; padded positions are zero before the emission
+    layer, as `pad_packed_sequence` leaves them.
+    """
+
+    def __init__(self, model: KoElectraCrfForTokenClassification):
+        super().__init__()
+        self.model = model
+        self.forward_lstm = self.backward_lstm = None
+        if model.bilstm is not None:
+            self.forward_lstm, self.backward_lstm = (
+                nn.LSTM(model.bilstm.input_size, model.bilstm.hidden_size, batch_first=True) for _ in range(2)
+            )
+            weights = model.bilstm.state_dict()
+            self.forward_lstm.load_state_dict({name: weights[name] for name in self.forward_lstm.state_dict()})
+            self.backward_lstm.load_state_dict(
+                {name: weights[f"{name}_reverse"] for name in self.backward_lstm.state_dict()}
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        tag_mask: torch.Tensor | None = None,
+        char_token_index: torch.Tensor | None = None,
+        char_position_ids: torch.Tensor | None = None,
+        char_codes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        states = self.model.encoder(**encoder_inputs, return_dict=True).last_hidden_state
+        mask = attention_mask
+        if self.model.characters is not None:  # as in the model's forward: the sequence is the characters
+            states = self.model.characters(states, char_token_index, char_position_ids, char_codes)
+            mask = tag_mask
+        if self.forward_lstm is not None:
+            lengths = mask.sum(-1)
+            backward = _reverse_within(self.backward_lstm(_reverse_within(states, lengths))[0], lengths)
+            states = torch.cat([self.forward_lstm(states)[0], backward], dim=-1) * mask.unsqueeze(-1).to(states.dtype)
+        return self.model.classifier(states)
+
+
+def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`x` (B, T, H) with the first `lengths[b]` positions of each row b in reverse order, the rest in place."""
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    last = lengths.unsqueeze(1) - 1
+    index = torch.where(steps <= last, last - steps, steps)
+    # Advanced indexing rather than `gather` with an index expanded to x's shape: the exporter gives the LSTM's
+    # output a fixed length, and an `Expand` to that shape fails on any other length.
+    return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), index]
+
+
+def sample_inputs(model: KoElectraCrfForTokenClassification, tokenizer) -> dict[str, torch.Tensor]:
+    """A padded batch of two windows, as the pipeline builds and pads them: the graph's inputs, by name."""
+    config = model.config
+    windows = []
+    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.tokenization):
+        start, end = encoded.windows(config.max_length, config.stride)[0]
+        windows.append(encoded.window(start, end, config.tag_unit))
+    padding = {"input_ids": tokenizer.pad_token_id}  # every other input pads with 0, as the pipeline's collation
+    inputs = {}
+    for name in windows[0]:
+        if name == "tag_mask" and config.tag_unit == "token":
+            continue  # positions to decode: the graph does not need them (the BiLSTM reads the attention mask)
+        length = max(len(window[name]) for window in windows)
+        rows = [list(map(int, w[name])) + [padding.get(name, 0)] * (length - len(w[name])) for w in windows]
+        inputs[name] = torch.tensor(rows, dtype=torch.long)
+    return inputs
+
+
+def export_onnx(
+    model: KoElectraCrfForTokenClassification,
+    tokenizer,
+    output_dir: str | Path,
+    quantize: str | None = None,
+) -> Path:
+    """Write an ONNX export folder of `model` (see the module docstring) and return its path.
+
+    The model is exported in float32 evaluation mode (a copy when it is in another dtype or in training mode).
+    `quantize="int8"` stores int8 weights (`onnxruntime.quantization.quantize_dynamic`: weights quantized once,
+    activations at run time), smaller and usually faster on CPU, at some accuracy (see benchmarks/onnx_speed.py).
+    """
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked here: the export is verified with it)
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs {INSTALL_HINT}") from error
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
+    if model.training or any(p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float().eval()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    inputs = sample_inputs(model, tokenizer)
+    axes = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
+    axes["characters"] = torch.export.Dim("characters")
+    character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes"}
+    dynamic_shapes = {name: {0: axes["batch"], 1: axes["characters" if name in character_inputs else "length"]}
+                      for name in inputs}  # fmt: skip
+    with tempfile.TemporaryDirectory() as work:
+        exported = Path(work, ONNX_FILE)
+        with torch.no_grad():
+          torch.onnx.export(
+            EmissionGraph(model).eval(),
+            (),
+            exported,
+            kwargs=inputs,
+            input_names=list(inputs),
+            output_names=["logits"],
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            external_data=False,
+        )
+        graph = onnx.load(exported)
+        _declare_output_shape(graph, "characters" if model.config.tag_unit == "character" else "length")
+        onnx.save(graph, exported)
+        target = output_dir / ONNX_FILE
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = Path(work, "prepared.onnx")
+            quant_pre_process(exported, prepared, skip_symbolic_shape=True)
+            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+        else:
+            target.write_bytes(exported.read_bytes())
+
+    if model.crf is not None:
+        save_file({name: value.detach().contiguous() for name, value in model.crf.state_dict().items()},
+                  output_dir / CRF_FILE)  # fmt: skip
+    model.config.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    info = {
+        "inputs": list(inputs),
+        "output": "logits",
+        "quantize": quantize,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+    info_file = output_dir / EXPORT_INFO_FILE
+    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        logits = KoElectraCrfOnnxModel.from_pretrained(output_dir)(**inputs).logits
+    mask = inputs.get("tag_mask", inputs["attention_mask"]).bool()
+    info["sample_max_abs_difference"] = difference = (logits - expected)[mask].abs().max().item()
+    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if quantize is None and difference > 1e-3:
+        raise RuntimeError(f"the exported graph's logits differ from PyTorch's by {difference:.3g} on the sample")
+    return output_dir
+
+
+def _declare_output_shape(graph, length_axis: str) -> None:
+    """Name the output's axes (batch, length, labels) and drop the intermediate shapes the exporter recorded: it
+    gives the LSTM's output the sample's length, which onnxruntime would otherwise warn about on every other
+    length (the computation itself is not affected)."""
+    del graph.graph.value_info[:]
+    batch, length, _ = graph.graph.output[0].type.tensor_type.shape.dim
+    batch.dim_param, length.dim_param = "batch", length_axis
+
+
+def is_onnx_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder written by [`export_onnx`] (a Hub id or a PyTorch model folder is not)."""
+    return Path(path, EXPORT_INFO_FILE).is_file()
+
+
+class KoElectraCrfOnnxModel(nn.Module):
+    """Stands in for [`KoElectraCrfForTokenClassification`] inside `KoElectraCrfTokenClassificationPipeline`: the
+    emissions come from onnxruntime, decoding and marginals from the model's own `decode` and `tag_probabilities`
+    over a `LinearChainCRF` with the exported transition scores.
+
+    What the pipeline uses of a model: `config`, `device`, a call with the window inputs returning `logits`
+    (B, T, K) and `predictions` (B, T), and the model's methods that work from emission scores (`decode`,
+    `tag_probabilities`, ...: see [`emission_methods`]), which this class takes from the PyTorch model's class.
+    Runs on the CPU (onnxruntime's CPU provider).
+    """
+
+    def __init__(self, session, config: KoElectraCrfConfig, crf: LinearChainCRF | None):
+        super().__init__()
+        self.session = session
+        self.config = config
+        self.crf = crf
+        self.input_names = [graph_input.name for graph_input in session.get_inputs()]
+        # Gives the module a device (the CRF's, or the CPU without one) that `.to()` moves along.
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, num_threads: int | None = None) -> "KoElectraCrfOnnxModel":
+        """Load an export folder. `num_threads`: onnxruntime's intra-op threads (default: torch's, which follow
+        `OMP_NUM_THREADS` and the command line's choice, so that both runtimes get the same cores)."""
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ImportError(f"running an ONNX export needs {INSTALL_HINT}") from error
+        folder = Path(folder)
+        if not is_onnx_folder(folder):
+            raise ValueError(
+                f"{folder} is not an ONNX export folder (no {EXPORT_INFO_FILE}): see `koelectra-crf export`"
+            )
+        config = KoElectraCrfConfig.from_pretrained(folder)
+        crf = None
+        if config.use_crf:
+            crf = LinearChainCRF(config.num_labels, *bio_constraints(config.label_names), config.crf_constrain_training)
+            crf.load_state_dict(load_file(folder / CRF_FILE))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(folder / ONNX_FILE, options, providers=["CPUExecutionProvider"])
+        return cls(session, config, crf).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    def forward(self, tag_mask: torch.Tensor | None = None, **inputs: torch.Tensor) -> KoElectraCrfOutput:
+        """`logits` (B, T, K) of the window inputs (as for the PyTorch model; extra inputs such as `labels` are
+        ignored), and in evaluation mode `predictions` (B, T), -100 where `tag_mask` is False. `tag_mask`
+        defaults as in the PyTorch model: the attention mask, or every character."""
+        if tag_mask is None:
+            reference = inputs["char_codes" if self.config.tag_unit == "character" else "attention_mask"]
+            tag_mask = torch.ones_like(reference) if self.config.tag_unit == "character" else reference
+        tag_mask = tag_mask.bool()
+        inputs["tag_mask"] = tag_mask
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"the ONNX graph needs the inputs {missing}")
+        feed = {name: inputs[name].detach().cpu().numpy().astype(np.int64) for name in self.input_names}
+        logits = torch.from_numpy(self.session.run(["logits"], feed)[0]).to(self.device)
+        tag_mask = tag_mask.to(self.device)
+        return KoElectraCrfOutput(logits=logits, predictions=None if self.training else self.decode(logits, tag_mask))
+
+
+def emission_methods() -> dict[str, Callable]:
+    """The public methods of [`KoElectraCrfForTokenClassification`] whose first argument is `emissions` (decoding,
+    marginals, entity and sequence probabilities): the tested functions themselves, found by signature so that one
+    the model gains is served too. They read only `self.crf` (and `self.config`), which the stand-in has."""
+    return {
+        name: function
+        for name, function in vars(KoElectraCrfForTokenClassification).items()
+        if inspect.isfunction(function)
+        and not name.startswith("_")
+        and list(inspect.signature(function).parameters)[1:2] == ["emissions"]
+    }
+
+
+for _name, _function in emission_methods().items():
+    setattr(KoElectraCrfOnnxModel, _name, _function)
+
+
+def load_onnx_pipeline(folder: str | Path, num_threads: int | None = None) -> KoElectraCrfTokenClassificationPipeline:
+    """The CRF pipeline over an ONNX export folder (on the CPU): same arguments and output as over the PyTorch
+    model."""
+    return KoElectraCrfTokenClassificationPipeline(
+        model=KoElectraCrfOnnxModel.from_pretrained(folder, num_threads),
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        device="cpu",
+    )

@@ -1,0 +1,210 @@
+"""Serving: the ONNX export against the PyTorch pipeline, loading it without the training dependencies, the
+commands that take an export folder, and the Inference Endpoints handler of a saved folder."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import onnx
+import pytest
+import torch
+from conftest import shared_path
+from tiny import TINY_TEXT, character_tokenizer, tiny_model
+from transformers import AutoTokenizer
+from transformers.dynamic_module_utils import get_imports
+
+from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.cli import main
+from koelectra_crf.data import read_klue_tsv
+from koelectra_crf.serving import EXPORT_INFO_FILE, KoElectraCrfOnnxModel, export_onnx, load_onnx_pipeline
+
+STRATEGIES = ["none", "simple", "first", "average", "max"]
+TEXTS = [TINY_TEXT, "   김철수  서울 \t 2024년 😀😀 李 ABC   ", TINY_TEXT * 12]  # the last one: 9 windows
+
+
+def tiny_pipeline(tokenizer, **config_kwargs) -> KoElectraCrfTokenClassificationPipeline:
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8, **config_kwargs)
+    with torch.no_grad():  # a random head that still predicts entities now and then
+        model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
+    return KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+
+
+def without_scores(results: list[list[dict]]) -> list[list[dict]]:
+    return [
+        [{key: value for key, value in entity.items() if key != "score"} for entity in entities] for entities in results
+    ]
+
+
+def assert_same_output(results: list[list[dict]], expected: list[list[dict]], tolerance: float = 1e-4) -> None:
+    """Same entities (tags, offsets, words, token indices); scores (CRF marginals) within `tolerance`."""
+    assert without_scores(results) == without_scores(expected)
+    scores = [entity["score"] for entities in results for entity in entities]
+    assert scores == pytest.approx([entity["score"] for entities in expected for entity in entities], abs=tolerance)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny model folder (windows of 32 tokens) and its PyTorch pipeline."""
+    folder = tmp_path_factory.mktemp("model")
+    ner = tiny_pipeline(character_tokenizer(folder / "vocab"))
+    ner.save_pretrained(folder)
+    return folder, ner
+
+
+@pytest.fixture(scope="module")
+def exported(saved, tmp_path_factory):
+    """The saved model exported by the command line (float32)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    main(["export", str(saved[0]), "--output", str(folder)])
+    return folder
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_onnx_pipeline_gives_the_pytorch_pipelines_output(saved, exported, batch_size):
+    _, reference = saved
+    info = json.loads((exported / EXPORT_INFO_FILE).read_text())
+    assert info["quantize"] is None and info["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert info["sample_max_abs_difference"] < 1e-4
+    ner = load_onnx_pipeline(exported)
+    assert isinstance(ner, KoElectraCrfTokenClassificationPipeline) and isinstance(ner.model, KoElectraCrfOnnxModel)
+    for strategy in STRATEGIES:
+        expected = reference(TEXTS, aggregation_strategy=strategy, batch_size=batch_size)
+        assert sum(map(len, expected)) > 0
+        assert_same_output(ner(TEXTS, aggregation_strategy=strategy, batch_size=batch_size), expected)
+
+
+def test_onnx_logits_match_pytorch_for_any_batch_and_length(saved, exported):
+    """Dynamic batch and length; padding does not leak into a row (the BiLSTM's backward pass starts at each row's
+    end, as with the model's packed sequences)."""
+    _, reference = saved
+    onnx_model = KoElectraCrfOnnxModel.from_pretrained(exported)
+    for texts in (["김"], [TINY_TEXT, "서울"], [TINY_TEXT[:5], TINY_TEXT * 2, "ABC 123"]):
+        batch = reference.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            expected = reference.model(**batch)
+        output = onnx_model(**batch)
+        mask = batch["attention_mask"].bool()
+        torch.testing.assert_close(output.logits[mask], expected.logits[mask], rtol=1e-4, atol=1e-5)
+        assert torch.equal(output.predictions, expected.predictions)
+
+
+def test_character_units_export_too(tmp_path):
+    reference = tiny_pipeline(character_tokenizer(tmp_path / "vocab"), tag_unit="character")
+    export_onnx(reference.model, reference.tokenizer, tmp_path / "onnx")
+    info = json.loads((tmp_path / "onnx" / EXPORT_INFO_FILE).read_text())
+    assert info["inputs"][-4:] == ["tag_mask", "char_token_index", "char_position_ids", "char_codes"]
+    ner = load_onnx_pipeline(tmp_path / "onnx")
+    for strategy in ("none", "simple"):
+        expected = reference(TEXTS, aggregation_strategy=strategy, batch_size=2)
+        assert sum(map(len, expected)) > 0
+        assert_same_output(ner(TEXTS, aggregation_strategy=strategy, batch_size=2), expected)
+
+
+def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tmp_path):
+    folder, reference = saved
+    main(["export", str(folder), "--output", str(tmp_path), "--quantize", "int8"])
+    assert json.loads((tmp_path / EXPORT_INFO_FILE).read_text())["quantize"] == "int8"
+    operators = {node.op_type for node in onnx.load(tmp_path / "model.onnx").graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= operators
+    ner = load_onnx_pipeline(tmp_path)
+    for text, entities in zip(TEXTS, ner(TEXTS, aggregation_strategy="simple"), strict=True):
+        assert all(entity["word"] == text[entity["start"] : entity["end"]] for entity in entities)
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export_onnx(reference.model, reference.tokenizer, tmp_path / "other", quantize="int4")
+
+
+NO_TRAINING_PACKAGES = """
+import json, sys
+for name in ("datasets", "accelerate", "evaluate", "seqeval", "sklearn", "matplotlib", "koelectra_crf.data"):
+    sys.modules[name] = None  # importing any of them now fails
+from koelectra_crf.serving import load_onnx_pipeline
+ner = load_onnx_pipeline(sys.argv[1])
+print(json.dumps(ner(json.loads(sys.argv[2]), aggregation_strategy="simple")))
+"""
+
+
+def test_an_export_loads_without_the_training_dependencies(saved, exported, tmp_path):
+    _, reference = saved
+    completed = subprocess.run(
+        [sys.executable, "-c", NO_TRAINING_PACKAGES, str(exported), json.dumps(TEXTS)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    entities = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert_same_output(entities, reference(TEXTS, aggregation_strategy="simple"))
+
+
+def test_predict_takes_an_export_folder(saved, exported, tmp_path, capsys):
+    _, reference = saved
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS[:2]) + "\n", encoding="utf-8")
+    main(["predict", str(exported), "--input", str(tmp_path / "texts.txt"), "--output", str(tmp_path / "out.jsonl")])
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line["text"] for line in lines] == TEXTS[:2]
+    assert_same_output([line["entities"] for line in lines], reference(TEXTS[:2], aggregation_strategy="simple"))
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        main(["predict", str(exported), "김철수", "--device", "cuda"])
+
+
+HANDLER_CALLS = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("handler", f"{sys.argv[1]}/handler.py")
+handler_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(handler_module)
+handler = handler_module.EndpointHandler(sys.argv[1])
+requests = json.loads(sys.argv[2])
+print(json.dumps({"answers": [handler(request) for request in requests],
+                  "imported_koelectra_crf": "koelectra_crf" in sys.modules}))
+"""
+
+
+def test_every_saved_folder_serves_requests_through_its_handler(saved, tmp_path):
+    folder, reference = saved
+    handler = folder / "handler.py"
+    assert set(get_imports(handler)) <= {"torch", "transformers"} | sys.stdlib_module_names
+    requests = [
+        {"inputs": TINY_TEXT},  # aggregation_strategy "simple" unless asked otherwise
+        {"inputs": TEXTS, "parameters": {"aggregation_strategy": "first", "ignore_labels": ["O", "DT"]}},
+        {"inputs": TEXTS[2], "parameters": {"aggregation_strategy": "none", "stride": 20}},
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(HANDLER_CALLS), str(folder), json.dumps(requests)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["imported_koelectra_crf"] is False
+    expected = [
+        reference(TINY_TEXT, aggregation_strategy="simple"),
+        reference(TEXTS, aggregation_strategy="first", ignore_labels=["O", "DT"]),
+        reference(TEXTS[2], aggregation_strategy="none", stride=20),
+    ]
+    assert result["answers"] == json.loads(json.dumps(expected))
+    assert not any(entity["entity_group"] == "DT" for entities in expected[1] for entity in entities)
+
+
+@pytest.mark.slow
+def test_onnx_gives_the_pytorch_entities_on_klue_validation_with_the_e5_encoder(klue_valid_file, tmp_path):
+    """500 validation sentences and one text of 2,000+ characters (windows) through the real encoder: the fp32
+    export's entities are the PyTorch pipeline's. A fresh head, scaled up so that its paths are not near ties that
+    float rounding could flip (a trained head is confident in the same way)."""
+    encoder = shared_path("encoders/multilingual-e5-small-ko")
+    torch.manual_seed(0)
+    model = KoElectraCrfForTokenClassification.from_encoder(str(encoder)).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(30.0)
+    reference = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=AutoTokenizer.from_pretrained(encoder))
+    export_onnx(model, reference.tokenizer, tmp_path)
+    ner = load_onnx_pipeline(tmp_path)
+    texts = [sentence["sentence"] for sentence in read_klue_tsv(klue_valid_file)][:500]
+    long_text = " ".join(texts[:40])
+    assert len(texts) == 500 and len(long_text) >= 2_000
+    texts.append(long_text)
+    expected = reference(texts, aggregation_strategy="simple", batch_size=16)
+    results = ner(texts, aggregation_strategy="simple", batch_size=16)
+    assert sum(map(len, expected)) > 500
+    assert_same_output(results, expected, tolerance=1e-3)
