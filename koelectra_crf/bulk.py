@@ -63,7 +63,10 @@ def read_texts(path: str | Path, input_format: str = "auto") -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ValueError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
         texts.append(record["text"])

@@ -3,6 +3,7 @@
     koelectra-crf predict MODEL [TEXT ...] [--input FILE]       (no text and no file: one text per stdin line)
     koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
     koelectra-crf export MODEL --output DIR [--quantize int8]     (ONNX graph for onnxruntime; the CRF runs outside)
+    koelectra-crf pseudo-label MODEL --input FILE --output FILE.tsv  (KLUE TSV + confidences, for self-training)
     koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR]
     koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
     koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, serving
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import load_klue_split
 from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset, run_pipeline
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--quantize", choices=serving.QUANTIZATIONS, help="int8 weights (onnxruntime dynamic quantization)"
     )
+
+    pseudo = commands.add_parser("pseudo-label", help="tag raw sentences into KLUE TSV with their confidences")
+    _model_arguments(pseudo)
+    pseudo.add_argument("--input", type=Path, required=True, help="one sentence per line, or <id>\\t<sentence>")
+    pseudo.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help=f"KLUE TSV file; confidences go to FILE{pseudo_label.CONFIDENCE_SUFFIX}",
+    )
+    _batch_size_argument(pseudo)
 
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
     errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
@@ -184,6 +196,15 @@ def _predict(args: argparse.Namespace) -> None:
         print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
 
 
+def _pseudo_label(args: argparse.Namespace) -> None:
+    counts = pseudo_label.pseudo_label(
+        _load_pipeline(args.model, args.device), args.input, args.output, args.batch_size
+    )
+    print(
+        f"{counts['written']} sentences written to {args.output}, {counts['skipped']} skipped (a tab or a mark in it)"
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
     folder = serving.export_onnx(model, AutoTokenizer.from_pretrained(args.model), args.output, args.quantize)
@@ -266,6 +287,7 @@ def _ablation(args: argparse.Namespace) -> None:
 COMMANDS = {
     "predict": _predict,
     "export": _export,
+    "pseudo-label": _pseudo_label,
     "evaluate": _evaluate,
     "errors": _errors,
     "calibration": _calibration,

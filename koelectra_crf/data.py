@@ -68,6 +68,15 @@ def strip_entity_marks(marked_sentence: str) -> tuple[str, list[tuple[int, int, 
     return "".join(plain), entities
 
 
+def mark_entities(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with KLUE's `<text:TYPE>` marks around the entities (the inverse of `data.strip_entity_marks`)."""
+    pieces, position = [], 0
+    for start, end, label_type in sorted(spans):
+        pieces += [text[position:start], f"<{text[start:end]}:{label_type}>"]
+        position = end
+    return "".join(pieces) + text[position:]
+
+
 def _count_ill_formed(tags: list[str]) -> int:
     """Number of `I-X` tags that follow neither `B-X` nor `I-X` (ill-formed but parseable BIO)."""
     previous = [OUTSIDE] + tags[:-1]
@@ -203,6 +212,20 @@ def label_names(dataset: Dataset | DatasetDict) -> list[str]:
             raise ValueError(f"the splits have different label lists: {names}")
         return next(iter(names.values()))
     return list(dataset.features["ner_tags"].feature.names)
+
+
+def with_label_names(dataset: Dataset, names: list[str]) -> Dataset:
+    """`dataset` with its `ner_tags` as ids of `names` (matched by name): splits of different label orders (a TSV
+    file's and the Hub's) can then be concatenated."""
+    current = label_names(dataset)
+    if current == list(names):
+        return dataset
+    label2id = {name: i for i, name in enumerate(names)}
+
+    def relabel(example: dict) -> dict:
+        return {"ner_tags": tags_to_ids([current[i] for i in example["ner_tags"]], label2id)}
+
+    return dataset.map(relabel, features=klue_features(list(names)), desc="Relabelling by name")
 
 
 def example_tag_names(example: dict, names: list[str]) -> list[str]:

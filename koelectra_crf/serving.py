@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from koelectra_crf.alignment import encode_texts
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
@@ -48,7 +48,7 @@ EXPORT_INFO_FILE = "onnx_export.json"
 QUANTIZATIONS = ("int8",)
 INSTALL_HINT = 'pip install "koelectra-crf[serve]" (onnx, onnxruntime, onnxscript)'
 # Two texts of different lengths: a sample batch of one, or of equal lengths, would let torch.export fix a dimension.
-# Short ones: tracing unrolls the LSTM over the sample's length, which is most of the export's time.
+# Short ones: the exporter's decompositions unroll the LSTM over the sample's length, most of the export's time.
 SAMPLE_TEXTS = ["김철수는 서울에서", "이재용"]
 
 
@@ -116,7 +116,9 @@ def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), index]
 
 
-def sample_inputs(model: KoElectraCrfForTokenClassification, tokenizer) -> dict[str, torch.Tensor]:
+def sample_inputs(
+    model: KoElectraCrfForTokenClassification, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, torch.Tensor]:
     """A padded batch of two windows, as the pipeline builds and pads them: the graph's inputs, by name."""
     config = model.config
     windows = []
@@ -136,7 +138,7 @@ def sample_inputs(model: KoElectraCrfForTokenClassification, tokenizer) -> dict[
 
 def export_onnx(
     model: KoElectraCrfForTokenClassification,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     output_dir: str | Path,
     quantize: str | None = None,
 ) -> Path:
@@ -163,10 +165,10 @@ def export_onnx(
     character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes"}
     dynamic_shapes = {name: {0: axes["batch"], 1: axes["characters" if name in character_inputs else "length"]}
                       for name in inputs}  # fmt: skip
+    _forget_lstm_kernels()
     with tempfile.TemporaryDirectory() as work:
         exported = Path(work, ONNX_FILE)
-        with torch.no_grad():
-          torch.onnx.export(
+        torch.onnx.export(
             EmissionGraph(model).eval(),
             (),
             exported,
@@ -215,6 +217,17 @@ def export_onnx(
     return output_dir
 
 
+def _forget_lstm_kernels() -> None:
+    """Clear the kernels torch has cached for `aten.lstm` (torch 2.13).
+
+    After a first export in the process, the kernel cached then makes the next `torch.export` trace the LSTM's
+    Python decomposition, a loop over time steps, which fixes the graph's length to the sample's; without it the
+    exporter keeps `aten.lstm` whole and the length dynamic (tests/test_serving.py exports several times).
+    """
+    for overload in (torch.ops.aten.lstm.input, torch.ops.aten.lstm.data):
+        getattr(overload, "_dispatch_cache", {}).clear()
+
+
 def _declare_output_shape(graph, length_axis: str) -> None:
     """Name the output's axes (batch, length, labels) and drop the intermediate shapes the exporter recorded: it
     gives the LSTM's output the sample's length, which onnxruntime would otherwise warn about on every other
@@ -246,7 +259,7 @@ class KoElectraCrfOnnxModel(nn.Module):
         self.config = config
         self.crf = crf
         self.input_names = [graph_input.name for graph_input in session.get_inputs()]
-        # Gives the module a device (the CRF's, or the CPU without one) that `.to()` moves along.
+        # The device the pipeline reads (`device`): `.to()` moves this buffer along with the CRF.
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     @classmethod

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
+from datasets import concatenate_datasets
 from huggingface_hub import HfApi
 from transformers import (
     AutoConfig,
@@ -33,8 +34,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
-from koelectra_crf.data import NerDataCollator, label_names, load_klue_ner, tokenize_and_align
+from koelectra_crf.data import NerDataCollator, label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction
+from koelectra_crf.pseudo_label import load_pseudo_labelled
 from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
 
@@ -90,6 +92,19 @@ class DataArguments:
     test_file: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    pseudo_label_file: str | None = field(
+        default=None,
+        metadata={"help": "Self-training: a `koelectra-crf pseudo-label` TSV whose confident sentences join the "
+                          "training data (labels by name); the model still starts from the pretrained encoder."},
+    )  # fmt: skip
+    pseudo_label_threshold: float = field(
+        default=0.0, metadata={"help": "Keep pseudo-labelled sentences whose confidence is at least this."}
+    )
+    pseudo_label_confidence: str = field(
+        default="sequence_probability",
+        metadata={"help": "Which confidence the threshold applies to: sequence_probability (P of the whole tagged "
+                          "sentence) or min_entity_probability (P of its least likely entity)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -169,6 +184,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     if data_args.max_eval_samples is not None:
         raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
+    if data_args.pseudo_label_file is not None:
+        pseudo = load_pseudo_labelled(
+            data_args.pseudo_label_file, data_args.pseudo_label_threshold, data_args.pseudo_label_confidence
+        )
+        logger.info("self-training: %d pseudo-labelled sentences join %d labelled ones", len(pseudo), len(raw["train"]))
+        raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.encoder_name_or_path)
     model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
     choose_cpu_threads(model, processes=training_args.world_size)

@@ -233,7 +233,11 @@ def test_ablation_arguments_after_double_dash_go_to_every_run(tmp_path):
         main(["ablation", "--output_dir", str(tmp_path)])  # training needs --config
 
 
-PRESETS = ["training/configs/offline-e5-small.json", "training/configs/smoke.json"]
+PRESETS = [
+    "training/configs/offline-e5-small.json",
+    "training/configs/offline-e5-small-self-training.json",
+    "training/configs/smoke.json",
+]
 EXPECTED_SETTINGS = {  # variant: (use_bilstm, use_crf, FGM on, R-Drop on, tag_unit), as the training reads them
     "baseline": (False, False, False, False, "token"),
     "+crf": (False, True, False, False, "token"),

@@ -16,10 +16,10 @@ from koelectra_crf.analysis.calibration import (
     reliability_bins,
     temperature_scaled,
 )
-from koelectra_crf.analysis.errors import classify_entities, error_analysis, errors_markdown, mark_entities
+from koelectra_crf.analysis.errors import classify_entities, error_analysis, errors_markdown
 from koelectra_crf.analysis.report import char_confusion_matrix
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
-from koelectra_crf.data import strip_entity_marks
+from koelectra_crf.data import mark_entities, strip_entity_marks
 from koelectra_crf.evaluation import SentencePrediction
 
 

@@ -23,6 +23,7 @@ from koelectra_crf.data import (
     strip_entity_marks,
     tags_to_ids,
     tokenize_and_align,
+    with_label_names,
 )
 
 # The Hub's `klue`/`ner` ClassLabel order (alphabetical by type): a different order than KLUE_LABELS on purpose.
@@ -274,3 +275,12 @@ def test_compatibility_characters_stay_and_combining_marks_compose(tmp_path):
         [sentence] = read_klue_tsv(write(tmp_path, body))
     assert sentence["sentence"] == "㈜２０ é" and sentence["tokens"] == list("㈜２０ é")
     assert sentence["ner_tags"] == ["B-OG", "B-QT", "I-QT", "O", "B-PS"]
+
+
+def test_with_label_names_reencodes_ids_by_name(klue_valid_file):
+    split = load_klue_ner(validation_file=klue_valid_file)["validation"].select(range(20))
+    hub_order = with_label_names(split, HUB_NAMES)
+    assert label_names(hub_order) == HUB_NAMES
+    for example, relabelled in zip(split, hub_order, strict=True):
+        assert example_tag_names(relabelled, HUB_NAMES) == example_tag_names(example, KLUE_LABELS)
+    assert with_label_names(split, KLUE_LABELS) is split

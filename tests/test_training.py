@@ -17,8 +17,10 @@ from transformers import Trainer, pipeline
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, train
-from koelectra_crf.data import NerDataCollator, load_klue_ner, tokenize_and_align
+from koelectra_crf.cli import main as cli_main
+from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
+from koelectra_crf.pseudo_label import confidence_path
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,3 +327,26 @@ def test_overwrite_deletes_the_previous_runs_checkpoints_and_results(tmp_path):
     assert train.checkpoint_to_resume(tmp_path, None, overwrite=True) is None
     train.delete_previous_run(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.safetensors"]  # replaced by the new run
+
+
+def test_self_training_adds_the_confident_pseudo_labels(smoke_run, tmp_path):
+    """The teacher (the smoke model) pseudo-labels raw sentences; the student trains on the labelled file plus the
+    pseudo-labelled sentences at or above the threshold, nothing else."""
+    sentences = [record["sentence"] for record in read_klue_tsv(ROOT / "training/smoke/smoke-valid.tsv")]
+    (tmp_path / "raw.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    pseudo = tmp_path / "pseudo.tsv"
+    cli_main(["pseudo-label", str(smoke_run), "--input", str(tmp_path / "raw.txt"), "--output", str(pseudo),
+              "--device", "cpu"])  # fmt: skip
+    confidences = [json.loads(line) for line in confidence_path(pseudo).read_text().splitlines()]
+    threshold = sorted(c["sequence_probability"] for c in confidences)[len(confidences) // 2]
+    kept = sum(c["sequence_probability"] >= threshold for c in confidences)
+    assert 0 < kept < len(sentences)
+    completed = subprocess.run(
+        [sys.executable, *SMOKE, "--output_dir", str(tmp_path / "student"), "--pseudo_label_file", str(pseudo),
+         "--pseudo_label_threshold", str(threshold), "--num_train_epochs", "1", "--eval_strategy", "no",
+         "--save_strategy", "no", "--load_best_model_at_end", "false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    labelled = len(load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"])
+    assert f"self-training: {kept} pseudo-labelled sentences join {labelled} labelled ones" in completed.stderr

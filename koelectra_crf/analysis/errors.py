@@ -18,6 +18,7 @@ from pathlib import Path
 
 from koelectra_crf.alignment import OUTSIDE
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.data import mark_entities
 from koelectra_crf.evaluation import SentencePrediction, Span
 
 CATEGORIES = ("correct", "boundary", "type", "boundary+type", "spurious", "missed")
@@ -43,15 +44,6 @@ def classify_entities(gold: list[Span], predicted: list[Span]) -> list[tuple[str
         pairs += [(_pair_category(g, p), g, p) for g in overlapping] or [("spurious", None, p)]
     pairs += [("missed", g, None) for g in gold if not any(_overlap(g, p) for p in predicted)]
     return sorted(pairs, key=lambda pair: min(span[0] for span in pair[1:] if span is not None))
-
-
-def mark_entities(text: str, spans: list[Span]) -> str:
-    """`text` with KLUE's `<text:TYPE>` marks around the entities (the inverse of `data.strip_entity_marks`)."""
-    pieces, position = [], 0
-    for start, end, label_type in sorted(spans):
-        pieces += [text[position:start], f"<{text[start:end]}:{label_type}>"]
-        position = end
-    return "".join(pieces) + text[position:]
 
 
 def _describe(text: str, span: Span | None) -> str | None:

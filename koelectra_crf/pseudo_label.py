@@ -1,0 +1,108 @@
+"""`koelectra-crf pseudo-label`: tag raw text with a trained model, as KLUE NER TSV, for self-training.
+
+Each input line is a sentence, or `<id>\\t<sentence>` (the raw KLUE file `klue-ner-train-sentences.tsv`). The output
+is a KLUE v1.1 TSV file (`data.read_klue_tsv` and `load_klue_ner` read it) of the predicted entities, and beside it
+`<output>.confidence.jsonl`: one line per sentence with its `guid`, the CRF's probability of the whole predicted
+tag sequence (`sequence_probability`) and of its least likely entity (`min_entity_probability`, 1 without
+entities). Self-training (`--pseudo_label_file` in `koelectra_crf.train`) keeps the sentences above a threshold
+of one of them.
+
+Streaming: the input is read line by line and each result is written as it comes, so memory does not grow with
+the file. A sentence the TSV format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and
+counted.
+"""
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from koelectra_crf.alignment import spans_to_char_tags
+from koelectra_crf.data import load_klue_ner, mark_entities, strip_entity_marks
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+CONFIDENCE_SUFFIX = ".confidence.jsonl"
+
+
+def confidence_path(output: Path) -> Path:
+    """Where the confidences of the pseudo-labelled file `output` are written."""
+    return output.with_name(output.name + CONFIDENCE_SUFFIX)
+
+
+def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
+    """(guid, sentence) of every non-blank line: `<id>\\t<sentence>`, or a sentence (guid `line-<number>`)."""
+    with open(path, encoding="utf-8-sig") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip("\r\n")
+            guid, tab, sentence = line.partition("\t")
+            guid, sentence = (guid, sentence) if tab else (f"line-{number}", line)
+            if sentence.strip():
+                yield guid, sentence
+
+
+def klue_block(guid: str, text: str, spans: list[tuple[int, int, str]]) -> str:
+    """One sentence in the KLUE v1.1 TSV format: `## guid<TAB>marked sentence`, a `CHAR<TAB>TAG` line per character,
+    a blank line."""
+    tags = spans_to_char_tags(len(text), spans)
+    return (
+        f"## {guid}\t{mark_entities(text, spans)}\n"
+        + "".join(f"{c}\t{t}\n" for c, t in zip(text, tags, strict=True))
+        + "\n"
+    )
+
+
+def _representable(text: str) -> bool:
+    """Whether the TSV format round-trips the text: no tab or line break, and no `<text:TYPE>` mark of its own."""
+    return not any(char in text for char in "\t\n\r") and strip_entity_marks(text)[0] == text
+
+
+def pseudo_label(
+    ner: KoElectraCrfTokenClassificationPipeline, input_path: Path, output: Path, batch_size: int = 8
+) -> dict[str, int]:
+    """Write the pseudo-labelled TSV `output` and its confidences (`confidence_path(output)`); return how many
+    sentences were written and skipped."""
+    counts = {"written": 0, "skipped": 0}
+    pending: deque[tuple[str, str]] = deque()  # read by the pipeline, result not written yet (a few batches)
+
+    def texts() -> Iterator[str]:
+        for guid, text in read_sentences(input_path):
+            if not _representable(text):
+                counts["skipped"] += 1
+                continue
+            pending.append((guid, text))
+            yield text
+
+    # A generator makes the pipeline stream: results come back in input order, batch by batch.
+    results = ner(texts(), batch_size=batch_size, aggregation_strategy="simple", return_sequence_probability=True)
+    with open(output, "w", encoding="utf-8") as tsv, open(confidence_path(output), "w", encoding="utf-8") as scores:
+        tsv.write("## pseudo-labelled by koelectra-crf pseudo-label\n")
+        for result in tqdm(results, desc="pseudo-labelling", unit="sentence"):
+            guid, text = pending.popleft()
+            entities = result["entities"]
+            tsv.write(klue_block(guid, text, [(e["start"], e["end"], e["entity_group"]) for e in entities]))
+            record = {
+                "guid": guid,
+                "sequence_probability": result["sequence_probability"],
+                "min_entity_probability": min((e["score"] for e in entities), default=1.0),
+            }
+            scores.write(json.dumps(record) + "\n")
+            counts["written"] += 1
+    return counts
+
+
+CONFIDENCES = ("sequence_probability", "min_entity_probability")
+
+
+def load_pseudo_labelled(path: str | Path, threshold: float, confidence: str = "sequence_probability") -> Dataset:
+    """The sentences of a pseudo-labelled file whose `confidence` (a key of its `.confidence.jsonl`) is at least
+    `threshold`, as a KLUE split (`data.load_klue_ner`'s features, `KLUE_LABELS` order)."""
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    path = Path(path)
+    with open(confidence_path(path), encoding="utf-8") as file:
+        kept = {record["guid"] for record in map(json.loads, file) if record[confidence] >= threshold}
+    split = load_klue_ner(train_file=path)["train"]
+    return split.filter(lambda example: example["guid"] in kept, desc="Keeping confident pseudo-labels")

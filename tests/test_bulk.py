@@ -1,0 +1,137 @@
+"""Bulk tagging (`koelectra-crf predict MODEL --input FILE --output FILE.jsonl`): input formats, order, resuming,
+and several processes writing the output of one."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny import TINY_TEXT, character_tokenizer, tiny_model
+
+from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.alignment import spans_to_char_tags
+from koelectra_crf.bulk import read_texts, resume
+from koelectra_crf.cli import main
+from koelectra_crf.data import strip_entity_marks
+
+MARKED = [
+    "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
+    "<이재용:PS> 회장이 <서울 강남구:LC> 본사를 찾았다.",
+    "오늘은 날씨가 맑고 바람이 분다.",
+    "<ABC:OG> 주식 <123:QT>주를 <李舜臣:PS>이 샀다 😀",
+    "<삼성전자:OG>는 <3월:DT>에 <서울:LC>에서 <이재용:PS> 회장과 만났다. " * 4,  # several windows
+] * 3
+TEXTS = [strip_entity_marks(marked)[0] for marked in MARKED]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny model (windows of 32 tokens) whose random head predicts entities now and then, and its pipeline."""
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = character_tokenizer(folder / "vocab", texts=TEXTS + [TINY_TEXT])
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    ner.save_pretrained(folder)
+    return folder, ner
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The same texts as text lines (with a blank line), JSONL and a KLUE TSV file."""
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "texts.txt").write_text("\n".join(TEXTS[:2]) + "\n\n" + "\n".join(TEXTS[2:]) + "\n", encoding="utf-8")
+    records = [json.dumps({"id": k, "text": text}, ensure_ascii=False) for k, text in enumerate(TEXTS)]
+    (folder / "texts.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    lines = ["## 토큰, 레이블 구분자 : \\t", "## 컬럼명 : CHAR\tNE_TAG"]
+    for k, marked in enumerate(MARKED):
+        text, spans = strip_entity_marks(marked)
+        lines.append(f"## test-{k}\t{marked}")
+        lines += [f"{char}\t{tag}" for char, tag in zip(text, spans_to_char_tags(len(text), spans), strict=True)]
+        lines.append("")
+    (folder / "klue.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def predict(*args) -> None:
+    main(["predict", *map(str, args), "--device", "cpu"])
+
+
+def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_path):
+    folder, ner = saved
+    expected = ner(TEXTS, aggregation_strategy="simple", batch_size=4)
+    assert sum(map(len, expected)) > 0
+    outputs = []
+    for name in ("texts.txt", "texts.jsonl", "klue.tsv"):
+        assert read_texts(inputs / name) == TEXTS
+        predict(folder, "--input", inputs / name, "--output", tmp_path / f"{name}.jsonl", "--batch_size", 4)
+        outputs.append((tmp_path / f"{name}.jsonl").read_bytes())
+        lines = [json.loads(line) for line in outputs[-1].decode("utf-8").splitlines()]
+        assert [line["text"] for line in lines] == TEXTS
+        assert [line["entities"] for line in lines] == json.loads(json.dumps(expected))
+    assert outputs[0] == outputs[1] == outputs[2]
+    with pytest.raises(ValueError, match=r'texts.txt:1: expected a JSON object with a "text" string'):
+        read_texts(inputs / "texts.txt", "jsonl")
+
+
+def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path):
+    folder, _ = saved
+    complete = tmp_path / "complete.jsonl"
+    predict(folder, "--input", inputs / "texts.txt", "--output", complete, "--batch_size", 1)
+    reference = complete.read_bytes()
+    lines = reference.splitlines(keepends=True)
+
+    stopped = tmp_path / "stopped.jsonl"  # as if stopped while writing line 4
+    stopped.write_bytes(b"".join(lines[:3]) + lines[3][:10])
+    assert resume(stopped, TEXTS, truncate=False) == 3
+    predict(folder, "--input", inputs / "texts.txt", "--output", stopped, "--batch_size", 1)
+    assert stopped.read_bytes() == reference
+    predict(folder, "--input", inputs / "texts.txt", "--output", stopped, "--batch_size", 1)  # nothing left to do
+    assert stopped.read_bytes() == reference
+
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(reversed(TEXTS)) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="another input's output"):
+        predict(folder, "--input", other, "--output", stopped)
+
+
+def test_printing_without_output_reads_the_same_formats(saved, inputs, capsys):
+    folder, _ = saved
+    predict(folder, "--input", inputs / "klue.tsv", "--batch_size", 4)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == TEXTS
+    with pytest.raises(SystemExit):
+        predict(folder, "김철수", "--output", "out.jsonl")  # --output needs --input
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_output_of_one_byte_for_byte(saved, inputs, tmp_path):
+    """`python -m koelectra_crf predict` in one process, then `accelerate launch` with 2 CPU processes resuming a
+    stopped output: the same bytes (batch size 1: no padding, so no batch-dependent float rounding)."""
+    folder, _ = saved
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    arguments = ["-m", "koelectra_crf", "predict", str(folder), "--input", str(inputs / "texts.jsonl"), "--batch_size",
+                 "1", "--output"]  # fmt: skip
+    single = tmp_path / "single.jsonl"
+    completed = subprocess.run([sys.executable, *arguments, str(single)], capture_output=True, text=True, env=env,
+                               timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    reference = single.read_bytes()
+    assert len(reference.splitlines()) == len(TEXTS)
+
+    double = tmp_path / "double.jsonl"
+    double.write_bytes(b"".join(reference.splitlines(keepends=True)[:2]) + b'{"text": "')  # stopped on line 3
+    # On a machine without GPU `--multi_gpu` is the launcher that starts the processes (`--cpu` starts one).
+    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
+    completed = subprocess.run([*launch, *arguments, str(double)], capture_output=True, text=True, env=env,
+                               timeout=600)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "tagging (process 0 of 2)" in completed.stderr
+    assert double.read_bytes() == reference
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["double.jsonl", "single.jsonl"]  # parts removed
