@@ -65,13 +65,24 @@ def trained_e5(folder: Path, steps: int, batch_size: int = 16) -> None:
     KoElectraCrfTokenClassificationPipeline(model=model.eval(), tokenizer=tokenizer).save_pretrained(folder)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB. Linux: VmHWM, which starts afresh at `exec` (unlike
+    `ru_maxrss`, which a child process inherits from its parent's size at the fork)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, bytes on macOS: rough
+
+
 def worker(args: argparse.Namespace) -> None:
     """One backend in this process: speed, then accuracy; prints one JSON line."""
     torch.set_num_threads(args.threads)  # onnxruntime takes torch's thread count when its session is built
     started = time.perf_counter()
     ner = load_pipeline(str(args.folder), "cpu")
     load_seconds = time.perf_counter() - started
-    loaded_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    loaded_rss_mb = peak_rss_mb()
     sentences = read_sentences(args.sentences_file, args.sentences)
     result = {
         "load_seconds": load_seconds,
@@ -81,7 +92,7 @@ def worker(args: argparse.Namespace) -> None:
     metrics, predictions = evaluate_dataset(ner, load_klue_split(args.validation_file, args.validation_sentences),
                                             args.batch_size)  # fmt: skip
     result.update(entity_f1=metrics["entity_f1"], char_f1=metrics["char_f1"])
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     result["spans"] = [prediction.predicted_spans for prediction in predictions]
     print(json.dumps(result))
 

@@ -153,6 +153,15 @@ def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_
     return KoElectraCrfForTokenClassification(KoElectraCrfConfig(encoder=encoder, labels=labels, **head))
 
 
+def use_special_tokens_of(tokenizer, model) -> None:
+    """Give the model's config the tokenizer's pad/bos/eos ids, as the Trainer would, but before it: the Trainer then
+    has nothing to realign and nothing to warn about (the encoder's config often names other ids, e.g. e5's)."""
+    config = model.config.get_text_config()
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name) is not None:
+            setattr(config, name, getattr(tokenizer, name))
+
+
 def write_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
     """One JSON line per sentence: its guid, text and predicted character tags."""
     with path.open("w", encoding="utf-8") as file:
@@ -192,7 +201,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.encoder_name_or_path)
     model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+    use_special_tokens_of(tokenizer, model)
     choose_cpu_threads(model, processes=training_args.world_size)
+    if training_args.device.type == "cpu":  # pinned memory only helps copies to a GPU (torch warns about it)
+        training_args.dataloader_pin_memory = False
 
     with training_args.main_process_first(desc="tokenizing"):
         train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
-from transformers import Trainer, pipeline
+from transformers import AutoTokenizer, Trainer, pipeline
+from transformers.trainer_utils import align_special_tokens
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, train
@@ -21,6 +23,7 @@ from koelectra_crf.cli import main as cli_main
 from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
 from koelectra_crf.pseudo_label import confidence_path
+from koelectra_crf.train import use_special_tokens_of
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,3 +353,15 @@ def test_self_training_adds_the_confident_pseudo_labels(smoke_run, tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     labelled = len(load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"])
     assert f"self-training: {kept} pseudo-labelled sentences join {labelled} labelled ones" in completed.stderr
+
+
+def test_the_model_takes_the_tokenizers_special_tokens_before_the_trainer_would():
+    """Transformers' own alignment (what the Trainer runs) finds nothing left to change, so it warns about nothing."""
+    tokenizer = AutoTokenizer.from_pretrained(shared_path("encoders/multilingual-e5-small-ko"))
+    model = tiny_model(len(tokenizer), model_type="bert")
+    use_special_tokens_of(tokenizer, model)
+    config = model.config.get_text_config()
+    before = {name: getattr(config, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    assert before["pad_token_id"] == tokenizer.pad_token_id
+    align_special_tokens(model, tokenizer)
+    assert {name: getattr(config, name) for name in before} == before
