@@ -45,17 +45,23 @@ def describe_data(train_file: str | None, validation_file: str | None) -> tuple[
 
 def render_model_card(
     model, tokenizer, metrics: dict[str, float], base_model: str | None, training_args,
-    train_file: str | None = None, validation_file: str | None = None, license: str = "apache-2.0",
+    train_file: str | None = None, validation_file: str | None = None, license: str | None = None,
     model_id: str | None = None,
 ) -> str:  # fmt: skip
     """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
     with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations.
 
     `train_file`/`validation_file` are the training script's: None for the Hub's KLUE NER, which alone makes the
-    card claim `datasets: [klue]` ([`describe_data`])."""
+    card claim `datasets: [klue]` ([`describe_data`]). `license` defaults to the training data's: KLUE's
+    `cc-by-sa-4.0` for the Hub data, `other` for local files (whose license the card cannot know).
+
+    The widget examples carry text only: the Hub's widget-example schema (huggingface.js `WidgetExample`) has no
+    output type for token classification, and its hosted widget does not run custom code; the model's outputs for
+    them are in the card's text instead."""
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
     data_description, evaluated_on = describe_data(train_file, validation_file)
     on_klue = train_file is None
+    license = license or ("cc-by-sa-4.0" if on_klue else "other")
     with evaluation_mode(model):
         ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
         outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
@@ -71,8 +77,7 @@ def render_model_card(
         **({"datasets": ["klue"]} if on_klue else {}),
         **({"base_model": base_model} if base_model else {}),
         "widget": [
-            {"text": text, "example_title": f"example {i + 1}", "output": output}
-            for i, (text, output) in enumerate(zip(EXAMPLE_TEXTS, outputs, strict=True))
+            {"text": text, "example_title": f"example {i + 1}"} for i, text in enumerate(EXAMPLE_TEXTS)
         ],
         "model-index": [{
             "name": model_id.split("/")[-1],

@@ -175,6 +175,8 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         return torch.stack([self.classifier(self.dropout(sequence_output)) for _ in range(samples)]).mean(0)
 
     def _run_bilstm(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if states.shape[1] == 0:  # a window without characters to tag (character units): nothing to pack
+            return states.new_zeros(*states.shape[:2], 2 * self.bilstm.hidden_size)
         if mask is None:
             return self.bilstm(states)[0]
         # Packed so that the backward direction starts at each sequence's last real position, not in the padding:

@@ -131,7 +131,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         for n, (start, end) in enumerate(windows):
             yield {
                 **{
-                    name: torch.tensor([values]) for name, values in encoded.window(start, end, config.tag_unit).items()
+                    # An explicit dtype: a text without characters to tag gives empty lists, which torch makes float.
+                    name: torch.tensor([values], dtype=torch.bool if name == "tag_mask" else torch.long)
+                    for name, values in encoded.window(start, end, config.tag_unit).items()
                 },
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,

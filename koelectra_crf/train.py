@@ -117,7 +117,11 @@ class OutputArguments:
                           "are deleted, its model replaced. Without it such a folder is refused unless "
                           f"--resume_from_checkpoint ({'/'.join(RESUME_LAST)} or a path) continues the run."},
     )  # fmt: skip
-    license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License in the model card (default: the training data's: cc-by-sa-4.0 for the Hub's KLUE, "
+                          "other for local files)."},
+    )  # fmt: skip
     push_dry_run: bool = field(default=False, metadata={"help": "Build the Hub folder and list it; upload nothing."})
 
 

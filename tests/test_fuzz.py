@@ -26,11 +26,11 @@ texts = st.one_of(short_texts, short_texts.map(lambda text: text * 12))  # long 
 FUZZ = settings(max_examples=50, deadline=None)
 
 
-@pytest.fixture(scope="module")
-def fuzz_pipeline(tmp_path_factory) -> KoElectraCrfTokenClassificationPipeline:
+@pytest.fixture(scope="module", params=["token", "character"])
+def fuzz_pipeline(tmp_path_factory, request) -> KoElectraCrfTokenClassificationPipeline:
     torch.manual_seed(0)
     tokenizer = character_tokenizer(tmp_path_factory.mktemp("fuzz"), texts=[SENTENCE, TINY_TEXT])
-    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8)
+    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8, tag_unit=request.param)
     with torch.no_grad():  # a random head that still predicts entities now and then
         model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
     return KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)

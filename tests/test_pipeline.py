@@ -200,9 +200,15 @@ def test_sequence_probability_on_request(tiny_pipeline):
     assert result["sequence_probability"] <= min(t["score"] for t in tokens) + 1e-6
 
 
-def test_empty_and_blank_texts_give_no_entities(tiny_pipeline):
-    assert tiny_pipeline("") == []
-    assert tiny_pipeline(["", "   "], aggregation_strategy="simple") == [[], []]
+@pytest.mark.parametrize("tag_unit", ["token", "character"])
+def test_empty_and_blank_texts_give_no_entities(tiny_pipeline, tag_unit):
+    ner = tiny_pipeline
+    if tag_unit == "character":
+        model = tiny_model(tiny_pipeline.tokenizer.vocab_size, tag_unit="character", max_length=32, stride=8)
+        ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tiny_pipeline.tokenizer)
+    assert ner("") == []
+    assert ner(["", "   "], aggregation_strategy="simple") == [[], []]
+    assert ner(["   ", "김철수"], aggregation_strategy="simple", batch_size=2)[0] == []
 
 
 def test_labels_travel_by_name(tmp_path):

@@ -73,13 +73,17 @@ def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
     assert "model.safetensors" in manifest and "README.md" in manifest and "modeling_koelectra_crf.py" in manifest
     assert not any(name.startswith("checkpoint-") for name in manifest)
 
-    # The card's static widget outputs are what the published folder itself predicts, loaded as a Hub user would.
+    # Widget examples follow the Hub's schema (text and title: it has no output type for token classification);
+    # the outputs the card shows for them are what the published folder itself predicts, loaded as a Hub user would.
     widget = card.data.to_dict()["widget"]
+    assert all(set(example) == {"text", "example_title"} for example in widget)
     fresh = load_in_fresh_process(smoke_run, [example["text"] for example in widget], tmp_path)
+    assert any(fresh["entities"])
     for example, entities in zip(widget, fresh["entities"], strict=True):
-        spans = [(e["start"], e["end"], e["entity_group"], e["word"]) for e in entities]
-        assert [(e["start"], e["end"], e["entity_group"], e["word"]) for e in example["output"]] == spans
-    assert any(example["output"] for example in widget)
+        shown = card.text.split(f"> {example['text']}\n\n")[1].split("\n\n")[0]
+        assert shown.splitlines() == [f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in entities]
+    assert card.data.license == "other"  # local training files: the card cannot know their license
+    assert "handler.py" in card.text and "handler.py" in manifest
 
 
 def _tiny_trainer(tmp_path, trainer_class=NerTrainer, tag_unit="token", **arguments):
@@ -287,6 +291,7 @@ def test_card_of_a_hub_klue_run_claims_klue(tmp_path):
     assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {
         ("klue", "KLUE NER (validation split)")
     }
+    assert card.data.license == "cc-by-sa-4.0"  # KLUE's license, unless --license says otherwise
 
 
 def test_decomposed_hangul_gets_the_entities_of_composed_hangul(smoke_run):
