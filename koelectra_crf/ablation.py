@@ -28,18 +28,19 @@ TRAIN_RESULTS_FILE = "train_results.json"
 LOCK_FILE = "ablation.lock"
 
 _NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]
+_TOKENS, _CHARACTERS = ["--tag_unit", "token"], ["--tag_unit", "character"]
 VARIANTS: dict[str, list[str]] = {
-    "baseline": ["--use_bilstm", "false", "--use_crf", "false", *_NO_TRICKS],
-    "+crf": ["--use_bilstm", "false", "--use_crf", "true", *_NO_TRICKS],
-    "+bilstm": ["--use_bilstm", "true", "--use_crf", "true", *_NO_TRICKS],
-    "full_no_fgm": ["--use_bilstm", "true", "--use_crf", "true", "--fgm_epsilon", "0"],
-    "full_no_rdrop": ["--use_bilstm", "true", "--use_crf", "true", "--rdrop_alpha", "0"],
-    "full": ["--use_bilstm", "true", "--use_crf", "true"],
-    "character": ["--use_bilstm", "true", "--use_crf", "true", "--tag_unit", "character", *_NO_TRICKS],
-    "character_full": ["--use_bilstm", "true", "--use_crf", "true", "--tag_unit", "character"],
+    "baseline": ["--use_bilstm", "false", "--use_crf", "false", *_TOKENS, *_NO_TRICKS],
+    "+crf": ["--use_bilstm", "false", "--use_crf", "true", *_TOKENS, *_NO_TRICKS],
+    "+bilstm": ["--use_bilstm", "true", "--use_crf", "true", *_TOKENS, *_NO_TRICKS],
+    "full_no_fgm": ["--use_bilstm", "true", "--use_crf", "true", *_TOKENS, "--fgm_epsilon", "0"],
+    "full_no_rdrop": ["--use_bilstm", "true", "--use_crf", "true", *_TOKENS, "--rdrop_alpha", "0"],
+    "full": ["--use_bilstm", "true", "--use_crf", "true", *_TOKENS],
+    "character": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS, *_NO_TRICKS],
+    "character_full": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS],
 }
-"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none. Without
-`--tag_unit` a variant tags subword tokens (the preset's default)."""
+"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none. Every
+variant names its tag unit: the original project's six tag subword tokens, whatever the preset's default."""
 
 
 @dataclass(frozen=True)

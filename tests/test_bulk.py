@@ -12,10 +12,10 @@ import torch
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.alignment import spans_to_char_tags
 from koelectra_crf.bulk import read_texts, resume
 from koelectra_crf.cli import main
 from koelectra_crf.data import strip_entity_marks
+from koelectra_crf.pseudo_label import klue_block
 
 MARKED = [
     "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
@@ -48,13 +48,8 @@ def inputs(tmp_path_factory):
     (folder / "texts.txt").write_text("\n".join(TEXTS[:2]) + "\n\n" + "\n".join(TEXTS[2:]) + "\n", encoding="utf-8")
     records = [json.dumps({"id": k, "text": text}, ensure_ascii=False) for k, text in enumerate(TEXTS)]
     (folder / "texts.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
-    lines = ["## 토큰, 레이블 구분자 : \\t", "## 컬럼명 : CHAR\tNE_TAG"]
-    for k, marked in enumerate(MARKED):
-        text, spans = strip_entity_marks(marked)
-        lines.append(f"## test-{k}\t{marked}")
-        lines += [f"{char}\t{tag}" for char, tag in zip(text, spans_to_char_tags(len(text), spans), strict=True)]
-        lines.append("")
-    (folder / "klue.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    blocks = [klue_block(f"test-{k}", *strip_entity_marks(marked)) for k, marked in enumerate(MARKED)]
+    (folder / "klue.tsv").write_text("## 토큰, 레이블 구분자 : \\t\n" + "".join(blocks), encoding="utf-8")
     return folder
 
 

@@ -23,7 +23,7 @@ from koelectra_crf.data import (
     tokenize_and_align,
 )
 from koelectra_crf.metrics import klue_ner_metrics
-from koelectra_crf.pseudo_label import CONFIDENCES, load_pseudo_labelled
+from koelectra_crf.pseudo_label import CONFIDENCES, klue_block, load_pseudo_labelled
 
 MARKED = [
     "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
@@ -37,14 +37,9 @@ MARKED = [
 @pytest.fixture(scope="module")
 def klue_file(tmp_path_factory):
     """The sentences in the official v1.1 TSV format."""
-    lines = ["## 토큰, 레이블 구분자 : \\t", "## 컬럼명 : CHAR\tNE_TAG"]
-    for k, marked in enumerate(MARKED):
-        text, spans = strip_entity_marks(marked)
-        lines.append(f"## test-{k}\t{marked}")
-        lines += [f"{char}\t{tag}" for char, tag in zip(text, spans_to_char_tags(len(text), spans), strict=True)]
-        lines.append("")
+    blocks = [klue_block(f"test-{k}", *strip_entity_marks(marked)) for k, marked in enumerate(MARKED)]
     path = tmp_path_factory.mktemp("data") / "test.tsv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("## 토큰, 레이블 구분자 : \\t\n" + "".join(blocks), encoding="utf-8")
     return path
 
 

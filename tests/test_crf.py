@@ -405,6 +405,17 @@ def test_entity_to_the_end_of_a_row(implementation):
     assert 0.01 < shorter.item() < 1 - expected[0].item()
 
 
+def low_precision_runs(results, emissions: torch.Tensor):
+    """For float16 and bfloat16: (`results` of the rounded emissions in float32, [`results` of the half-precision
+    emissions, and of both under bf16 autocast]), which must agree: the CRF computes in float32 whatever it gets."""
+    for low in (torch.float16, torch.bfloat16):
+        rounded = emissions.to(low)
+        outputs = [results(rounded)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs += [results(rounded), results(rounded.float())]
+        yield results(rounded.float()), outputs
+
+
 def test_probabilities_of_half_precision_inputs_compute_in_float32(implementation):
     generator = torch.Generator().manual_seed(15)
     crf, _ = probability_crf(implementation, constrained=True, generator=generator)
@@ -418,13 +429,7 @@ def test_probabilities_of_half_precision_inputs_compute_in_float32(implementatio
     def results(em):
         return crf.sequence_probability(em, tags, mask), crf.entity_probabilities(em, mask, spans)
 
-    for low in (torch.float16, torch.bfloat16):
-        rounded = emissions.to(low)
-        expected = results(rounded.float())
-        outputs = [results(rounded)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs.append(results(rounded))
-            outputs.append(results(rounded.float()))
+    for expected, outputs in low_precision_runs(results, emissions):
         for output in outputs:
             for value, reference in zip(output, expected, strict=True):
                 assert value.dtype == torch.float32
@@ -571,13 +576,7 @@ def test_half_precision_and_autocast_compute_in_float32(implementation):
     def results(em):
         return crf.log_likelihood(em, tags, mask), crf.decode(em, mask), crf.marginals(em, mask)
 
-    for low in (torch.float16, torch.bfloat16):
-        rounded = emissions.to(low)
-        expected = results(rounded.float())
-        outputs = [results(rounded)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs.append(results(rounded))
-            outputs.append(results(rounded.float()))
+    for expected, outputs in low_precision_runs(results, emissions):
         for ll, best, marginals in outputs:
             assert ll.dtype == marginals.dtype == torch.float32
             torch.testing.assert_close(ll, expected[0], rtol=1e-6, atol=1e-6)

@@ -5,13 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import onnx
 import pytest
 import torch
 from conftest import shared_path
-from tiny import TINY_TEXT, character_tokenizer, tiny_model
+from tiny import TINY_TEXT, character_tokenizer, run_as_hub_user, tiny_model
 from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_imports
 
@@ -171,14 +170,7 @@ def test_every_saved_folder_serves_requests_through_its_handler(saved, tmp_path)
         {"inputs": TEXTS, "parameters": {"aggregation_strategy": "first", "ignore_labels": ["O", "DT"]}},
         {"inputs": TEXTS[2], "parameters": {"aggregation_strategy": "none", "stride": 20}},
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(HANDLER_CALLS), str(folder), json.dumps(requests)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_as_hub_user(HANDLER_CALLS, folder, requests, tmp_path)
     assert result["imported_koelectra_crf"] is False
     expected = [
         reference(TINY_TEXT, aggregation_strategy="simple"),

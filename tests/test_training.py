@@ -247,14 +247,20 @@ def test_two_processes_match_one(tmp_path, smoke_run):
     single = json.loads((smoke_run / "eval_results.json").read_text())
     accelerate = shutil.which("accelerate")
     assert accelerate is not None
+    # On a machine without GPU, `--multi_gpu` is the launcher that starts two processes (`--cpu` starts one), and
+    # `--use_cpu` makes them join one process group on the CPU (gloo).
     double = run_training(
-        tmp_path, "--per_device_train_batch_size", "8",
-        launcher=(accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision",
-                  "no", "--dynamo_backend", "no"),
+        tmp_path, "--per_device_train_batch_size", "8", "--use_cpu", "true",
+        launcher=(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no"),
     )  # fmt: skip
     # Same data, schedule and global batch; dropout masks and reduction order differ: within 10 F1 points.
     assert abs(double["eval_entity_f1"] - single["eval_entity_f1"]) <= 10
     assert double["epoch"] == single["epoch"]
+    # Two processes of 8 make the global batch of 16 that one process of 16 makes: the same number of steps (one
+    # process alone with batch 8 would take twice as many).
+    steps = [json.loads((run / "trainer_state.json").read_text())["global_step"] for run in (smoke_run, tmp_path)]
+    assert steps[0] == steps[1]
 
 
 def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):

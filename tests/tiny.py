@@ -67,17 +67,23 @@ print(json.dumps({
 """
 
 
-def load_in_fresh_process(folder: Path, texts: list[str], work_dir: Path) -> dict:
-    """Load `folder` through the Auto classes and `pipeline(..., trust_remote_code=True)` in a new Python process
-    that never imports koelectra_crf (offline), and return its logits and entities for `texts`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules")}
-    env["PYTHONPATH"] = ""  # the fresh process must not see the package's source tree
+def run_as_hub_user(script: str, folder: Path, payload, work_dir: Path) -> dict:
+    """Run `script` (given argv[1] = `folder`, argv[2] = `payload` as JSON) in a new Python process that cannot see
+    the package's source tree (offline, its own remote-code cache, one thread); return the JSON of its last line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules"), "PYTHONPATH": "",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(folder), json.dumps(texts)],
+        [sys.executable, "-c", textwrap.dedent(script), str(folder), json.dumps(payload)],
         capture_output=True, text=True, env=env, cwd=work_dir, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    fresh = json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def load_in_fresh_process(folder: Path, texts: list[str], work_dir: Path) -> dict:
+    """Load `folder` through the Auto classes and `pipeline(..., trust_remote_code=True)` in a new Python process
+    that never imports koelectra_crf (offline), and return its logits and entities for `texts`."""
+    fresh = run_as_hub_user(FRESH_PROCESS, folder, texts, work_dir)
     assert fresh["imported_koelectra_crf"] is False
     assert fresh["config_class"] == "KoElectraCrfConfig"
     assert fresh["model_class"] == "KoElectraCrfForTokenClassification"
