@@ -18,7 +18,7 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 
 import os
 import shutil
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 import torch
 from transformers.dynamic_module_utils import custom_object_save
@@ -125,7 +125,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         config = self.model.config
         # The model reads the NFC text (decomposed Hangul would be unknown jamo to it); `postprocess` maps its
         # offsets back into `sentence`, the caller's string, which is what travels on.
-        text, _ = nfc_with_offsets(sentence)
+        text, original_spans = nfc_with_offsets(sentence)
         encoded = encode_texts([text], self.tokenizer, config.tokenization)[0]
         windows = encoded.windows(config.max_length, config.stride if stride is None else stride)
         for n, (start, end) in enumerate(windows):
@@ -138,11 +138,14 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,
                 "sentence": sentence if n == 0 else None,
+                "original_spans": original_spans if n == 0 else None,
                 "is_last": n == len(windows) - 1,
             }
 
     def _forward(self, model_inputs):
-        passed_on = {key: model_inputs.pop(key) for key in ("window", "encoded", "sentence", "is_last")}
+        passed_on = {
+            key: model_inputs.pop(key) for key in ("window", "encoded", "sentence", "original_spans", "is_last")
+        }
         tag_mask = model_inputs["tag_mask"].bool()
         outputs = self.model(**model_inputs)
         return {
@@ -167,8 +170,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         return_sequence_probability: bool = False,
     ):
         ignore_labels = ["O"] if ignore_labels is None else ignore_labels
-        sentence, encoded = all_outputs[0]["sentence"], all_outputs[0]["encoded"]
-        text, char_spans = nfc_with_offsets(sentence)  # as in `preprocess`: `encoded` is aligned with `text`
+        sentence, encoded, char_spans = (all_outputs[0][key] for key in ("sentence", "encoded", "original_spans"))
+        text = encoded.text  # the NFC text the tokens are aligned with; `char_spans` take it back to `sentence`
 
         def original(start: int, end: int) -> dict:
             """`word`, `start`, `end` in `sentence` of the characters [start, end) of `text`."""
@@ -176,7 +179,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return {"word": sentence[start:end], "start": start, "end": end}
 
         tag_unit = self.model.config.tag_unit
-        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit)
+        with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
+        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
         tags = [self.model.config.id2label[t] for t in tag_ids]
         unit_spans = encoded.unit_spans(tag_unit)
 
@@ -222,9 +226,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         return self.model.entity_probabilities(emissions, tag_mask, unit_rows).tolist()
 
     def _unit_predictions(
-        self, all_outputs, encoded: EncodedText, tag_unit: str
-    ) -> tuple[torch.Tensor, list[int], list[float]]:
-        """Emissions (1, U, K), tag ids and scores of the U units of the text (`EncodedText.unit_spans`).
+        self, all_outputs, encoded: EncodedText, tag_unit: str, with_scores: bool = True
+    ) -> tuple[torch.Tensor, list[int], list[float] | None]:
+        """Emissions (1, U, K), tag ids and (`with_scores`, else None) scores of the U units of the text
+        (`EncodedText.unit_spans`).
 
         A window's units are the True positions of its `tag_mask`, in text order. One window: its Viterbi path.
         Several: each unit's emissions come from the window where the unit's token has the most context on both
@@ -236,22 +241,33 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             emissions = output["emissions"][0][mask].unsqueeze(0)
             return emissions, output["predictions"][0][mask].tolist(), output["scores"][0][mask].tolist()
 
-        unit_tokens = encoded.unit_tokens(tag_unit)
-        windows = []  # (first token, end token, {unit: emissions})
-        for output in all_outputs:
-            start, end = output["window"]
-            units = [u for u, k in enumerate(unit_tokens) if start <= k < end]
-            windows.append((start, end, dict(zip(units, output["emissions"][0][output["tag_mask"][0]], strict=True))))
-
-        def context(k: int, window) -> int:
-            start, end, _ = window
-            return min(k - start, end - 1 - k) if start <= k < end else -1
-
-        emissions = [max(windows, key=lambda window: context(k, window))[2][u] for u, k in enumerate(unit_tokens)]
+        unit_tokens = encoded.unit_tokens(tag_unit)  # non-decreasing: a window's units are one slice of them
+        windows = [output["window"] for output in all_outputs]  # (start, end) content tokens, starts increasing
+        starts = [start for start, _ in windows]
+        # All windows' unit emissions in one tensor; window i's units begin at row offsets[i] and at unit first[i].
+        rows = torch.cat([output["emissions"][0][output["tag_mask"][0]] for output in all_outputs])
+        offsets, first, total = [], [], 0
+        for start, end in windows:
+            offsets.append(total)
+            first.append(bisect_left(unit_tokens, start))
+            total += bisect_left(unit_tokens, end) - first[-1]
+        index = []
+        for u, k in enumerate(unit_tokens):
+            # The windows holding token k end just after it: the last one starting at or before k, and its
+            # predecessors while they reach k. The one with the most context on both sides wins (the first on ties).
+            last = bisect_right(starts, k) - 1
+            earliest = last
+            while earliest > 0 and windows[earliest - 1][1] > k:
+                earliest -= 1
+            best = max(range(earliest, last + 1), key=lambda i, k=k: min(k - windows[i][0], windows[i][1] - 1 - k))
+            index.append(offsets[best] + u - first[best])
         device = self.model.device
-        emissions = torch.stack(emissions).unsqueeze(0).to(device)
+        emissions = rows[torch.tensor(index, dtype=torch.long)].unsqueeze(0).to(device)
         tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=device)
-        result = self._tags_and_scores(emissions, tag_mask)
+        predictions = self.model.decode(emissions, tag_mask)
+        if not with_scores:  # the marginals would be a forward-backward pass over the whole text for nothing
+            return emissions, predictions[0].tolist(), None
+        result = self._tags_and_scores(emissions, tag_mask, predictions)
         return emissions, result["predictions"][0].tolist(), result["scores"][0].tolist()
 
     def __call__(self, inputs: str | list[str], **kwargs):

@@ -409,3 +409,40 @@ def test_character_head_folder_loads_in_a_fresh_process_and_batches_like_one_at_
     ner.save_pretrained(tmp_path / "hub")
     fresh = load_in_fresh_process(tmp_path / "hub", texts, tmp_path)
     assert [[(e["start"], e["end"], e["entity_group"]) for e in entities] for entities in fresh["entities"]] == spans
+
+
+def test_each_unit_takes_its_emissions_from_the_window_where_it_has_most_context(tmp_path):
+    """Brute force over all windows: a unit's stitched emissions are those of the window where its token is
+    furthest from both edges (the first such window on ties). The model tells windows apart: each emission row
+    holds the id of the window's first content token and the row's position in the window."""
+    text = " ".join(chr(0xAC00 + i) for i in range(300))  # 300 distinct syllables: one token each
+    tokenizer = character_tokenizer(tmp_path, text)
+    model = tiny_model(tokenizer.vocab_size, max_length=40, stride=12)
+
+    def forward(input_ids, attention_mask, tag_mask, **_):
+        emissions = torch.zeros(*input_ids.shape, model.config.num_labels)
+        emissions[..., 0] = input_ids[:, 1:2].float()  # the window's first content token
+        emissions[..., 1] = torch.arange(input_ids.shape[1]).float()  # position in the window
+        return KoElectraCrfOutput(logits=emissions, predictions=model.decode(emissions, tag_mask))
+
+    model.forward = forward
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    captured = {}
+    unit_predictions = ner._unit_predictions
+
+    def capture(*args):
+        captured["emissions"], _, _ = output = unit_predictions(*args)
+        return output
+
+    ner._unit_predictions = capture
+    ner(text, aggregation_strategy="simple", batch_size=3)
+    (encoded,) = encode_texts([text], tokenizer, "subword")
+    windows = encoded.windows(40, 12)
+    assert len(windows) > 5
+    rows = captured["emissions"][0]
+    for k, row in enumerate(rows):
+        best = max(
+            windows, key=lambda window, k=k: min(k - window[0], window[1] - 1 - k) if window[0] <= k < window[1] else -1
+        )
+        assert int(row[0]) == encoded.token_ids[best[0]]
+        assert int(row[1]) == len(encoded.prefix_ids) + k - best[0]

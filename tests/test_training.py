@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_path
+from datasets import concatenate_datasets
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
@@ -18,11 +20,11 @@ from transformers import AutoTokenizer, Trainer, pipeline
 from transformers.trainer_utils import align_special_tokens
 
 from hub_card.render import render_model_card
-from koelectra_crf import KoElectraCrfTokenClassificationPipeline, train
+from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, train
 from koelectra_crf.cli import main as cli_main
 from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
-from koelectra_crf.pseudo_label import confidence_path
+from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
 from koelectra_crf.train import use_special_tokens_of
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments, symmetric_kl
 
@@ -362,8 +364,20 @@ def test_self_training_adds_the_confident_pseudo_labels(smoke_run, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
-    labelled = len(load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"])
-    assert f"self-training: {kept} pseudo-labelled sentences join {labelled} labelled ones" in completed.stderr
+    labelled = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"]
+    assert f"self-training: {kept} pseudo-labelled sentences join {len(labelled)} labelled ones" in completed.stderr
+    # What was trained on: the step count of one epoch is that of the labelled plus the kept sentences' windows.
+    joined = concatenate_datasets([labelled, load_pseudo_labelled(pseudo, threshold)])
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "training/smoke/tokenizer")
+    head = KoElectraCrfConfig(max_length=config["max_length"], stride=config["stride"])
+    windows = len(tokenize_and_align(joined, tokenizer, head))
+    state = json.loads((tmp_path / "student" / "trainer_state.json").read_text())
+    assert (
+        state["global_step"]
+        == math.ceil(windows / 16)
+        > math.ceil(len(tokenize_and_align(labelled, tokenizer, head)) / 16)
+    )
 
 
 def test_the_model_takes_the_tokenizers_special_tokens_before_the_trainer_would():
