@@ -144,6 +144,23 @@ def test_offsets_are_exact_for_every_strategy(tiny_pipeline, strategy):
         assert starts == sorted(starts)
 
 
+def stitched_emissions(ner, text: str, **call_kwargs) -> torch.Tensor:
+    """The emissions (1, U, K) of the text's units as the pipeline stitches them from its windows."""
+    captured = {}
+    unit_predictions = ner._unit_predictions
+
+    def capture(*args):
+        captured["emissions"], _, _ = output = unit_predictions(*args)
+        return output
+
+    ner._unit_predictions = capture
+    try:
+        ner(text, aggregation_strategy="simple", **call_kwargs)
+    finally:
+        del ner._unit_predictions
+    return captured["emissions"]
+
+
 def test_every_strategy_scores_an_entity_by_its_exact_crf_probability(tiny_pipeline):
     """An entity's score is P(B-X at its first unit, I-X through its last, no I-X after it | text). Oracle: the
     log-partition of the emissions restricted to the sequences that hold the entity, minus the full one (a route
@@ -152,19 +169,7 @@ def test_every_strategy_scores_an_entity_by_its_exact_crf_probability(tiny_pipel
     results = {strategy: tiny_pipeline(text, aggregation_strategy=strategy) for strategy in STRATEGIES[1:]}
     assert results["simple"] and all(result == results["simple"] for result in results.values())
 
-    captured = {}
-    unit_predictions = tiny_pipeline._unit_predictions
-
-    def capture(*args):
-        captured["emissions"], _, _ = output = unit_predictions(*args)
-        return output
-
-    tiny_pipeline._unit_predictions = capture
-    try:
-        tiny_pipeline(text, aggregation_strategy="simple")
-    finally:
-        del tiny_pipeline._unit_predictions
-    emissions = captured["emissions"].double()
+    emissions = stitched_emissions(tiny_pipeline, text).double()
     crf, label2id = tiny_pipeline.model.crf.double(), tiny_pipeline.model.config.label2id
     crf.constrain_training = True  # the log-partition over valid BIO sequences, as decoding and scores use
     (encoded,) = encode_texts([text], tiny_pipeline.tokenizer, "subword")
@@ -427,19 +432,10 @@ def test_each_unit_takes_its_emissions_from_the_window_where_it_has_most_context
 
     model.forward = forward
     ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
-    captured = {}
-    unit_predictions = ner._unit_predictions
-
-    def capture(*args):
-        captured["emissions"], _, _ = output = unit_predictions(*args)
-        return output
-
-    ner._unit_predictions = capture
-    ner(text, aggregation_strategy="simple", batch_size=3)
+    rows = stitched_emissions(ner, text, batch_size=3)[0]
     (encoded,) = encode_texts([text], tokenizer, "subword")
     windows = encoded.windows(40, 12)
     assert len(windows) > 5
-    rows = captured["emissions"][0]
     for k, row in enumerate(rows):
         best = max(
             windows, key=lambda window, k=k: min(k - window[0], window[1] - 1 - k) if window[0] <= k < window[1] else -1
