@@ -347,6 +347,30 @@ def test_an_empty_list_of_texts_is_refused_clearly(tiny_pipeline):
         tiny_pipeline([])
 
 
+def test_batches_hold_texts_of_similar_length_and_results_keep_the_callers_order(tiny_pipeline, monkeypatch):
+    """Short and long texts alternate; with batches of 2 the pipeline batches the two short ones together and the two
+    long ones together (no padding at all: each text is one window, its reverse has as many tokens), for a list and
+    for an iterator, and each result is that text's own."""
+    short, long = "김철수 서울", "서울에서 2024년 3월 1일 오전 9시에"
+    texts = [short, long, short[::-1], long[::-1]]
+    expected = [tiny_pipeline(text, aggregation_strategy="simple") for text in texts]
+    shapes = []
+    forward = tiny_pipeline.model.forward
+    monkeypatch.setattr(tiny_pipeline.model, "forward", lambda **inputs: shapes.append(inputs["attention_mask"]) or
+                        forward(**inputs))  # fmt: skip
+    as_list = tiny_pipeline(texts, aggregation_strategy="simple", batch_size=2)
+    streamed = tiny_pipeline(iter(texts), aggregation_strategy="simple", batch_size=2)
+    assert not isinstance(streamed, list)
+    as_stream = list(streamed)
+    for results in (as_list, as_stream):
+        assert [[(e["start"], e["end"], e["entity_group"]) for e in r] for r in results] == [
+            [(e["start"], e["end"], e["entity_group"]) for e in r] for r in expected
+        ]
+        for one, batched in zip(expected, results, strict=True):
+            assert [e["score"] for e in one] == pytest.approx([e["score"] for e in batched], abs=1e-6)
+    assert len(shapes) == 4 and all(mask.shape[0] == 2 and bool(mask.all()) for mask in shapes)
+
+
 def test_an_unknown_aggregation_strategy_names_the_valid_ones(tiny_pipeline):
     valid = "['none', 'simple', 'first', 'average', 'max']"
     with pytest.raises(ValueError, match=re.escape(f"unknown aggregation_strategy 'longest': use one of {valid}")):

@@ -75,6 +75,12 @@ def test_onnx_pipeline_gives_the_pytorch_pipelines_output(saved, exported, batch
         assert_same_output(ner(TEXTS, aggregation_strategy=strategy, batch_size=batch_size), expected)
 
 
+def test_each_attention_layer_is_one_onnx_node(saved, exported):
+    nodes = [node.op_type for node in onnx.load(exported / "model.onnx").graph.node]
+    assert nodes.count("Attention") == saved[1].model.encoder.config.num_hidden_layers
+    assert "Softmax" not in nodes and "IsNaN" not in nodes  # not also decomposed
+
+
 def test_onnx_logits_match_pytorch_for_any_batch_and_length(saved, exported):
     """Dynamic batch and length; padding does not leak into a row (the BiLSTM's backward pass starts at each row's
     end, as with the model's packed sequences)."""
@@ -108,6 +114,9 @@ def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tm
     assert json.loads((tmp_path / EXPORT_INFO_FILE).read_text())["quantize"] == "int8"
     graph = onnx.load(tmp_path / "model.onnx").graph
     assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= {node.op_type for node in graph.node}
+    # No linear layer or embedding reads a float32 matrix any more (Gathers of int64 shape constants stay).
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gather") and float_weights & set(n.input)]
     # A second export in the process keeps the length dynamic too (see serving._forget_lstm_kernels).
     assert [[axis.dim_param for axis in i.type.tensor_type.shape.dim] for i in graph.input] == [["batch", "length"]] * 3
     ner = load_onnx_pipeline(tmp_path)
