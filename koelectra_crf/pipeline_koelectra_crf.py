@@ -145,7 +145,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,
                 "sentence": sentence if n == 0 else None,
-                "original_spans": original_spans if n == 0 else None,
+                # None when the text is NFC already (offsets unchanged): a list of a span per character is walked
+                # item by item each time the pipeline moves a batch between devices.
+                "original_spans": original_spans if n == 0 and text != sentence else None,
                 "is_last": n == len(windows) - 1,
             }
 
@@ -178,11 +180,12 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
     ):
         ignore_labels = ["O"] if ignore_labels is None else ignore_labels
         sentence, encoded, char_spans = (all_outputs[0][key] for key in ("sentence", "encoded", "original_spans"))
-        text = encoded.text  # the NFC text the tokens are aligned with; `char_spans` take it back to `sentence`
+        text = encoded.text  # the NFC text the tokens are aligned with; `char_spans` (if any) lead back to `sentence`
 
         def original(start: int, end: int) -> dict:
             """`word`, `start`, `end` in `sentence` of the characters [start, end) of `text`."""
-            start, end = char_spans[start][0], char_spans[end - 1][1]
+            if char_spans is not None:
+                start, end = char_spans[start][0], char_spans[end - 1][1]
             return {"word": sentence[start:end], "start": start, "end": end}
 
         tag_unit = self.model.config.tag_unit
