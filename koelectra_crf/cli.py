@@ -80,7 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     pseudo = commands.add_parser("pseudo-label", help="tag raw sentences into KLUE TSV with their confidences")
     _model_arguments(pseudo)
-    pseudo.add_argument("--input", type=Path, required=True, help="one sentence per line, or <id>\\t<sentence>")
+    pseudo.add_argument(
+        "--input", type=Path, required=True, help="one sentence per line, <id>\\t<sentence>, or a KLUE TSV file"
+    )
+    pseudo.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        help="with a labelled KLUE TSV input: score the sentences each threshold keeps against their gold tags",
+    )
+    pseudo.add_argument(
+        "--confidence", choices=pseudo_label.CONFIDENCES, default="sequence_probability", help="for --thresholds"
+    )
     pseudo.add_argument(
         "--output",
         type=Path,
@@ -197,12 +208,19 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
+    if args.thresholds and not pseudo_label.is_klue_tsv(args.input):
+        raise SystemExit(f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file")
     counts = pseudo_label.pseudo_label(
         _load_pipeline(args.model, args.device), args.input, args.output, args.batch_size
     )
     print(
         f"{counts['written']} sentences written to {args.output}, {counts['skipped']} skipped (a tab or a mark in it)"
     )
+    if args.thresholds:
+        rows = pseudo_label.kept_quality(args.output, args.input, args.thresholds, args.confidence)
+        report_file = args.output.with_name(args.output.name + ".kept.json")
+        report_file.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(rows, indent=2))
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -1,11 +1,16 @@
 """`koelectra-crf pseudo-label`: tag raw text with a trained model, as KLUE NER TSV, for self-training.
 
-Each input line is a sentence, or `<id>\\t<sentence>` (the raw KLUE file `klue-ner-train-sentences.tsv`). The output
+Each input line is a sentence, or `<id>\\t<sentence>` (the raw KLUE file `klue-ner-train-sentences.tsv`); or the
+input is a labelled KLUE TSV file (its first line starts with `## `), whose sentences are tagged afresh. The output
 is a KLUE v1.1 TSV file (`data.read_klue_tsv` and `load_klue_ner` read it) of the predicted entities, and beside it
 `<output>.confidence.jsonl`: one line per sentence with its `guid`, the CRF's probability of the whole predicted
 tag sequence (`sequence_probability`) and of its least likely entity (`min_entity_probability`, 1 without
 entities). Self-training (`--pseudo_label_file` in `koelectra_crf.train`) keeps the sentences above a threshold
 of one of them.
+
+How good the kept pseudo-labels are, before training on them: pseudo-label a labelled file (the validation split)
+the same way and [`kept_quality`] scores, for each threshold, the sentences kept against their gold tags
+(`koelectra-crf pseudo-label ... --thresholds 0.5 0.9`).
 
 Streaming: the input is read line by line and each result is written as it comes, so memory does not grow with
 the file. A sentence the TSV format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and
@@ -21,7 +26,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.data import load_klue_ner, mark_entities, strip_entity_marks
+from koelectra_crf.data import load_klue_ner, mark_entities, read_klue_tsv, strip_entity_marks
+from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 CONFIDENCE_SUFFIX = ".confidence.jsonl"
@@ -32,8 +38,18 @@ def confidence_path(output: Path) -> Path:
     return output.with_name(output.name + CONFIDENCE_SUFFIX)
 
 
+def is_klue_tsv(path: Path) -> bool:
+    """Whether `path` is a KLUE NER TSV file (its first line a `## ` comment or sentence header)."""
+    with open(path, encoding="utf-8-sig") as file:
+        return file.readline().startswith("## ")
+
+
 def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
-    """(guid, sentence) of every non-blank line: `<id>\\t<sentence>`, or a sentence (guid `line-<number>`)."""
+    """(guid, sentence) of every non-blank line: `<id>\\t<sentence>`, or a sentence (guid `line-<number>`); or of
+    every sentence of a KLUE TSV file."""
+    if is_klue_tsv(path):
+        yield from ((sentence["guid"], sentence["sentence"]) for sentence in read_klue_tsv(path))
+        return
     with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(file, start=1):
             line = line.rstrip("\r\n")
@@ -106,3 +122,38 @@ def load_pseudo_labelled(path: str | Path, threshold: float, confidence: str = "
         kept = {record["guid"] for record in map(json.loads, file) if record[confidence] >= threshold}
     split = load_klue_ner(train_file=path)["train"]
     return split.filter(lambda example: example["guid"] in kept, desc="Keeping confident pseudo-labels")
+
+
+def kept_quality(
+    pseudo_labelled: str | Path,
+    gold_file: str | Path,
+    thresholds: list[float],
+    confidence: str = "sequence_probability",
+) -> list[dict]:
+    """For each threshold, how many sentences of the pseudo-labelled file `pseudo_labelled` self-training would keep
+    (`confidence` at least the threshold, as [`load_pseudo_labelled`]) and how right their pseudo-labels are:
+    KLUE metrics (`metrics.klue_ner_metrics`, spaces dropped) of the kept sentences against the tags of the same
+    sentences (by guid) in `gold_file`, a labelled KLUE TSV file. Threshold 0 keeps every sentence."""
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    pseudo_labelled = Path(pseudo_labelled)
+    with open(confidence_path(pseudo_labelled), encoding="utf-8") as file:
+        confidences = {record["guid"]: record[confidence] for record in map(json.loads, file)}
+    gold = {sentence["guid"]: sentence for sentence in read_klue_tsv(gold_file)}
+    predicted = read_klue_tsv(pseudo_labelled)
+    missing = [sentence["guid"] for sentence in predicted if sentence["guid"] not in gold]
+    if missing:
+        raise ValueError(f"{len(missing)} pseudo-labelled sentences are not in {gold_file} (first: {missing[0]!r})")
+    rows = []
+    for threshold in thresholds:
+        kept = [sentence for sentence in predicted if confidences[sentence["guid"]] >= threshold]
+        row = {"threshold": threshold, "kept": len(kept), "kept_share": len(kept) / len(predicted)}
+        if kept:
+            metrics = klue_ner_metrics(
+                [gold[sentence["guid"]]["ner_tags"] for sentence in kept],
+                [sentence["ner_tags"] for sentence in kept],
+                [sentence["tokens"] for sentence in kept],
+            )
+            row.update({name: metrics[name] for name in ("entity_f1", "entity_precision", "entity_recall", "char_f1")})
+        rows.append(row)
+    return rows

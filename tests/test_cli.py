@@ -201,6 +201,42 @@ def test_benchmark_writes_json_and_table(model_dir, tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+def test_pseudo_labels_of_a_labelled_file_are_scored_where_each_threshold_keeps_them(
+    model_dir, klue_file, reference_pipeline, tmp_path, capsys
+):
+    gold = read_klue_tsv(klue_file)
+    results = reference_pipeline([g["sentence"] for g in gold], aggregation_strategy="simple",
+                                 return_sequence_probability=True)  # fmt: skip
+    probabilities = sorted(result["sequence_probability"] for result in results)
+    middle = len(gold) // 2  # halfway between two sentences' probabilities: no float rounding decides which is kept
+    thresholds = [0.0, (probabilities[middle - 1] + probabilities[middle]) / 2, 1.1]
+    assert probabilities[middle - 1] * 1.01 < probabilities[middle]
+    run("pseudo-label", model_dir, "--input", klue_file, "--output", tmp_path / "pseudo.tsv", "--device", "cpu",
+        "--thresholds", *thresholds)  # fmt: skip
+    assert [r["guid"] for r in read_klue_tsv(tmp_path / "pseudo.tsv")] == [g["guid"] for g in gold]
+    rows = json.loads((tmp_path / "pseudo.tsv.kept.json").read_text())
+    assert rows == json.loads(capsys.readouterr().out.split("skipped (a tab or a mark in it)\n")[1])
+    for row, threshold in zip(rows, thresholds, strict=True):
+        kept = [(g, r) for g, r in zip(gold, results, strict=True) if r["sequence_probability"] >= threshold]
+        assert (row["threshold"], row["kept"], row["kept_share"]) == (threshold, len(kept), len(kept) / len(gold))
+        if not kept:
+            assert "entity_f1" not in row
+            continue
+        predicted = [
+            spans_to_char_tags(len(g["sentence"]), [(e["start"], e["end"], e["entity_group"]) for e in r["entities"]])
+            for g, r in kept
+        ]
+        expected = klue_ner_metrics([g["ner_tags"] for g, _ in kept], predicted, [g["tokens"] for g, _ in kept])
+        assert row["entity_f1"] == pytest.approx(expected["entity_f1"], nan_ok=True)
+        assert row["char_f1"] == pytest.approx(expected["char_f1"])
+    assert 0 < rows[1]["kept"] < rows[0]["kept"] == len(gold) and rows[2]["kept"] == 0
+
+    (tmp_path / "raw.txt").write_text("김철수는 서울에서\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="not a labelled KLUE TSV file"):
+        main(["pseudo-label", str(model_dir), "--input", str(tmp_path / "raw.txt"), "--output",
+              str(tmp_path / "raw.tsv"), "--thresholds", "0.5"])  # fmt: skip
+
+
 def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(model_dir, reference_pipeline, tmp_path):
     texts = [strip_entity_marks(m)[0] for m in MARKED]
     lines = [f"id-{i}\t{text}" for i, text in enumerate(texts)] + ["", texts[0], "a\tb\tc", "<서울:LC>에서"]
