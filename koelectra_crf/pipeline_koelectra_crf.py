@@ -112,7 +112,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
                 raise ValueError(f"stride must be a non-negative int (tokens shared by windows), got {stride!r}")
             preprocess_params["stride"] = stride
-        postprocess_params = {}
+        postprocess_params, forward_params = {}, {}
         if aggregation_strategy is not None:
             if isinstance(aggregation_strategy, str):
                 valid = [strategy.value for strategy in AggregationStrategy]
@@ -120,11 +120,14 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                     raise ValueError(f"unknown aggregation_strategy {aggregation_strategy!r}: use one of {valid}")
                 aggregation_strategy = AggregationStrategy(aggregation_strategy.lower())
             postprocess_params["aggregation_strategy"] = aggregation_strategy
+            # Token scores (CRF marginals, a forward-backward pass per batch) only where they are output: the other
+            # strategies score each entity by its own probability.
+            forward_params["with_scores"] = aggregation_strategy == AggregationStrategy.NONE
         if ignore_labels is not None:
             postprocess_params["ignore_labels"] = ignore_labels
         if return_sequence_probability is not None:
             postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
-        return preprocess_params, {}, postprocess_params
+        return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, sentence: str, stride: int | None = None, **_):
         if not isinstance(sentence, str):
@@ -151,7 +154,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 "is_last": n == len(windows) - 1,
             }
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs, with_scores: bool = True):
         passed_on = {
             key: model_inputs.pop(key) for key in ("window", "encoded", "sentence", "original_spans", "is_last")
         }
@@ -159,14 +162,17 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         outputs = self.model(**model_inputs)
         return {
             "emissions": outputs.logits,
-            **self._tags_and_scores(outputs.logits, tag_mask, outputs.predictions),
+            **self._tags_and_scores(outputs.logits, tag_mask, outputs.predictions, with_scores),
             "tag_mask": tag_mask,
             **passed_on,
         }
 
-    def _tags_and_scores(self, emissions, tag_mask, predictions=None) -> dict[str, torch.Tensor]:
+    def _tags_and_scores(self, emissions, tag_mask, predictions=None, with_scores: bool = True) -> dict:
+        """Viterbi tags (B, T) and, `with_scores`, each tag's marginal probability (B, T)."""
         if predictions is None:
             predictions = self.model.decode(emissions, tag_mask)
+        if not with_scores:
+            return {"predictions": predictions}
         probabilities = self.model.tag_probabilities(emissions, tag_mask)
         scores = probabilities.gather(-1, predictions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return {"predictions": predictions, "scores": scores}
@@ -191,7 +197,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         tag_unit = self.model.config.tag_unit
         with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
         emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
-        tags = [self.model.config.id2label[t] for t in tag_ids]
+        id2label = self.model.config.id2label  # (once: a config attribute read goes through transformers' hooks)
+        tags = [id2label[t] for t in tag_ids]
         unit_spans = encoded.unit_spans(tag_unit)
 
         if aggregation_strategy == AggregationStrategy.NONE:
@@ -249,7 +256,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             output = all_outputs[0]
             mask = output["tag_mask"][0]
             emissions = output["emissions"][0][mask].unsqueeze(0)
-            return emissions, output["predictions"][0][mask].tolist(), output["scores"][0][mask].tolist()
+            scores = output["scores"][0][mask].tolist() if with_scores else None
+            return emissions, output["predictions"][0][mask].tolist(), scores
 
         unit_tokens = encoded.unit_tokens(tag_unit)  # non-decreasing: a window's units are one slice of them
         windows = [output["window"] for output in all_outputs]  # (start, end) content tokens, starts increasing

@@ -194,6 +194,17 @@ def test_every_strategy_scores_an_entity_by_its_exact_crf_probability(tiny_pipel
         crf.constrain_training = False
 
 
+def test_token_marginals_are_computed_only_for_the_strategy_that_outputs_them(tiny_pipeline, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("marginals computed")
+
+    monkeypatch.setattr(tiny_pipeline.model, "tag_probabilities", refuse)
+    for strategy in STRATEGIES[1:]:
+        tiny_pipeline([TINY_TEXT, TINY_TEXT * 3], aggregation_strategy=strategy, batch_size=2)
+    with pytest.raises(AssertionError, match="marginals computed"):
+        tiny_pipeline(TINY_TEXT, aggregation_strategy="none")
+
+
 def test_sequence_probability_on_request(tiny_pipeline):
     text = TINY_TEXT
     result = tiny_pipeline(text, aggregation_strategy="simple", return_sequence_probability=True)
