@@ -294,10 +294,12 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         if isinstance(inputs, list) and not inputs:
             raise ValueError("At least one input is required: got an empty list of texts")
         batch_size = kwargs.get("batch_size") or self._batch_size or 1
-        if batch_size == 1 or not isinstance(inputs, list | Iterator):
-            return super().__call__(inputs, **kwargs)
         if isinstance(inputs, Iterator):
+            if batch_size == 1:  # (transformers streams generators, not other iterators)
+                return super().__call__((text for text in inputs), **kwargs)
             return self._stream_sorted(inputs, batch_size * SORTED_BATCHES, kwargs)
+        if batch_size == 1 or not isinstance(inputs, list):
+            return super().__call__(inputs, **kwargs)
         # A batch is padded to its longest window: texts of similar lengths together waste least. The batch a text
         # lands in changes at most the last float digits of its scores (each row is masked on its own).
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]) if isinstance(inputs[i], str) else 0)

@@ -380,6 +380,8 @@ def test_batches_hold_texts_of_similar_length_and_results_keep_the_callers_order
         for one, batched in zip(expected, results, strict=True):
             assert [e["score"] for e in one] == pytest.approx([e["score"] for e in batched], abs=1e-6)
     assert len(shapes) == 4 and all(mask.shape[0] == 2 and bool(mask.all()) for mask in shapes)
+    one_by_one = tiny_pipeline(iter(texts), aggregation_strategy="simple", batch_size=1)
+    assert [[e["start"] for e in r] for r in one_by_one] == [[e["start"] for e in r] for r in expected]
 
 
 def test_an_unknown_aggregation_strategy_names_the_valid_ones(tiny_pipeline):
