@@ -1,16 +1,17 @@
-"""ONNX Runtime (float32 and int8) against the PyTorch pipeline: speed, peak memory and KLUE accuracy, one run.
+"""ONNX Runtime (float32, int8, int8-full) against the PyTorch pipeline: speed, peak memory and KLUE accuracy, one run.
 
     python benchmarks/onnx_speed.py                              # e5-small from ../shared, head trained a little
     python benchmarks/onnx_speed.py --model outputs/koelectra-klue  # any saved model folder
     python benchmarks/onnx_speed.py --sentences 20 --validation_sentences 20 --train_steps 0   # smoke run
 
-The PyTorch model folder is exported twice (`serving.export_onnx`: float32, and int8 dynamic quantization). Each of
-the three then runs in a fresh process, one after the other, so that each process's peak resident memory is its
-own: load, warm up, tag `--sentences` sentences of klue-ner-train-sentences.tsv at `--batch_size` through the
-same pipeline class (sentences per second: tokenization, windows, CRF and alignment included), then evaluate on
-the KLUE validation file (entity and character F1). Prints one JSON object (and writes it to `--output`): every
-backend's numbers, the ratios to PyTorch, the int8 entity-F1 loss against float32, and the share of validation
-sentences whose float32 entities are exactly PyTorch's.
+The PyTorch model folder is exported three times (`serving.export_onnx`: float32; int8 dynamic quantization with
+the feed-forward output projections left in float32; int8-full). Each of the four then runs in a fresh process,
+one after the other, so that each process's peak resident memory is its own: load, warm up, tag `--sentences`
+sentences of klue-ner-train-sentences.tsv at `--batch_size` through the same pipeline class (sentences per second:
+tokenization, windows, CRF and alignment included), then evaluate on the KLUE validation file (entity and
+character F1). Prints one JSON object (and writes it to `--output`): every backend's numbers, the ratios to
+PyTorch, the int8 entity-F1 losses against float32, and the share of validation sentences whose float32 entities
+are exactly PyTorch's.
 
 Without `--model` the model is multilingual-e5-small with a BiLSTM + CRF head trained for `--train_steps` steps
 (encoder frozen) on the KLUE v1.1 dev-train file: a random head has no accuracy for int8 to lose.
@@ -40,7 +41,8 @@ E5 = SHARED / "encoders/multilingual-e5-small-ko"
 SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 TRAIN = SHARED / "data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv"
 VALIDATION = SHARED / "data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv"
-BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
+QUANTIZED = {"onnx_fp32": None, "onnx_int8": "int8", "onnx_int8_full": "int8-full"}
+BACKENDS = ("pytorch", *QUANTIZED)
 
 
 def trained_e5(folder: Path, steps: int, batch_size: int = 16) -> None:
@@ -139,7 +141,7 @@ def main() -> None:
             trained_e5(folders["pytorch"], args.train_steps)
         model = AutoModelForTokenClassification.from_pretrained(folders["pytorch"]).eval()
         tokenizer = AutoTokenizer.from_pretrained(folders["pytorch"])
-        for backend, quantize in (("onnx_fp32", None), ("onnx_int8", "int8")):
+        for backend, quantize in QUANTIZED.items():
             folders[backend] = export_onnx(model, tokenizer, work / backend, quantize)
         del model
         results = {backend: run_worker(backend, folders[backend], args) for backend in BACKENDS}
@@ -162,7 +164,9 @@ def main() -> None:
         "peak_memory_vs_pytorch": {
             backend: results[backend]["peak_rss_mb"] / pytorch["peak_rss_mb"] for backend in BACKENDS
         },
-        "int8_entity_f1_loss_vs_fp32": results["onnx_fp32"]["entity_f1"] - results["onnx_int8"]["entity_f1"],
+        "entity_f1_loss_vs_fp32": {
+            backend: results["onnx_fp32"]["entity_f1"] - results[backend]["entity_f1"] for backend in QUANTIZED
+        },
         "fp32_sentences_with_pytorchs_entities": sum(
             fp32 == reference for fp32, reference in zip(spans["onnx_fp32"], spans["pytorch"], strict=True)
         )

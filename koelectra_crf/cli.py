@@ -2,7 +2,7 @@
 
     koelectra-crf predict MODEL [TEXT ...] [--input FILE]       (no text and no file: one text per stdin line)
     koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
-    koelectra-crf export MODEL --output DIR [--quantize int8]     (ONNX graph for onnxruntime; the CRF runs outside)
+    koelectra-crf export MODEL --output DIR [--quantize int8|int8-full]   (ONNX graph for onnxruntime; CRF outside)
     koelectra-crf pseudo-label MODEL --input FILE --output FILE.tsv  (KLUE TSV + confidences, for self-training)
     koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR]
     koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="model folder or Hub id")
     export.add_argument("--output", type=Path, required=True, help="folder to write (graph, CRF, config, tokenizer)")
     export.add_argument(
-        "--quantize", choices=serving.QUANTIZATIONS, help="int8 weights (onnxruntime dynamic quantization)"
+        "--quantize",
+        choices=serving.QUANTIZATIONS,
+        help="int8 weights (onnxruntime dynamic quantization) but the feed-forward output projections; int8-full: all",
     )
 
     pseudo = commands.add_parser("pseudo-label", help="tag raw sentences into KLUE TSV with their confidences")

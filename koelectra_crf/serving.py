@@ -45,7 +45,7 @@ from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassification
 ONNX_FILE = "model.onnx"
 CRF_FILE = "crf.safetensors"
 EXPORT_INFO_FILE = "onnx_export.json"
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int8-full")
 QUANTIZED_OPS = ["MatMul", "Gather", "LSTM"]  # the nodes with weights: linear layers, embeddings, the BiLSTM
 ATTENTION_OPSET = 23
 INSTALL_HINT = 'pip install "koelectra-crf[serve]" (onnx, onnxruntime, onnxscript)'
@@ -148,7 +148,9 @@ def export_onnx(
 
     The model is exported in float32 evaluation mode (a copy when it is in another dtype or in training mode).
     `quantize="int8"` stores int8 weights (`onnxruntime.quantization.quantize_dynamic`: weights quantized once,
-    activations at run time), smaller and usually faster on CPU, at some accuracy (see benchmarks/onnx_speed.py).
+    activations at run time), smaller and usually faster on CPU, at some accuracy, except the encoder's
+    feed-forward output projections ([`feed_forward_outputs`]); `"int8-full"` quantizes those too, faster and
+    less accurate (docs/performance.md, benchmarks/onnx_speed.py).
     """
     try:
         import onnx
@@ -188,17 +190,18 @@ def export_onnx(
         _declare_output_shape(graph, "characters" if model.config.tag_unit == "character" else "length")
         onnx.save(graph, exported)
         target = output_dir / ONNX_FILE
-        if quantize == "int8":
+        if quantize is not None:
             from onnxruntime.quantization import QuantType, quantize_dynamic
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             prepared = Path(work, "prepared.onnx")
             quant_pre_process(exported, prepared, skip_symbolic_shape=True)
+            kept_float = [] if quantize == "int8-full" else feed_forward_outputs(onnx.load(prepared), model)
             # Weights per output channel (one scale per column keeps small columns apart from large ones). The op
             # types are named because the quantizer reads ONNX's `Attention` as onnxruntime's own contrib op and
             # writes an invalid graph; attention's products are of activations, not weights, anyway.
             quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=QUANTIZED_OPS)  # fmt: skip
+                             op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=kept_float)  # fmt: skip
         else:
             target.write_bytes(exported.read_bytes())
 
@@ -224,6 +227,21 @@ def export_onnx(
     if quantize is None and difference > 1e-3:
         raise RuntimeError(f"the exported graph's logits differ from PyTorch's by {difference:.3g} on the sample")
     return output_dir
+
+
+def feed_forward_outputs(graph, model: KoElectraCrfForTokenClassification) -> list[str]:
+    """The `MatMul` nodes of `graph` whose weight is an encoder feed-forward output projection, (intermediate size,
+    hidden size) as the exporter stores it; none when the encoder's config names no such sizes.
+
+    `quantize="int8"` keeps these in float32. They read the GELU's output, whose few large values make the one
+    int8 scale of each activation tensor too coarse for the many small ones; on the trained character-head models
+    of docs/performance.md, quantizing them too (`"int8-full"`) costs about twice as much entity F1, and keeping
+    them leaves about a third of the encoder's matrix products in float32.
+    """
+    encoder_config = model.encoder.config
+    shape = [getattr(encoder_config, "intermediate_size", None), getattr(encoder_config, "hidden_size", None)]
+    weights = {initializer.name for initializer in graph.graph.initializer if list(initializer.dims) == shape}
+    return [node.name for node in graph.graph.node if node.op_type == "MatMul" and weights & set(node.input)]
 
 
 def _forget_lstm_kernels() -> None:

@@ -108,15 +108,26 @@ def test_character_units_export_too(tmp_path):
         assert_same_output(ner(TEXTS, aggregation_strategy=strategy, batch_size=2), expected)
 
 
-def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tmp_path):
+def float_matrices_read(graph) -> list[list[int]]:
+    """The shapes of the float32 matrices that linear layers and embeddings of `graph` read."""
+    shapes = {
+        i.name: list(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+    }
+    return [shapes[name] for n in graph.node if n.op_type in ("MatMul", "Gather") for name in n.input if name in shapes]
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int8-full"])
+def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tmp_path, quantize):
     folder, reference = saved
-    main(["export", str(folder), "--output", str(tmp_path), "--quantize", "int8"])
-    assert json.loads((tmp_path / EXPORT_INFO_FILE).read_text())["quantize"] == "int8"
+    main(["export", str(folder), "--output", str(tmp_path), "--quantize", quantize])
+    assert json.loads((tmp_path / EXPORT_INFO_FILE).read_text())["quantize"] == quantize
     graph = onnx.load(tmp_path / "model.onnx").graph
     assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= {node.op_type for node in graph.node}
-    # No linear layer or embedding reads a float32 matrix any more (Gathers of int64 shape constants stay).
-    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
-    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gather") and float_weights & set(n.input)]
+    # Every linear layer and embedding reads int8 weights, but with "int8" the encoder's feed-forward output
+    # projections (intermediate size -> hidden size), one per layer.
+    encoder = reference.model.encoder.config
+    kept = [[encoder.intermediate_size, encoder.hidden_size]] * encoder.num_hidden_layers if quantize == "int8" else []
+    assert float_matrices_read(graph) == kept
     # A second export in the process keeps the length dynamic too (see serving._forget_lstm_kernels).
     assert [[axis.dim_param for axis in i.type.tensor_type.shape.dim] for i in graph.input] == [["batch", "length"]] * 3
     ner = load_onnx_pipeline(tmp_path)
