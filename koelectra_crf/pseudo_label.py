@@ -13,8 +13,8 @@ the same way and [`kept_quality`] scores, for each threshold, the sentences kept
 (`koelectra-crf pseudo-label ... --thresholds 0.5 0.9`).
 
 Streaming: raw input is read line by line and each result is written as it comes, so memory does not grow with
-the file (a labelled KLUE TSV input, read and checked by `data.read_klue_tsv`, is held whole). A sentence the TSV format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and
-counted.
+the file (a labelled KLUE TSV input, read and checked by `data.read_klue_tsv`, is held whole). A sentence the TSV
+format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and counted.
 """
 
 import json
