@@ -27,7 +27,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from koelectra_crf.data import read_klue_tsv
+from koelectra_crf.data import is_klue_tsv, read_klue_tsv
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
@@ -43,8 +43,7 @@ def detect_format(path: Path) -> str:
     """`jsonl`, `klue` or `text` for `input_format="auto"` (see the module docstring)."""
     if path.suffix == ".jsonl":
         return "jsonl"
-    with open(path, encoding="utf-8-sig") as f:
-        return "klue" if f.readline().startswith("## ") else "text"
+    return "klue" if is_klue_tsv(path) else "text"
 
 
 def read_texts(path: str | Path, input_format: str = "auto") -> list[str]:

@@ -24,7 +24,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
-from koelectra_crf.data import load_klue_split
+from koelectra_crf.data import is_klue_tsv, load_klue_split
 from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset, run_pipeline
 from koelectra_crf.threads import choose_cpu_threads
 
@@ -210,7 +210,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
-    if args.thresholds and not pseudo_label.is_klue_tsv(args.input):
+    if args.thresholds and not is_klue_tsv(args.input):
         raise SystemExit(f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file")
     counts = pseudo_label.pseudo_label(
         _load_pipeline(args.model, args.device), args.input, args.output, args.batch_size

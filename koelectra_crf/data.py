@@ -87,6 +87,12 @@ def _count_ill_formed(tags: list[str]) -> int:
     )
 
 
+def is_klue_tsv(path: str | Path) -> bool:
+    """Whether `path` looks like a KLUE NER TSV file: its first line a `## ` comment or sentence header."""
+    with open(path, encoding="utf-8-sig") as file:
+        return file.readline().startswith("## ")
+
+
 def read_klue_tsv(path: str | Path) -> list[dict]:
     """Parse a KLUE NER file in the official v1.1 TSV format.
 

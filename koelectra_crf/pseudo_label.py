@@ -26,7 +26,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.data import load_klue_ner, mark_entities, read_klue_tsv, strip_entity_marks
+from koelectra_crf.data import is_klue_tsv, load_klue_ner, mark_entities, read_klue_tsv, strip_entity_marks
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -36,12 +36,6 @@ CONFIDENCE_SUFFIX = ".confidence.jsonl"
 def confidence_path(output: Path) -> Path:
     """Where the confidences of the pseudo-labelled file `output` are written."""
     return output.with_name(output.name + CONFIDENCE_SUFFIX)
-
-
-def is_klue_tsv(path: Path) -> bool:
-    """Whether `path` is a KLUE NER TSV file (its first line a `## ` comment or sentence header)."""
-    with open(path, encoding="utf-8-sig") as file:
-        return file.readline().startswith("## ")
 
 
 def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
@@ -112,14 +106,20 @@ def pseudo_label(
 CONFIDENCES = ("sequence_probability", "min_entity_probability")
 
 
+def read_confidences(path: str | Path, confidence: str = "sequence_probability") -> dict[str, float]:
+    """Each sentence's `confidence` (a key of the `.confidence.jsonl` beside the pseudo-labelled file `path`), by
+    guid."""
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    with open(confidence_path(Path(path)), encoding="utf-8") as file:
+        return {record["guid"]: record[confidence] for record in map(json.loads, file)}
+
+
 def load_pseudo_labelled(path: str | Path, threshold: float, confidence: str = "sequence_probability") -> Dataset:
     """The sentences of a pseudo-labelled file whose `confidence` (a key of its `.confidence.jsonl`) is at least
     `threshold`, as a KLUE split (`data.load_klue_ner`'s features, `KLUE_LABELS` order)."""
-    if confidence not in CONFIDENCES:
-        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-    path = Path(path)
-    with open(confidence_path(path), encoding="utf-8") as file:
-        kept = {record["guid"] for record in map(json.loads, file) if record[confidence] >= threshold}
+    confidences = read_confidences(path, confidence)
+    kept = {guid for guid, value in confidences.items() if value >= threshold}
     split = load_klue_ner(train_file=path)["train"]
     return split.filter(lambda example: example["guid"] in kept, desc="Keeping confident pseudo-labels")
 
@@ -134,11 +134,7 @@ def kept_quality(
     (`confidence` at least the threshold, as [`load_pseudo_labelled`]) and how right their pseudo-labels are:
     KLUE metrics (`metrics.klue_ner_metrics`, spaces dropped) of the kept sentences against the tags of the same
     sentences (by guid) in `gold_file`, a labelled KLUE TSV file. Threshold 0 keeps every sentence."""
-    if confidence not in CONFIDENCES:
-        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-    pseudo_labelled = Path(pseudo_labelled)
-    with open(confidence_path(pseudo_labelled), encoding="utf-8") as file:
-        confidences = {record["guid"]: record[confidence] for record in map(json.loads, file)}
+    confidences = read_confidences(pseudo_labelled, confidence)
     gold = {sentence["guid"]: sentence for sentence in read_klue_tsv(gold_file)}
     predicted = read_klue_tsv(pseudo_labelled)
     missing = [sentence["guid"] for sentence in predicted if sentence["guid"] not in gold]
