@@ -28,6 +28,7 @@ Long texts are cut into overlapping windows of `max_length` tokens (special toke
 tokens, so every character is tagged and none is dropped.
 """
 
+import re
 import unicodedata
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -250,6 +251,9 @@ def spans_to_char_tags(length: int, spans) -> list[str]:
     return tags
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def nfc_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
     """`text` in Unicode NFC, and for each of its characters the span [start, end) of `text` it comes from.
 
@@ -259,7 +263,12 @@ def nfc_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
     are. The spans are non-empty, consecutive and cover `text`; a composed character spans the characters it was
     composed from (김 from three jamo: one span of 3). The one departure from NFC: where NFC reorders combining
     marks so that a character cannot be traced to characters of its own, that run is kept as it was.
+
+    A lone surrogate (U+D800 to U+DFFF: not a character, but a Python string can hold one, e.g. from a JSON
+    `"\\ud800"` escape) becomes U+FFFD, the replacement character, one for one: tokenizers refuse surrogates, and the
+    spans are unchanged.
     """
+    text = LONE_SURROGATE.sub("\ufffd", text)
     if unicodedata.is_normalized("NFC", text):  # nearly every text: no work beyond this check
         return text, [(i, i + 1) for i in range(len(text))]
     pieces, spans = [], []

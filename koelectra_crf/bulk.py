@@ -27,6 +27,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from koelectra_crf.alignment import LONE_SURROGATE
 from koelectra_crf.data import is_klue_tsv, read_klue_tsv
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -73,8 +74,11 @@ def read_texts(path: str | Path, input_format: str = "auto") -> list[str]:
 
 
 def output_line(text: str, entities: list[dict]) -> str:
-    """The output line of one text, newline included."""
-    return json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n"
+    """The output line of one text, newline included. Characters are written as they are, except lone surrogates
+    (which a JSONL input can hold as `\\ud800` escapes, and UTF-8 cannot): escaped the same way, so that the line
+    reads back as the input's text."""
+    line = json.dumps({"text": text, "entities": entities}, ensure_ascii=False)
+    return LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", line) + "\n"
 
 
 def resume(path: Path, texts: list[str], truncate: bool = True) -> int:

@@ -358,12 +358,15 @@ def test_an_empty_list_of_texts_is_refused_clearly(tiny_pipeline):
         tiny_pipeline([])
 
 
-def test_batches_hold_texts_of_similar_length_and_results_keep_the_callers_order(tiny_pipeline, monkeypatch):
-    """Short and long texts alternate; with batches of 2 the pipeline batches the two short ones together and the two
-    long ones together (no padding at all: each text is one window, its reverse has as many tokens), for a list and
-    for an iterator, and each result is that text's own."""
-    short, long = "김철수 서울", "서울에서 2024년 3월 1일 오전 9시에"
-    texts = [short, long, short[::-1], long[::-1]]
+def test_batches_hold_texts_of_as_many_tokens_and_results_keep_the_callers_order(tiny_pipeline, monkeypatch):
+    """Two texts of 6 tokens and two of 9 (one of each with spaces, one without; the tiny tokenizer makes a token of
+    each character): with batches of 2 the pipeline batches each pair together, with no padding at all, for a list
+    and for an iterator, and each result is that text's own. By characters the order would be 7, 9, 10, 11 and
+    both batches padded."""
+    short, long = "김철수 서울시", "서울에서 2024년"
+    spaced_short, packed_long = " ".join(short.replace(" ", "")), long.replace(" ", "")
+    assert [len(text) for text in (short, packed_long, long, spaced_short)] == [7, 9, 10, 11]
+    texts = [short, long, spaced_short, packed_long]
     expected = [tiny_pipeline(text, aggregation_strategy="simple") for text in texts]
     shapes = []
     forward = tiny_pipeline.model.forward
@@ -396,6 +399,8 @@ def test_an_unknown_aggregation_strategy_names_the_valid_ones(tiny_pipeline):
         (unicodedata.normalize("NFD", TINY_TEXT * 3), TINY_TEXT * 3),  # decomposed Hangul: composed for the model
         # NFC leaves compatibility characters alone (full-width digits, ㈜) and composes e + U+0301.
         ("㈜삼성전자 ２０２４년 김철수 cafe\u0301 李 " * 3, "㈜삼성전자 ２０２４년 김철수 café 李 " * 3),
+        # Lone surrogates (not characters; tokenizers refuse them): U+FFFD for the model, offsets unchanged.
+        ("김철수\ud800는 서울 2024년\udfff " * 3, "김철수\ufffd는 서울 2024년\ufffd " * 3),
     ],
 )
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -406,7 +411,8 @@ def test_unnormalized_text_is_tagged_as_nfc_with_offsets_into_the_input(tiny_pip
     assert len(entities) == len(expected) > 0
     for entity, reference in zip(entities, expected, strict=True):
         assert entity["word"] == text[entity["start"] : entity["end"]]
-        assert unicodedata.normalize("NFC", entity["word"]) == reference["word"]
+        word = unicodedata.normalize("NFC", entity["word"])
+        assert word.replace("\ud800", "\ufffd").replace("\udfff", "\ufffd") == reference["word"]
         moved = {"word", "start", "end"}  # everything else (tag, score, token index) is the model's, unchanged
         assert {k: v for k, v in entity.items() if k not in moved} == {
             k: v for k, v in reference.items() if k not in moved
