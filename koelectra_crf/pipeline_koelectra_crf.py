@@ -317,7 +317,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         return [len(text.token_ids) for text in encoded]
 
     def _stream_sorted(self, texts: Iterator[str], chunk_size: int, kwargs: dict) -> Iterator:
-        """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by length)."""
+        """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by tokens)."""
         while chunk := list(islice(texts, chunk_size)):
             yield from self(chunk, **kwargs)
 
