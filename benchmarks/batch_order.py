@@ -1,0 +1,80 @@
+"""How the pipeline orders texts into batches: by number of tokens (what it does) against by number of characters.
+
+    python benchmarks/batch_order.py --model outputs/study-character --threads 1
+
+One process, one loaded model (a saved folder or an ONNX export folder): `--sentences` sentences of
+klue-ner-train-sentences.tsv tagged at `--batch_size`, the two orders alternating `--repeats` times (the character
+order by swapping the pipeline's sort key in place). Prints one JSON object: sentences per second of each order in
+each round, the share of padded encoder positions that hold a token under each order, and the ratio tokens /
+characters of the best rounds.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.evaluation import load_pipeline
+from koelectra_crf.pipeline_koelectra_crf import SORTED_BATCHES, KoElectraCrfTokenClassificationPipeline
+
+SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
+BY_TOKENS = KoElectraCrfTokenClassificationPipeline._token_counts
+
+
+def by_characters(ner: KoElectraCrfTokenClassificationPipeline, texts: list) -> list[int]:
+    return [len(text) if isinstance(text, str) else 0 for text in texts]
+
+
+def filled_share(tokens: list[int], key: list[int], batch_size: int) -> float:
+    """Tokens over padded positions when each chunk of `batch_size × SORTED_BATCHES` texts is sorted by `key`."""
+    real = padded = 0
+    chunk = batch_size * SORTED_BATCHES
+    for start in range(0, len(tokens), chunk):
+        order = sorted(range(start, min(start + chunk, len(tokens))), key=key.__getitem__)
+        for first in range(0, len(order), batch_size):
+            batch = [tokens[i] for i in order[first : first + batch_size]]
+            real, padded = real + sum(batch), padded + max(batch) * len(batch)
+    return real / padded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="saved model folder or ONNX export folder")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="(default: torch's)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ner = load_pipeline(args.model, "cpu")
+    sentences = read_sentences(SENTENCES, args.sentences)
+    tokens = BY_TOKENS(ner, sentences)
+    orders = {"tokens": BY_TOKENS, "characters": by_characters}
+    rates = {name: [] for name in orders}
+    ner(sentences[: args.batch_size], batch_size=args.batch_size)  # warm up
+    for _ in range(args.repeats):
+        for name, key in orders.items():
+            ner._token_counts = key.__get__(ner)  # this pipeline object only
+            started = time.perf_counter()
+            ner(sentences, batch_size=args.batch_size, aggregation_strategy="simple")
+            rates[name].append(len(sentences) / (time.perf_counter() - started))
+    report = {
+        "model": args.model,
+        "sentences": args.sentences,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "sentences_per_second": rates,
+        "filled_share": {
+            "tokens": filled_share(tokens, tokens, args.batch_size),
+            "characters": filled_share(tokens, by_characters(ner, sentences), args.batch_size),
+        },
+        "tokens_vs_characters": max(rates["tokens"]) / max(rates["characters"]),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
