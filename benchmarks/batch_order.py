@@ -18,7 +18,7 @@ import torch
 
 from koelectra_crf.analysis.speed import read_sentences
 from koelectra_crf.evaluation import load_pipeline
-from koelectra_crf.pipeline_koelectra_crf import SORTED_BATCHES, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
 BY_TOKENS = KoElectraCrfTokenClassificationPipeline._token_counts
@@ -29,15 +29,10 @@ def by_characters(ner: KoElectraCrfTokenClassificationPipeline, texts: list) -> 
 
 
 def filled_share(tokens: list[int], key: list[int], batch_size: int) -> float:
-    """Tokens over padded positions when each chunk of `batch_size × SORTED_BATCHES` texts is sorted by `key`."""
-    real = padded = 0
-    chunk = batch_size * SORTED_BATCHES
-    for start in range(0, len(tokens), chunk):
-        order = sorted(range(start, min(start + chunk, len(tokens))), key=key.__getitem__)
-        for first in range(0, len(order), batch_size):
-            batch = [tokens[i] for i in order[first : first + batch_size]]
-            real, padded = real + sum(batch), padded + max(batch) * len(batch)
-    return real / padded
+    """Tokens over padded positions when the texts are sorted by `key` and batched, as the pipeline does a list."""
+    order = sorted(range(len(tokens)), key=key.__getitem__)
+    batches = [[tokens[i] for i in order[first : first + batch_size]] for first in range(0, len(order), batch_size)]
+    return sum(map(sum, batches)) / sum(max(batch) * len(batch) for batch in batches)
 
 
 def main() -> None:

@@ -206,7 +206,7 @@ def _predict(args: argparse.Namespace) -> None:
     for text, entities in zip(
         texts, run_pipeline(ner, texts, args.batch_size, aggregation_strategy="simple"), strict=True
     ):
-        print(json.dumps({"text": text, "entities": entities}, ensure_ascii=False))
+        print(bulk.output_line(text, entities), end="")
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:

@@ -95,16 +95,17 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path)
         predict(folder, "--input", other, "--output", stopped)
 
 
-def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes(saved, tmp_path):
+def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes(saved, tmp_path, capsys):
     """A JSON `\\ud800` escape is a lone surrogate in Python, which UTF-8 cannot hold: the output line escapes it
-    again (valid UTF-8, the input's text when read back), the entities are the pipeline's, and a rerun resumes."""
+    again (valid UTF-8, the input's text when read back), the entities are the pipeline's, a rerun resumes, and
+    printing (no `--output`) gives the same lines."""
     folder, ner = saved
     texts = ["김철수\ud800는 서울에서 2024년 3월 1일\udfff 만났다.", TEXTS[0]]
     source = tmp_path / "escaped.jsonl"
     source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
     assert "\\ud800" in source.read_text(encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    predict(folder, "--input", source, "--output", output)
+    predict(folder, "--input", source, "--output", output, "--batch_size", 1)
     written = output.read_bytes()
     lines = [json.loads(line) for line in written.decode("utf-8").splitlines()]
     assert [line["text"] for line in lines] == texts
@@ -118,6 +119,9 @@ def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes
     )
     predict(folder, "--input", source, "--output", output)
     assert output.read_bytes() == written
+    capsys.readouterr()
+    predict(folder, "--input", source, "--batch_size", 1)
+    assert capsys.readouterr().out.encode("utf-8") == written  # strict UTF-8: no raw surrogate printed
 
 
 def test_printing_without_output_reads_the_same_formats(saved, inputs, capsys):
