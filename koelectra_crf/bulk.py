@@ -9,6 +9,8 @@ input order, streamed as the pipeline produces them, resumable, and shared among
   `aggregation_strategy="simple"`.
 - Resuming: a rerun keeps the complete lines already written (after checking that their texts are the input's,
   in order), drops a line cut short, and tags the rest.
+- Memory does not grow with the file: the input is read as it is tagged (after a first pass that counts its texts
+  and checks every line, so that a bad line fails before any tagging), and the output is checked line by line.
 - Processes: under `accelerate launch --num_processes N` (on a machine without GPU add `--multi_gpu`, accelerate's
   name for its torchrun launcher: with `--cpu` it starts one process; `torchrun --nproc_per_node N` works too),
   the texts left to tag are cut into N consecutive shards; process r writes its shard to `OUTPUT.part-START-END`
@@ -20,7 +22,9 @@ input order, streamed as the pipeline produces them, resumable, and shared among
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import islice, tee
 from pathlib import Path
 
 import torch
@@ -47,30 +51,44 @@ def detect_format(path: Path) -> str:
     return "klue" if is_klue_tsv(path) else "text"
 
 
-def read_texts(path: str | Path, input_format: str = "auto") -> list[str]:
-    """The texts of an input file, in order (see the module docstring for the formats)."""
+def read_texts(path: str | Path, input_format: str = "auto") -> Iterator[str]:
+    """The texts of an input file, in order, read as they are asked for (see the module docstring for the formats).
+
+    Lines end at `\\n`, `\\r\\n` or `\\r` (not at the other characters `str.splitlines` breaks at, such as
+    U+2028, which a JSON string may hold as it is). A KLUE TSV file, a labelled file read and checked by
+    `data.read_klue_tsv`, is held whole.
+    """
     path = Path(path)
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
     if input_format == "auto":
         input_format = detect_format(path)
     if input_format == "klue":
-        return [sentence["sentence"] for sentence in read_klue_tsv(path)]
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if input_format == "text":
-        return [line for line in lines if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ValueError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
-        texts.append(record["text"])
-    return texts
+        return (sentence["sentence"] for sentence in read_klue_tsv(path))
+    return _read_lines(path, input_format)
+
+
+def _read_lines(path: Path, input_format: str) -> Iterator[str]:
+    with open(path, encoding="utf-8-sig") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip("\n")  # universal newlines: every line break reads as "\n"
+            if not line.strip():
+                continue
+            if input_format == "text":
+                yield line
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
+            yield record["text"]
+
+
+def count_texts(path: str | Path, input_format: str = "auto") -> int:
+    """How many texts `read_texts` gives, checking the whole input on the way (a bad line fails before tagging)."""
+    return sum(1 for _ in read_texts(path, input_format))
 
 
 def output_line(text: str, entities: list[dict]) -> str:
@@ -81,7 +99,16 @@ def output_line(text: str, entities: list[dict]) -> str:
     return LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", line) + "\n"
 
 
-def resume(path: Path, texts: list[str], truncate: bool = True) -> int:
+def tagged_lines(ner: KoElectraCrfTokenClassificationPipeline, texts: Iterable[str], batch_size: int) -> Iterator[str]:
+    """The output line of each of `texts`, in order, as the pipeline produces them (it reads a few batches ahead)."""
+    texts, to_tag = tee(texts)
+    # A generator makes the pipeline stream its results in order (a list would come back only once all are done).
+    results = ner((text for text in to_tag), batch_size=batch_size, aggregation_strategy="simple")
+    for text, entities in zip(texts, results, strict=True):
+        yield output_line(text, entities)
+
+
+def resume(path: Path, texts: Iterable[str], truncate: bool = True) -> int:
     """How many of `texts` the file at `path` already holds, as complete lines in order (0 when it does not exist).
 
     A last line without its newline (the run was stopped while writing it) is cut off when `truncate`; a complete
@@ -89,33 +116,41 @@ def resume(path: Path, texts: list[str], truncate: bool = True) -> int:
     """
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if truncate and len(complete) < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(complete))
-    lines = complete.decode("utf-8").splitlines()
-    if len(lines) > len(texts):
-        raise ValueError(f"{path} has {len(lines)} lines, more than the {len(texts)} texts of the input")
-    for number, (line, text) in enumerate(zip(lines, texts, strict=False), start=1):
-        if json.loads(line).get("text") != text:
-            raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
-    return len(lines)
+    texts = iter(texts)
+    done, complete = 0, 0  # lines checked, and their bytes
+    with open(path, "rb") as file:
+        for line in file:  # binary: lines end at b"\n" only, as output lines do
+            if not line.endswith(b"\n"):
+                break
+            text = next(texts, None)
+            if text is None:
+                raise ValueError(f"{path} has more lines than the {done} texts of the input")
+            if json.loads(line).get("text") != text:
+                number = done + 1
+                raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
+            done, complete = done + 1, complete + len(line)
+    if truncate and complete < path.stat().st_size:
+        with open(path, "r+b") as file:
+            file.truncate(complete)
+    return done
 
 
-def _tag(ner: KoElectraCrfTokenClassificationPipeline, texts: list[str], batch_size: int) -> Iterator[list[dict]]:
-    # A generator makes the pipeline stream its results in order (a list would come back only once all are done).
-    return ner((text for text in texts), batch_size=batch_size, aggregation_strategy="simple")
-
-
-def _write(ner, texts: list[str], path: Path, batch_size: int, description: str, show_progress: bool) -> None:
-    """Tag `texts` into `path`, resuming after the lines it already holds."""
-    done = resume(path, texts)
+def _write(
+    ner: KoElectraCrfTokenClassificationPipeline,
+    texts: Callable[[], Iterator[str]],
+    total: int,
+    path: Path,
+    batch_size: int,
+    description: str,
+    show_progress: bool,
+) -> None:
+    """Tag the `total` texts that `texts()` reads into `path`, resuming after the lines it already holds."""
+    done = resume(path, texts())
     with open(path, "a", encoding="utf-8") as f, tqdm(
-        total=len(texts), initial=done, desc=description, unit="text", disable=not show_progress
+        total=total, initial=done, desc=description, unit="text", disable=not show_progress
     ) as progress:  # fmt: skip
-        for text, entities in zip(texts[done:], _tag(ner, texts[done:], batch_size), strict=True):
-            f.write(output_line(text, entities))
+        for line in tagged_lines(ner, islice(texts(), done, None), batch_size):
+            f.write(line)
             f.flush()  # what is written is kept by a rerun: write it now
             progress.update()
 
@@ -131,19 +166,24 @@ def tag_file(
     output holds. Every process of an `accelerate launch` calls it with the same arguments."""
     state = process_state()
     output_path = Path(output_path)
-    texts = read_texts(input_path, input_format)
+    total = count_texts(input_path, input_format)
+
+    def texts(start: int = 0, end: int | None = None) -> Iterator[str]:
+        return islice(read_texts(input_path, input_format), start, end)
+
     if state.num_processes == 1:
-        _write(ner, texts, output_path, batch_size, "tagging", show_progress=True)
-        return len(texts)
+        _write(ner, texts, total, output_path, batch_size, "tagging", show_progress=True)
+        return total
 
     with state.main_process_first():  # the main process cuts a partial line before the others count lines
-        done = resume(output_path, texts, truncate=state.is_main_process)
-    left, processes = len(texts) - done, state.num_processes
+        done = resume(output_path, texts(), truncate=state.is_main_process)
+    left, processes = total - done, state.num_processes
     shards = [(done + left * r // processes, done + left * (r + 1) // processes) for r in range(processes)]
     parts = [output_path.with_name(f"{output_path.name}.part-{start}-{end}") for start, end in shards]
     start, end = shards[state.process_index]
     description = f"tagging (process 0 of {processes})"
-    _write(ner, texts[start:end], parts[state.process_index], batch_size, description, state.is_local_main_process)
+    _write(ner, partial(texts, start, end), end - start, parts[state.process_index], batch_size, description,
+           state.is_local_main_process)  # fmt: skip
     state.wait_for_everyone()
     if state.is_main_process:
         with open(output_path, "ab") as f:
@@ -154,4 +194,4 @@ def tag_file(
         for part in output_path.parent.glob(f"{output_path.name}.part-*"):
             part.unlink()
     state.wait_for_everyone()
-    return len(texts)
+    return total

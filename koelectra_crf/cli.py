@@ -20,12 +20,13 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import is_klue_tsv, load_klue_split
-from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset, run_pipeline
+from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset
 from koelectra_crf.threads import choose_cpu_threads
 
 
@@ -197,16 +198,14 @@ def _predict(args: argparse.Namespace) -> None:
         bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
         return
     if args.texts:
-        texts = args.texts
+        texts, total = args.texts, len(args.texts)
     elif args.input:
-        texts = bulk.read_texts(args.input, args.input_format)
+        texts, total = bulk.read_texts(args.input, args.input_format), bulk.count_texts(args.input, args.input_format)
     else:
-        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        texts, total = (line.rstrip("\n") for line in sys.stdin if line.strip()), None
     ner = _load_pipeline(args.model, args.device)
-    for text, entities in zip(
-        texts, run_pipeline(ner, texts, args.batch_size, aggregation_strategy="simple"), strict=True
-    ):
-        print(bulk.output_line(text, entities), end="")
+    for line in tqdm(bulk.tagged_lines(ner, texts, args.batch_size), total=total, desc="tagging", unit="text"):
+        print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:

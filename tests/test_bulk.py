@@ -6,13 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 import torch
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.bulk import read_texts, resume
+from koelectra_crf.bulk import output_line, read_texts, resume, tag_file
 from koelectra_crf.cli import main
 from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.pseudo_label import klue_block
@@ -63,7 +64,7 @@ def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_
     assert sum(map(len, expected)) > 0
     outputs = []
     for name in ("texts.txt", "texts.jsonl", "klue.tsv"):
-        assert read_texts(inputs / name) == TEXTS
+        assert list(read_texts(inputs / name)) == TEXTS
         predict(folder, "--input", inputs / name, "--output", tmp_path / f"{name}.jsonl", "--batch_size", 4)
         outputs.append((tmp_path / f"{name}.jsonl").read_bytes())
         lines = [json.loads(line) for line in outputs[-1].decode("utf-8").splitlines()]
@@ -71,7 +72,7 @@ def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_
         assert [line["entities"] for line in lines] == json.loads(json.dumps(expected))
     assert outputs[0] == outputs[1] == outputs[2]
     with pytest.raises(ValueError, match=r'texts.txt:1: expected a JSON object with a "text" string'):
-        read_texts(inputs / "texts.txt", "jsonl")
+        list(read_texts(inputs / "texts.txt", "jsonl"))
 
 
 def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path):
@@ -122,6 +123,48 @@ def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes
     capsys.readouterr()
     predict(folder, "--input", source, "--batch_size", 1)
     assert capsys.readouterr().out.encode("utf-8") == written  # strict UTF-8: no raw surrogate printed
+
+
+def test_lines_break_only_at_line_ends(saved, tmp_path):
+    """U+2028, U+2029 and U+0085 are line breaks to `str.splitlines` but characters of a text line, and a JSON string
+    may hold them unescaped: each text keeps them, gets one output line, and a rerun reads that output back."""
+    folder, ner = saved
+    texts = ["김철수는\u2028서울에서 만났다.", "삼성전자\u2029주식\x85 3개", TEXTS[0]]
+    for name, content in [
+        ("texts.txt", "\r\n".join(texts) + "\r\n"),
+        ("texts.jsonl", "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts)),
+    ]:
+        (tmp_path / name).write_text(content, encoding="utf-8", newline="")
+        assert "\u2028" in (tmp_path / name).read_text(encoding="utf-8")
+        assert list(read_texts(tmp_path / name)) == texts
+        output = tmp_path / f"{name}.out.jsonl"
+        predict(folder, "--input", tmp_path / name, "--output", output, "--batch_size", 1)
+        written = output.read_bytes()
+        assert [json.loads(line)["text"] for line in written.split(b"\n")[:-1]] == texts
+        assert resume(output, texts, truncate=False) == len(texts)
+        predict(folder, "--input", tmp_path / name, "--output", output)
+        assert output.read_bytes() == written
+
+
+def test_memory_does_not_grow_with_the_input(tmp_path):
+    """Tagging a 100,000-line file holds a few batches of it, not the file: peak Python allocations stay under a
+    tenth of what its texts take, on the first run and on a rerun that checks its output."""
+    line = "삼성전자는 3월에 서울에서 이재용 회장과 만났다."
+    source = tmp_path / "big.txt"
+    source.write_text((line + "\n") * 100_000, encoding="utf-8")
+    whole = sys.getsizeof(line) * 100_000  # the texts as a list of strings, without the list
+
+    def tag_nothing(texts, batch_size, aggregation_strategy):  # the pipeline's streaming call, minus the model
+        return ([] for _ in texts)
+
+    output = tmp_path / "big.jsonl"
+    for _ in range(2):
+        tracemalloc.start()
+        assert tag_file(tag_nothing, source, output, batch_size=8) == 100_000
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < whole / 10, (peak, whole)
+    assert output.read_text(encoding="utf-8") == output_line(line, []) * 100_000
 
 
 def test_printing_without_output_reads_the_same_formats(saved, inputs, capsys):
