@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, MIN_TRANSFORMERS
 from koelectra_crf.evaluation import evaluation_mode
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -121,6 +121,7 @@ def render_model_card(
         results_table="\n".join(f"| {name} | {results[name]:.2f} |" for name in shown if name in results),
         comparability=NOT_COMPARABLE,
         model_id=model_id,
+        min_transformers=MIN_TRANSFORMERS,
         example_text=EXAMPLE_TEXTS[0],
         examples=examples,
         training=training,

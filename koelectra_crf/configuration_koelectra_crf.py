@@ -1,7 +1,18 @@
 """Configuration of the encoder + BiLSTM + CRF token classifier (shipped to the Hub as remote code)."""
 
+import transformers
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+MIN_TRANSFORMERS = "5.20"
+"""The oldest transformers this code runs on (`SubConfigSpec` and dataclass configs); pyproject.toml agrees."""
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError as error:  # the remote code meets whatever transformers a Hub user has
+    raise ImportError(
+        f"koelectra-crf needs transformers >= {MIN_TRANSFORMERS}, found {transformers.__version__}: "
+        f'pip install -U "transformers>={MIN_TRANSFORMERS}"'
+    ) from error
 
 KLUE_LABELS = [
     "B-PS", "I-PS", "B-LC", "I-LC", "B-OG", "I-OG", "B-DT", "I-DT", "B-TI", "I-TI", "B-QT", "I-QT", "O",

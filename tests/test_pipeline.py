@@ -317,6 +317,25 @@ def test_remote_code_files_stand_alone():
     }
 
 
+def test_an_older_transformers_gets_the_version_it_needs(monkeypatch):
+    """The remote code meets whatever transformers a Hub user has: one without `SubConfigSpec` (< 5.20) is told
+    which version to install, the one pyproject.toml requires."""
+    import importlib.util
+
+    import transformers.configuration_utils
+
+    from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
+
+    requirement = re.search(r'"transformers>=([0-9.]+),', (Path(koelectra_crf.__file__).parents[1] / "pyproject.toml")
+                            .read_text(encoding="utf-8"))  # fmt: skip
+    assert requirement and requirement.group(1) == MIN_TRANSFORMERS
+    monkeypatch.delattr(transformers.configuration_utils, "SubConfigSpec")
+    path = Path(koelectra_crf.__file__).with_name("configuration_koelectra_crf.py")
+    spec = importlib.util.spec_from_file_location("configuration_koelectra_crf_standalone", path)
+    with pytest.raises(ImportError, match=re.escape(f'pip install -U "transformers>={MIN_TRANSFORMERS}"')):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
 def test_a_plain_model_save_names_no_pipeline(tmp_path):
     tiny_model(character_tokenizer(tmp_path / "tokenizer").vocab_size).save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -22,6 +22,7 @@ from transformers.trainer_utils import align_special_tokens
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, train
 from koelectra_crf.cli import main as cli_main
+from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
 from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
 from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
@@ -68,6 +69,7 @@ def test_smoke_preset_trains_and_writes_a_hub_folder(smoke_run, tmp_path):
     assert metrics["entity F1 (KLUE)"] == round(results["eval_entity_f1"], 2)
     assert metrics["character F1 (KLUE)"] == round(results["eval_char_f1"], 2)
     assert "trust_remote_code=True" in card.text
+    assert f"(transformers >= {MIN_TRANSFORMERS})" in card.text
 
     predictions = [json.loads(line) for line in (smoke_run / "predictions_validation.jsonl").read_text().splitlines()]
     assert len(predictions) == 40 and all(len(p["tags"]) == len(p["sentence"]) for p in predictions)
