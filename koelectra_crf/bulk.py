@@ -166,6 +166,7 @@ def tag_file(
     output holds. Every process of an `accelerate launch` calls it with the same arguments."""
     state = process_state()
     output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
     total = count_texts(input_path, input_format)
 
     def texts(start: int = 0, end: int | None = None) -> Iterator[str]:

@@ -87,6 +87,7 @@ def pseudo_label(
 
     # A generator makes the pipeline stream: results come back in input order, batch by batch.
     results = ner(texts(), batch_size=batch_size, aggregation_strategy="simple", return_sequence_probability=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as tsv, open(confidence_path(output), "w", encoding="utf-8") as scores:
         tsv.write("## pseudo-labelled by koelectra-crf pseudo-label\n")
         for result in tqdm(results, desc="pseudo-labelling", unit="sentence"):

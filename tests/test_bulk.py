@@ -77,7 +77,7 @@ def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_
 
 def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path):
     folder, _ = saved
-    complete = tmp_path / "complete.jsonl"
+    complete = tmp_path / "outputs" / "complete.jsonl"  # its folder is made
     predict(folder, "--input", inputs / "texts.txt", "--output", complete, "--batch_size", 1)
     reference = complete.read_bytes()
     lines = reference.splitlines(keepends=True)

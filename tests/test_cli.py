@@ -23,7 +23,7 @@ from koelectra_crf.data import (
     tokenize_and_align,
 )
 from koelectra_crf.metrics import klue_ner_metrics
-from koelectra_crf.pseudo_label import CONFIDENCES, klue_block, load_pseudo_labelled
+from koelectra_crf.pseudo_label import CONFIDENCES, confidence_path, klue_block, load_pseudo_labelled
 
 MARKED = [
     "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
@@ -241,14 +241,15 @@ def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(model_dir
     texts = [strip_entity_marks(m)[0] for m in MARKED]
     lines = [f"id-{i}\t{text}" for i, text in enumerate(texts)] + ["", texts[0], "a\tb\tc", "<서울:LC>에서"]
     (tmp_path / "raw.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    run("pseudo-label", model_dir, "--input", tmp_path / "raw.tsv", "--output", tmp_path / "pseudo.tsv",
-        "--device", "cpu", "--batch_size", 2)  # fmt: skip
-    records = read_klue_tsv(tmp_path / "pseudo.tsv")
+    pseudo = tmp_path / "pseudo" / "pseudo.tsv"  # its folder is made
+    run("pseudo-label", model_dir, "--input", tmp_path / "raw.tsv", "--output", pseudo, "--device", "cpu",
+        "--batch_size", 2)  # fmt: skip
+    records = read_klue_tsv(pseudo)
     kept = [*texts, texts[0]]  # blank line dropped; a tab inside the text, or a mark, cannot be written as KLUE TSV
     assert [r["guid"] for r in records] == [f"id-{i}" for i in range(len(texts))] + [f"line-{len(texts) + 2}"]
     assert [r["sentence"] for r in records] == kept
     expected = reference_pipeline(kept, aggregation_strategy="simple", return_sequence_probability=True)
-    confidences = [json.loads(line) for line in (tmp_path / "pseudo.tsv.confidence.jsonl").read_text().splitlines()]
+    confidences = [json.loads(line) for line in confidence_path(pseudo).read_text().splitlines()]
     for record, result, confidence in zip(records, expected, confidences, strict=True):
         spans = [(e["start"], e["end"], e["entity_group"]) for e in result["entities"]]
         assert record["ner_tags"] == spans_to_char_tags(len(record["sentence"]), spans)
@@ -261,7 +262,7 @@ def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(model_dir
     # Self-training reads it back: the sentences at or above a confidence threshold, labels as written.
     for key in CONFIDENCES:
         threshold = sorted(c[key] for c in confidences)[len(confidences) // 2]
-        kept = load_pseudo_labelled(tmp_path / "pseudo.tsv", threshold, key)
+        kept = load_pseudo_labelled(pseudo, threshold, key)
         assert kept["guid"] == [c["guid"] for c in confidences if c[key] >= threshold]
         written = [r["ner_tags"] for r, c in zip(records, confidences, strict=True) if c[key] >= threshold]
         assert [example_tag_names(example, KLUE_LABELS) for example in kept] == written
