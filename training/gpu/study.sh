@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# There, on the `device` tool's GPU machine, from the repository root, with .gpu/ made here by prepare.sh:
+#
+#   run(command="MINUTES=8 bash training/gpu/study.sh heads", carry=[".gpu"], timeout_s=600)
+#   run(command="MINUTES=8 bash training/gpu/study.sh self-training", carry=[".gpu"], timeout_s=600)
+#
+# heads (issue #12): `koelectra-crf ablation --study heads`, RUNNERS runners (default 15: every variant × seed at
+#   once, one GPU shared), each run trained until early stopping.
+# self-training (issue #13): one teacher per seed (the `character` variant), which pseudo-labels the raw KLUE
+#   sentences (and the validation split, to score the kept pseudo-labels per threshold); then one student per seed
+#   and threshold, from the pretrained encoder, on the labelled plus the kept pseudo-labelled sentences, with the
+#   teacher's recipe.
+#
+# Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
+# eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
+# summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), RUNNERS, EXTRA (training flags, default below),
+# THRESHOLDS ("0.5 0.9"), CONFIDENCE (sequence_probability), RAW_LINES (all 21,008 raw sentences).
+set -uo pipefail
+set -m  # job control: each background job in a process group of its own, so that stopping it stops its trainings
+mode=${1:?usage: study.sh heads|self-training}
+minutes=${MINUTES:-8}
+seeds=${SEEDS:-3}
+extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --learning_rate 5e-5 --disable_tqdm true"}
+deadline=$((SECONDS + minutes * 60))
+out=${OUT:-/tmp/study-out}
+work=/tmp/study
+mkdir -p "$out" "$work" /tmp/site ../shared
+
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu/wheels/*.whl || exit 1
+unzip -q -o .gpu/transformers.zip -d /tmp/site || exit 1
+tar xzf .gpu/shared.tar.gz -C ../shared || exit 1
+export PYTHONPATH=/tmp/site:$PWD OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 -c "import torch, transformers, datasets, koelectra_crf
+print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU',
+      '| transformers', transformers.__version__, '| datasets', datasets.__version__)" || exit 1
+
+config=training/configs/offline-e5-small.json
+validation=../shared/data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv
+character=$(python3 -c "from koelectra_crf.ablation import VARIANTS; print(' '.join(VARIANTS['character']))")
+
+# Wait for the background jobs, or stop them all at the deadline.
+wait_or_stop() {
+    while [ "$SECONDS" -lt "$deadline" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done
+    local job
+    for job in $(jobs -rp); do
+        echo "deadline: stopping job $job and what it started"
+        kill -TERM -- "-$job"
+    done
+    wait
+}
+
+train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its log beside it
+    local folder=$1 seed=$2; shift 2
+    mkdir -p "$folder"
+    # shellcheck disable=SC2086  # $extra and $character are lists of flags
+    python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character "$@" \
+        >"$folder.log" 2>&1
+}
+
+case $mode in
+heads)
+    for runner in $(seq "${RUNNERS:-15}"); do
+        # shellcheck disable=SC2086
+        python3 -m koelectra_crf ablation --study heads --config $config --output_dir $work/heads --seeds "$seeds" \
+            -- $extra >"$work/runner-$runner.log" 2>&1 &
+        sleep 2  # runners claim runs in turn
+    done
+    wait_or_stop
+    python3 -m koelectra_crf ablation --study heads --output_dir $work/heads --seeds "$seeds" --report
+    ;;
+self-training)
+    raw=$work/raw.tsv
+    head -n "${RAW_LINES:--0}" ../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv >"$raw"
+    for seed in $(seq 0 $((seeds - 1))); do
+        (
+            train $work/teacher-s$seed "$seed" || exit 1
+            for input in "$validation" "$raw"; do
+                name=$(basename "$input" .tsv)
+                thresholds=()
+                [ "$input" = "$validation" ] && thresholds=(--thresholds 0 ${THRESHOLDS:-0.5 0.9})
+                python3 -m koelectra_crf pseudo-label $work/teacher-s$seed --input "$input" --batch_size 64 \
+                    --output $work/pseudo-s$seed/$name.tsv --confidence "${CONFIDENCE:-sequence_probability}" \
+                    "${thresholds[@]}" >"$work/pseudo-s$seed-$name.log" 2>&1 || exit 1
+            done
+            for threshold in ${THRESHOLDS:-0.5 0.9}; do
+                train $work/student-$threshold-s$seed "$seed" --pseudo_label_file $work/pseudo-s$seed/raw.tsv \
+                    --pseudo_label_threshold "$threshold" \
+                    --pseudo_label_confidence "${CONFIDENCE:-sequence_probability}" &
+            done
+            wait
+        ) &
+    done
+    wait_or_stop
+    ;;
+*) echo "unknown study $mode: heads or self-training" && exit 2 ;;
+esac
+
+# One line per run: the best entity F1 of its evaluations so far, and how many there were.
+find $work -name trainer_state.json | sort | python3 -c "
+import json, sys
+best = {}
+for path in sys.stdin.read().split():
+    run = path.removesuffix('/trainer_state.json').split('/checkpoint-')[0].removeprefix('$work/')
+    scores = [e['eval_entity_f1'] for e in json.load(open(path))['log_history'] if 'eval_entity_f1' in e]
+    best[run] = max(best.get(run, (0, 0)), (max(scores, default=0), len(scores)))
+for run, (score, evaluations) in sorted(best.items()):
+    print(f'{run}: best entity F1 {score:.2f} after {evaluations} evaluations')"
+tar czf "$out/results.tar.gz" -C $work --exclude="*.safetensors" --exclude="*.pt" --exclude="*.pth" \
+    --exclude="*.bin" --exclude="raw.tsv" --exclude="pseudo-s*/raw.tsv" --exclude="tokenizer*" .
+ls -la "$out"
