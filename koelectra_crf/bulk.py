@@ -32,7 +32,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import LONE_SURROGATE
-from koelectra_crf.data import is_klue_tsv, read_klue_tsv
+from koelectra_crf.data import is_klue_tsv, read_klue_tsv, utf8_required
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
@@ -69,7 +69,7 @@ def read_texts(path: str | Path, input_format: str = "auto") -> Iterator[str]:
 
 
 def _read_lines(path: Path, input_format: str) -> Iterator[str]:
-    with open(path, encoding="utf-8-sig") as file:
+    with open(path, encoding="utf-8-sig") as file, utf8_required(path):
         for number, line in enumerate(file, start=1):
             line = line.rstrip("\n")  # universal newlines: every line break reads as "\n"
             if not line.strip():

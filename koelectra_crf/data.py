@@ -9,6 +9,7 @@ different label orders (KLUE-baseline's in the TSV path, the Hub's alphabetical 
 import re
 import unicodedata
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,23 @@ def _count_ill_formed(tags: list[str]) -> int:
 
 def is_klue_tsv(path: str | Path) -> bool:
     """Whether `path` looks like a KLUE NER TSV file: its first line a `## ` comment or sentence header."""
-    with open(path, encoding="utf-8-sig") as file:
+    with open(path, encoding="utf-8-sig") as file, utf8_required(path):
         return file.readline().startswith("## ")
+
+
+def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(guid, sentence) of every non-blank line, read as they are asked for: `<id>\\t<sentence>` (the raw KLUE file
+    `klue-ner-train-sentences.tsv`), or a sentence (guid `line-<number>`); or of every sentence of a KLUE TSV file."""
+    if is_klue_tsv(path):
+        yield from ((sentence["guid"], sentence["sentence"]) for sentence in read_klue_tsv(path))
+        return
+    with open(path, encoding="utf-8-sig") as file, utf8_required(path):
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip("\n")
+            guid, tab, sentence = line.partition("\t")
+            guid, sentence = (guid, sentence) if tab else (f"line-{number}", line)
+            if sentence.strip():
+                yield guid, sentence
 
 
 def read_klue_tsv(path: str | Path) -> list[dict]:
@@ -133,7 +149,7 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
         sentence_tags = [tags[start] for start, _ in spans]
         sentences.append({"guid": guid, "sentence": text, "tokens": list(text), "ner_tags": sentence_tags})
 
-    with open(path, encoding="utf-8-sig") as f, _utf8_required(path):
+    with open(path, encoding="utf-8-sig") as f, utf8_required(path, KlueFormatError):
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\n")  # only the newline: a trailing space may be a character or text
             if line == "" or line.startswith(_HEADER_PREFIX):
@@ -185,19 +201,20 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
 
 
 @contextmanager
-def _utf8_required(path: str | Path):
-    """Turn a decoding error while reading `path` into a [`KlueFormatError`] that names the file and line."""
+def utf8_required(path: str | Path, error: type[ValueError] = ValueError):
+    """Turn a decoding error while reading the text file `path` into an `error` that names the file and line and
+    says how to convert it (Korean text often comes in CP949)."""
     try:
         yield
     except UnicodeDecodeError:
         raw = Path(path).read_bytes()
         try:  # the reader decodes in blocks: find the first bad byte and its line in the whole file
             raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line_no = raw[: error.start].count(b"\n") + 1
-            raise KlueFormatError(
-                f"{path}:{line_no}: not UTF-8 (byte {raw[error.start]:#04x}); KLUE NER files must be UTF-8, "
-                "convert it first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
+        except UnicodeDecodeError as error_at:
+            line_no = raw[: error_at.start].count(b"\n") + 1
+            raise error(
+                f"{path}:{line_no}: not UTF-8 (byte {raw[error_at.start]:#04x}); the file must be UTF-8, convert it "
+                "first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
             ) from None
         raise
 

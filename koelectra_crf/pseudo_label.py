@@ -26,7 +26,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.data import is_klue_tsv, load_klue_ner, mark_entities, read_klue_tsv, strip_entity_marks
+from koelectra_crf.data import load_klue_ner, mark_entities, read_klue_tsv, read_sentences, strip_entity_marks
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -36,21 +36,6 @@ CONFIDENCE_SUFFIX = ".confidence.jsonl"
 def confidence_path(output: Path) -> Path:
     """Where the confidences of the pseudo-labelled file `output` are written."""
     return output.with_name(output.name + CONFIDENCE_SUFFIX)
-
-
-def read_sentences(path: Path) -> Iterator[tuple[str, str]]:
-    """(guid, sentence) of every non-blank line: `<id>\\t<sentence>`, or a sentence (guid `line-<number>`); or of
-    every sentence of a KLUE TSV file."""
-    if is_klue_tsv(path):
-        yield from ((sentence["guid"], sentence["sentence"]) for sentence in read_klue_tsv(path))
-        return
-    with open(path, encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
-            line = line.rstrip("\r\n")
-            guid, tab, sentence = line.partition("\t")
-            guid, sentence = (guid, sentence) if tab else (f"line-{number}", line)
-            if sentence.strip():
-                yield guid, sentence
 
 
 def klue_block(guid: str, text: str, spans: list[tuple[int, int, str]]) -> str:

@@ -11,6 +11,8 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from tiny import character_tokenizer, tiny_model
 from transformers import DataCollatorForTokenClassification
 
+from koelectra_crf import bulk
+from koelectra_crf.analysis import speed
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
@@ -20,6 +22,7 @@ from koelectra_crf.data import (
     load_klue_ner,
     normalize_hub_split,
     read_klue_tsv,
+    read_sentences,
     strip_entity_marks,
     tags_to_ids,
     tokenize_and_align,
@@ -235,6 +238,31 @@ def test_a_file_that_is_not_utf8_is_refused_by_name_and_line(tmp_path):
     path.write_bytes(("## g1\tAB\nA\tO\nB\tO\n\n" * 3000 + "## g2\t씨\n씨\tO\n").encode("cp949"))  # past a read block
     with pytest.raises(KlueFormatError, match=re.escape(f"{path}:12001: not UTF-8") + ".*must be UTF-8"):
         read_klue_tsv(path)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda path: list(bulk.read_texts(path)),  # `predict --input`: auto-detected format
+        lambda path: list(bulk.read_texts(path, "text")),
+        lambda path: list(bulk.read_texts(path, "jsonl")),
+        lambda path: list(read_sentences(path)),  # `pseudo-label --input`
+        lambda path: speed.read_sentences(path),  # `benchmark --input`
+    ],
+    ids=["predict-auto", "predict-text", "predict-jsonl", "pseudo-label", "benchmark"],
+)
+@pytest.mark.parametrize(
+    "content, line",
+    [(b'{"text": "ok"}\n' + '{"text": "서울에서 만났다"}\n'.encode("cp949"), 2), ("김철수\n".encode("cp949"), 1)],
+    ids=["second-line", "first-line"],
+)
+def test_every_text_input_that_is_not_utf8_is_refused_by_name_and_line(tmp_path, read, content, line):
+    """A CP949 file (Korean text often comes so) fails with the file, the line of its first non-UTF-8 byte and how
+    to convert it, wherever the project reads user text."""
+    path = tmp_path / "cp949.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: not UTF-8") + ".*iconv -f cp949 -t utf-8"):
+        read(path)
 
 
 def nfd(text: str) -> str:
