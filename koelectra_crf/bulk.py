@@ -125,8 +125,12 @@ def resume(path: Path, texts: Iterable[str], truncate: bool = True) -> int:
             text = next(texts, None)
             if text is None:
                 raise ValueError(f"{path} has more lines than the {done} texts of the input")
-            if json.loads(line).get("text") != text:
-                number = done + 1
+            number = done + 1
+            try:
+                written = json.loads(line)["text"]
+            except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, or no text field
+                raise ValueError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?") from None
+            if written != text:
                 raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
             done, complete = done + 1, complete + len(line)
     if truncate and complete < path.stat().st_size:

@@ -207,15 +207,17 @@ def utf8_required(path: str | Path, error: type[ValueError] = ValueError):
     try:
         yield
     except UnicodeDecodeError:
-        raw = Path(path).read_bytes()
-        try:  # the reader decodes in blocks: find the first bad byte and its line in the whole file
-            raw.decode("utf-8")
-        except UnicodeDecodeError as error_at:
-            line_no = raw[: error_at.start].count(b"\n") + 1
-            raise error(
-                f"{path}:{line_no}: not UTF-8 (byte {raw[error_at.start]:#04x}); the file must be UTF-8, convert it "
-                "first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
-            ) from None
+        # The reader decodes in blocks: find the first bad line. A line break never falls inside a UTF-8 character,
+        # so lines decode on their own.
+        with open(path, "rb") as file:
+            for line_no, line in enumerate(file, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    raise error(
+                        f"{path}:{line_no}: not UTF-8 (byte {line[bad.start]:#04x}); the file must be UTF-8, convert "
+                        "it first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
+                    ) from None
         raise
 
 
