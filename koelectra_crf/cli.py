@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="ONNX graph (encoder + BiLSTM + emissions) for onnxruntime")
     export.add_argument("model", help="model folder or Hub id")
-    export.add_argument("--output", type=Path, required=True, help="folder to write (graph, CRF, config, tokenizer)")
+    export.add_argument(
+        "--output", type=Path, required=True,
+        help="folder to write (graph, CRF, config, tokenizer): new, empty, or an earlier export to replace",
+    )  # fmt: skip
     export.add_argument(
         "--quantize",
         choices=serving.QUANTIZATIONS,

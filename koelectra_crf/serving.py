@@ -151,6 +151,8 @@ def export_onnx(
     activations at run time), smaller and usually faster on CPU, at some accuracy, except the encoder's
     feed-forward output projections ([`feed_forward_outputs`]); `"int8-full"` quantizes those too, faster and
     less accurate (docs/performance.md, benchmarks/onnx_speed.py).
+
+    `output_dir` must be new, empty, or an earlier export (which is replaced); anything else is refused.
     """
     try:
         import onnx
@@ -159,9 +161,14 @@ def export_onnx(
         raise ImportError(f"ONNX export needs {INSTALL_HINT}") from error
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_onnx_folder(output_dir):
+        raise ValueError(
+            f"{output_dir} is not empty and holds no earlier export: an export writes config.json and the tokenizer, "
+            "which would replace a model folder's own; choose a new or empty folder"
+        )
     if model.training or any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float().eval()
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = sample_inputs(model, tokenizer)
     axes = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}

@@ -137,6 +137,22 @@ def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tm
         export_onnx(reference.model, reference.tokenizer, tmp_path / "other", quantize="int4")
 
 
+def test_an_export_replaces_an_export_and_nothing_else(saved, tmp_path):
+    folder, reference = saved
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text("{}")
+    for target in (folder, tmp_path / "notes"):  # the model's own folder; a folder of other files
+        with pytest.raises(ValueError, match="is not empty and holds no earlier export"):
+            main(["export", str(folder), "--output", str(target)])
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+    assert (tmp_path / "notes" / "config.json").read_text() == "{}"
+    main(["export", str(folder), "--output", str(tmp_path / "onnx"), "--quantize", "int8"])
+    main(["export", str(folder), "--output", str(tmp_path / "onnx")])  # an earlier export: replaced
+    assert json.loads((tmp_path / "onnx" / EXPORT_INFO_FILE).read_text())["quantize"] is None
+    assert_same_output(load_onnx_pipeline(tmp_path / "onnx")(TEXTS), reference(TEXTS))
+
+
 NO_TRAINING_PACKAGES = """
 import json, sys
 for name in ("datasets", "accelerate", "evaluate", "seqeval", "sklearn", "matplotlib", "koelectra_crf.data"):
