@@ -31,6 +31,8 @@ from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 CONFIDENCE_SUFFIX = ".confidence.jsonl"
+HEADER = "## pseudo-labelled by koelectra-crf pseudo-label\n"
+"""The first line of every pseudo-labelled file: what a new run may write over."""
 
 
 def confidence_path(output: Path) -> Path:
@@ -54,6 +56,17 @@ def _representable(text: str) -> bool:
     return not any(char in text for char in "\t\n\r") and strip_entity_marks(text)[0] == text
 
 
+def _check_output(input_path: Path, output: Path) -> None:
+    """Refuse to write over the input or over a file that is not an earlier pseudo-labelled file (a labelled KLUE
+    file, say): replacing it would lose it."""
+    if output.exists() and output.resolve() == input_path.resolve():
+        raise ValueError(f"--output {output} is the input file: choose another --output")
+    if output.exists():
+        with open(output, encoding="utf-8", errors="replace") as file:
+            if file.readline() != HEADER:
+                raise ValueError(f"--output {output} exists and is not a pseudo-labelled file: choose another --output")
+
+
 def pseudo_label(
     ner: KoElectraCrfTokenClassificationPipeline, input_path: Path, output: Path, batch_size: int = 8
 ) -> dict[str, int]:
@@ -71,10 +84,11 @@ def pseudo_label(
             yield text
 
     # A generator makes the pipeline stream: results come back in input order, batch by batch.
+    _check_output(Path(input_path), Path(output))
     results = ner(texts(), batch_size=batch_size, aggregation_strategy="simple", return_sequence_probability=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as tsv, open(confidence_path(output), "w", encoding="utf-8") as scores:
-        tsv.write("## pseudo-labelled by koelectra-crf pseudo-label\n")
+        tsv.write(HEADER)
         for result in tqdm(results, desc="pseudo-labelling", unit="sentence"):
             guid, text = pending.popleft()
             entities = result["entities"]

@@ -237,13 +237,24 @@ def test_pseudo_labels_of_a_labelled_file_are_scored_where_each_threshold_keeps_
               str(tmp_path / "raw.tsv"), "--thresholds", "0.5"])  # fmt: skip
 
 
-def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(model_dir, reference_pipeline, tmp_path):
+def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(
+    model_dir, klue_file, reference_pipeline, tmp_path
+):
     texts = [strip_entity_marks(m)[0] for m in MARKED]
     lines = [f"id-{i}\t{text}" for i, text in enumerate(texts)] + ["", texts[0], "a\tb\tc", "<서울:LC>에서"]
     (tmp_path / "raw.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     pseudo = tmp_path / "pseudo" / "pseudo.tsv"  # its folder is made
     run("pseudo-label", model_dir, "--input", tmp_path / "raw.tsv", "--output", pseudo, "--device", "cpu",
         "--batch_size", 2)  # fmt: skip
+    first = pseudo.read_bytes()
+    run("pseudo-label", model_dir, "--input", tmp_path / "raw.tsv", "--output", pseudo, "--device", "cpu")
+    assert pseudo.read_bytes() == first  # an earlier pseudo-labelled file is replaced
+    gold = tmp_path / "gold.tsv"  # anything else is not, nor the input
+    gold.write_bytes(klue_file.read_bytes())
+    for source, refusal in ((tmp_path / "raw.tsv", "exists and is not a pseudo-labelled file"), (gold, "is the input")):
+        with pytest.raises(ValueError, match=refusal):
+            main(["pseudo-label", str(model_dir), "--input", str(source), "--output", str(gold), "--device", "cpu"])
+    assert gold.read_bytes() == klue_file.read_bytes()
     records = read_klue_tsv(pseudo)
     kept = [*texts, texts[0]]  # blank line dropped; a tab inside the text, or a mark, cannot be written as KLUE TSV
     assert [r["guid"] for r in records] == [f"id-{i}" for i in range(len(texts))] + [f"line-{len(texts) + 2}"]
