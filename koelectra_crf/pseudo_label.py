@@ -6,7 +6,7 @@ is a KLUE v1.1 TSV file (`data.read_klue_tsv` and `load_klue_ner` read it) of th
 `<output>.confidence.jsonl`: one line per sentence with its `guid`, the CRF's probability of the whole predicted
 tag sequence (`sequence_probability`) and of its least likely entity (`min_entity_probability`, 1 without
 entities). Self-training (`--pseudo_label_file` in `koelectra_crf.train`) keeps the sentences above a threshold
-of one of them.
+of one of them. The output may replace an earlier pseudo-labelled file, never the input or any other file.
 
 How good the kept pseudo-labels are, before training on them: pseudo-label a labelled file (the validation split)
 the same way and [`kept_quality`] scores, for each threshold, the sentences kept against their gold tags
