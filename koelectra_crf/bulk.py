@@ -127,10 +127,12 @@ def resume(path: Path, texts: Iterable[str], truncate: bool = True) -> int:
                 raise ValueError(f"{path} has more lines than the {done} texts of the input")
             number = done + 1
             try:
-                written = json.loads(line)["text"]
-            except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, or no text field
-                raise ValueError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?") from None
-            if written != text:
+                record = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                record = None
+            if not isinstance(record, dict) or not {"text", "entities"} <= record.keys():
+                raise ValueError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?")
+            if record["text"] != text:
                 raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
             done, complete = done + 1, complete + len(line)
     if truncate and complete < path.stat().st_size:
@@ -170,6 +172,8 @@ def tag_file(
     output holds. Every process of an `accelerate launch` calls it with the same arguments."""
     state = process_state()
     output_path = Path(output_path)
+    if output_path.exists() and output_path.samefile(input_path):
+        raise ValueError(f"--output {output_path} is the input file: choose another --output")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     total = count_texts(input_path, input_format)
 

@@ -94,8 +94,12 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path)
     other.write_text("\n".join(reversed(TEXTS)) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="another input's output"):
         predict(folder, "--input", other, "--output", stopped)
-    notes = tmp_path / "notes.txt"  # not an output of predict: refused, left as it was
-    for content in (b"my notes\n", b'["a list"]\n', b"\xff\n"):
+    jsonl = (inputs / "texts.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="is the input file"):
+        predict(folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl")
+    assert (inputs / "texts.jsonl").read_bytes() == jsonl
+    notes = tmp_path / "notes.txt"  # not an output of predict (a copy of the JSONL input, say): refused, left as it was
+    for content in (b"my notes\n", b'["a list"]\n', b"\xff\n", jsonl):
         notes.write_bytes(content + b"half a line")
         with pytest.raises(ValueError, match=rf"{notes}:1: not an output line .*another file\?"):
             predict(folder, "--input", inputs / "texts.txt", "--output", notes)
