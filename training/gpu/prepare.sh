@@ -16,7 +16,8 @@ set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 shared=$(realpath "${1:-$root/../shared}")
 cd "$root"
-grep -qxF "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >>.git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")" && { grep -qxF "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >>"$exclude"; }
 rm -rf .gpu && mkdir -p .gpu/wheels
 work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 
