@@ -22,6 +22,7 @@ from koelectra_crf import (
     KoElectraCrfForTokenClassification,
     KoElectraCrfTokenClassificationPipeline,
 )
+from koelectra_crf.analysis.speed import read_sentences
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 E5 = SHARED / "encoders/multilingual-e5-small-ko"
@@ -69,8 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--random_encoder", action="store_true")
     args = parser.parse_args()
-    lines = SENTENCES.read_text(encoding="utf-8").splitlines()[: args.sentences]
-    texts = [line.split("\t", 1)[1] for line in lines]
+    texts = read_sentences(SENTENCES, args.sentences)
     tokenizer = AutoTokenizer.from_pretrained(E5)
     device = 0 if torch.cuda.is_available() else -1
 

@@ -18,8 +18,8 @@ format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and cou
 """
 
 import json
-from collections import deque
 from collections.abc import Iterator
+from itertools import tee
 from pathlib import Path
 
 from datasets import Dataset
@@ -59,7 +59,7 @@ def _representable(text: str) -> bool:
 def _check_output(input_path: Path, output: Path) -> None:
     """Refuse to write over the input or over a file that is not an earlier pseudo-labelled file (a labelled KLUE
     file, say): replacing it would lose it."""
-    if output.exists() and output.resolve() == input_path.resolve():
+    if output.exists() and output.samefile(input_path):
         raise ValueError(f"--output {output} is the input file: choose another --output")
     if output.exists():
         with open(output, encoding="utf-8", errors="replace") as file:
@@ -72,25 +72,25 @@ def pseudo_label(
 ) -> dict[str, int]:
     """Write the pseudo-labelled TSV `output` and its confidences (`confidence_path(output)`); return how many
     sentences were written and skipped."""
-    counts = {"written": 0, "skipped": 0}
-    pending: deque[tuple[str, str]] = deque()  # read by the pipeline, result not written yet (a few batches)
-
-    def texts() -> Iterator[str]:
-        for guid, text in read_sentences(input_path):
-            if not _representable(text):
-                counts["skipped"] += 1
-                continue
-            pending.append((guid, text))
-            yield text
-
-    # A generator makes the pipeline stream: results come back in input order, batch by batch.
     _check_output(Path(input_path), Path(output))
-    results = ner(texts(), batch_size=batch_size, aggregation_strategy="simple", return_sequence_probability=True)
+    counts = {"written": 0, "skipped": 0}
+
+    def representable() -> Iterator[tuple[str, str]]:
+        for guid, text in read_sentences(input_path):
+            if _representable(text):
+                yield guid, text
+            else:
+                counts["skipped"] += 1
+
+    sentences, to_tag = tee(representable())
+    # A generator makes the pipeline stream: results come back in input order, batch by batch.
+    results = ner((text for _, text in to_tag), batch_size=batch_size, aggregation_strategy="simple",
+                  return_sequence_probability=True)  # fmt: skip
+    results = tqdm(results, desc="pseudo-labelling", unit="sentence")
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as tsv, open(confidence_path(output), "w", encoding="utf-8") as scores:
         tsv.write(HEADER)
-        for result in tqdm(results, desc="pseudo-labelling", unit="sentence"):
-            guid, text = pending.popleft()
+        for (guid, text), result in zip(sentences, results, strict=True):
             entities = result["entities"]
             tsv.write(klue_block(guid, text, [(e["start"], e["end"], e["entity_group"]) for e in entities]))
             record = {
