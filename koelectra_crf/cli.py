@@ -200,14 +200,17 @@ def _predict(args: argparse.Namespace) -> None:
         ner = _load_pipeline(args.model, device, state.num_processes)
         bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
         return
+    batch_size = args.batch_size
     if args.texts:
         texts, total = args.texts, len(args.texts)
     elif args.input:
         texts, total = bulk.read_texts(args.input, args.input_format), bulk.count_texts(args.input, args.input_format)
     else:
         texts, total = (line.rstrip("\n") for line in sys.stdin if line.strip()), None
+        if sys.stdin.isatty():  # typed in: answer each text as it is entered, not once a batch of them is
+            batch_size = 1
     ner = _load_pipeline(args.model, args.device)
-    for line in tqdm(bulk.tagged_lines(ner, texts, args.batch_size), total=total, desc="tagging", unit="text"):
+    for line in tqdm(bulk.tagged_lines(ner, texts, batch_size), total=total, desc="tagging", unit="text"):
         print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
 
 

@@ -2,6 +2,11 @@
 
 import io
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -118,6 +123,27 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts)))
     run("predict", model_dir, "--device", "cpu")
     check(capsys.readouterr().out)
+
+
+def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline):
+    """A text typed at a terminal is tagged as soon as its line is entered, not once a batch of texts has come."""
+    texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
+    terminal, stdin = pty.openpty()
+    command = [sys.executable, "-m", "koelectra_crf", "predict", str(model_dir), "--device", "cpu", "--batch_size", "8"]
+    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    os.close(stdin)
+    try:
+        for text, entities in zip(texts, reference_pipeline(texts, aggregation_strategy="simple"), strict=True):
+            os.write(terminal, text.encode() + b"\n")
+            assert select.select([process.stdout], [], [], 120)[0], f"no answer to {text!r} before the next line"
+            line = json.loads(process.stdout.readline())
+            assert line["text"] == text
+            assert [e["word"] for e in line["entities"]] == [e["word"] for e in entities]
+        os.write(terminal, b"\x04")  # end of input, as Ctrl-D
+        assert process.wait(timeout=60) == 0 and process.stdout.read() == b""
+    finally:
+        process.kill()
+        os.close(terminal)
 
 
 def test_errors_writes_categories_and_examples(model_dir, klue_file, tmp_path):
