@@ -221,11 +221,13 @@ def status_table(output_dir: Path, seeds: int = 3, study: Study = ABLATION) -> s
 
 def read_run_results(folder: Path) -> dict[str, float]:
     """A finished run's metrics, as `koelectra_crf.train` writes them: `eval_results.json` without the Trainer's `eval_`
-    prefix (`entity_f1`, `char_f1`, `PS_f1`, ...) and `train_runtime` (seconds) from `train_results.json`."""
+    prefix (`entity_f1`, `char_f1`, `PS_f1`, ...), and from `train_results.json` `train_runtime` (seconds) and
+    `epochs` (trained: fewer than asked for where early stopping ended the run)."""
     results = json.loads((folder / RESULTS_FILE).read_text())
     train_results = json.loads((folder / TRAIN_RESULTS_FILE).read_text())
     return {key.removeprefix("eval_"): value for key, value in results.items()} | {
-        "train_runtime": train_results["train_runtime"]
+        "train_runtime": train_results["train_runtime"],
+        "epochs": train_results["epoch"],
     }
 
 
@@ -262,21 +264,26 @@ def difference(values: list[float], reference: list[float]) -> tuple[float, floa
 
 
 def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
-    """Markdown: mean ± std over seeds of entity F1, char F1, per-type F1 and training time per variant, then the
-    entity F1 differences of the study's comparisons with their standard errors."""
+    """Markdown: mean ± std over seeds of entity F1, char F1, per-type F1, epochs trained and training time per
+    epoch (a variant's cost, comparable where runs stopped early at different epochs) per variant, then the entity
+    F1 differences of the study's comparisons with their standard errors."""
     results = collect_results(output_dir, study)
     metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in ENTITY_TYPES)]
     lines = [
         f"# Ablation ({output_dir})",
         "",
-        "Mean ± sample standard deviation over seeds. F1 × 100; train time in minutes.",
+        "Mean ± sample standard deviation over seeds. F1 × 100; epochs trained (early stopping may end a run before "
+        "its last); train time per epoch in minutes.",
         "",
-        "| variant | runs | entity F1 | char F1 | " + " | ".join(f"{t} F1" for t in ENTITY_TYPES) + " | train time |",
-        "|---|---:|" + "---:|" * (len(metrics) + 1),
+        "| variant | runs | entity F1 | char F1 | "
+        + " | ".join(f"{t} F1" for t in ENTITY_TYPES)
+        + " | epochs | min / epoch |",
+        "|---|---:|" + "---:|" * (len(metrics) + 2),
     ]
     for variant, runs in results.items():
         cells = [_cell([run[m] for run in runs]) for m in metrics] + [
-            _cell([run["train_runtime"] / 60 for run in runs])
+            _cell([run["epochs"] for run in runs]),
+            _cell([run["train_runtime"] / 60 / run["epochs"] for run in runs]),
         ]
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += [
@@ -297,7 +304,7 @@ def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
         delta, se = difference([r["entity_f1"] for r in results[variant]], [r["entity_f1"] for r in results[reference]])
         verdict = "no spread (one run)" if se is None else ("yes" if abs(delta) > 2 * se else "no")
         lines.append(f"| {variant} | {reference} | {delta:+.2f} | {'–' if se is None else f'{se:.2f}'} | {verdict} |")
-    lines += ["", "A resumed run's train time counts only the part after resuming."]
+    lines += ["", "A resumed run's time per epoch reads low: its train time counts only the part after resuming."]
     return "\n".join(lines) + "\n"
 
 

@@ -55,7 +55,7 @@ class FakeTrainer:
         (folder / "checkpoint-20").mkdir()
         f1 = 80.0 + list(VARIANTS).index(variant) + seed
         (folder / "eval_results.json").write_text(json.dumps({"eval_entity_f1": f1, "eval_char_f1": f1 + 10}))
-        (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60.0 * (seed + 1)}))
+        (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60.0 * (seed + 1), "epoch": 2.0}))
         return 0
 
 
@@ -188,18 +188,20 @@ def test_status_reads_done_running_and_missing(tmp_path, capsys):
     assert len(rows) == len(set(rows)) == 2 + 2 * len(VARIANTS)  # header, separator, variant × seed
 
 
-def write_run(folder: Path, entity_f1: float, char_f1: float, minutes: float) -> None:
+def write_run(folder: Path, entity_f1: float, char_f1: float, minutes: float, epochs: float = 5.0) -> None:
     folder.mkdir(parents=True)
     results = {"eval_entity_f1": entity_f1, "eval_char_f1": char_f1, "eval_loss": 1.0}
     results |= {f"eval_{t}_f1": entity_f1 - k for k, t in enumerate(["PS", "LC", "OG", "DT", "TI", "QT"])}
     (folder / "eval_results.json").write_text(json.dumps(results))
-    (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60 * minutes, "train_loss": 0.5}))
+    train_results = {"train_runtime": 60 * minutes, "train_loss": 0.5, "epoch": epochs}
+    (folder / "train_results.json").write_text(json.dumps(train_results))
 
 
 def test_report_reads_the_results_directory(tmp_path, capsys):
     output_dir = tmp_path / "out"
-    for seed, (f1, minutes) in enumerate([(80.0, 10.0), (81.0, 11.0), (82.0, 12.0)]):
-        write_run(output_dir / "baseline" / f"seed-{seed}", f1, 90.0 + seed, minutes)
+    # Early stopping ended the runs after 4, 5 and 6 epochs: 2.5, 2.0 and 2.0 minutes an epoch.
+    for seed, (f1, minutes, epochs) in enumerate([(80.0, 10.0, 4.0), (81.0, 10.0, 5.0), (82.0, 12.0, 6.0)]):
+        write_run(output_dir / "baseline" / f"seed-{seed}", f1, 90.0 + seed, minutes, epochs)
     for seed, f1 in enumerate([84.0, 84.5, 85.0]):
         write_run(output_dir / "+bilstm" / f"seed-{seed}", f1, 95.0, 20.0)
     for seed, f1 in enumerate([86.0, 85.0, 87.0]):
@@ -213,9 +215,10 @@ def test_report_reads_the_results_directory(tmp_path, capsys):
     summary = report.split("## Entity F1 differences")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in summary.splitlines()
             if line.startswith("| ") and not line.startswith("| variant")}  # fmt: skip
-    # runs, entity F1, char F1, PS..QT F1, train time (minutes)
-    assert rows["baseline"] == ["3", "81.00 ± 1.00", "91.00 ± 1.00", "81.00 ± 1.00", "80.00 ± 1.00", "79.00 ± 1.00",
-                                "78.00 ± 1.00", "77.00 ± 1.00", "76.00 ± 1.00", "11.00 ± 1.00"]  # fmt: skip
+    # runs, entity F1, char F1, PS..QT F1, epochs, minutes per epoch (mean 2.1667, std sqrt(0.0833) = 0.2887)
+    assert rows["baseline"] == ["3", "81.00 ± 1.00", "91.00 ± 1.00", "81.00 ± 1.00", "80.00 ± 1.00",
+                                "79.00 ± 1.00", "78.00 ± 1.00", "77.00 ± 1.00", "76.00 ± 1.00", "5.00 ± 1.00",
+                                "2.17 ± 0.29"]  # fmt: skip
     assert rows["+crf"][:3] == ["1", "83.00", "93.00"]
     assert rows["full_no_fgm"][:3] == ["0", "–", "–"]
     # Differences: full − +bilstm = 1.5 with SE sqrt(1/3 + 0.25/3) = 0.645 (beyond 2 SE);
