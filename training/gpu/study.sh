@@ -4,23 +4,26 @@
 #   run(command="MINUTES=8 bash training/gpu/study.sh heads", carry=[".gpu"], timeout_s=600)
 #   run(command="MINUTES=8 bash training/gpu/study.sh self-training", carry=[".gpu"], timeout_s=600)
 #
-# heads (issue #12): `koelectra-crf ablation --study heads`, RUNNERS runners (default 15: every variant × seed at
-#   once, one GPU shared), each run trained until early stopping.
+# heads (issue #12): `koelectra-crf ablation --study heads` at each of LEARNING_RATES (a sweep: one output folder
+#   per rate), RUNNERS runners per rate (default 15: every variant × seed at once, one GPU shared), each run
+#   trained until early stopping.
 # self-training (issue #13): one teacher per seed (the `character` variant), which pseudo-labels the raw KLUE
 #   sentences (and the validation split, to score the kept pseudo-labels per threshold); then one student per seed
 #   and threshold, from the pretrained encoder, on the labelled plus the kept pseudo-labelled sentences, with the
-#   teacher's recipe.
+#   teacher's recipe, at the first of LEARNING_RATES.
 #
 # Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
-# summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), RUNNERS, EXTRA (training flags, default below),
-# THRESHOLDS ("0.5 0.9"), CONFIDENCE (sequence_probability), RAW_LINES (all 21,008 raw sentences).
+# summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "3e-5 1e-4" with
+# SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
+# (sequence_probability), RAW_LINES (all 21,008 raw sentences).
 set -uo pipefail
 set -m  # job control: each background job in a process group of its own, so that stopping it stops its trainings
 mode=${1:?usage: study.sh heads|self-training}
 minutes=${MINUTES:-8}
 seeds=${SEEDS:-3}
-extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --learning_rate 5e-5 --disable_tqdm true"}
+learning_rates=${LEARNING_RATES:-5e-5}
+extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --disable_tqdm true"}
 deadline=$((SECONDS + minutes * 60))
 out=${OUT:-/tmp/study-out}
 work=/tmp/study
@@ -53,20 +56,24 @@ train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its 
     local folder=$1 seed=$2; shift 2
     mkdir -p "$folder"
     # shellcheck disable=SC2086  # $extra and $character are lists of flags
-    python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character "$@" \
-        >"$folder.log" 2>&1
+    python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character \
+        --learning_rate "${learning_rates%% *}" "$@" >"$folder.log" 2>&1
 }
 
 case $mode in
 heads)
-    for runner in $(seq "${RUNNERS:-15}"); do
-        # shellcheck disable=SC2086
-        python3 -m koelectra_crf ablation --study heads --config $config --output_dir $work/heads --seeds "$seeds" \
-            -- $extra >"$work/runner-$runner.log" 2>&1 &
-        sleep 2  # runners claim runs in turn
+    for rate in $learning_rates; do
+        for runner in $(seq "${RUNNERS:-15}"); do
+            # shellcheck disable=SC2086
+            python3 -m koelectra_crf ablation --study heads --config $config --output_dir $work/heads-lr$rate \
+                --seeds "$seeds" -- $extra --learning_rate "$rate" >"$work/runner-lr$rate-$runner.log" 2>&1 &
+            sleep 2  # runners claim runs in turn
+        done
     done
     wait_or_stop
-    python3 -m koelectra_crf ablation --study heads --output_dir $work/heads --seeds "$seeds" --report
+    for rate in $learning_rates; do
+        python3 -m koelectra_crf ablation --study heads --output_dir $work/heads-lr$rate --seeds "$seeds" --report
+    done
     ;;
 self-training)
     raw=$work/raw.tsv
