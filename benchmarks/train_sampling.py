@@ -44,7 +44,8 @@ def main() -> None:
                                 *STUDY_FLAGS, "--train_sampling_strategy", strategy, "--use_cpu", "true",
                                 "--eval_strategy", "no", "--load_best_model_at_end", "false"])  # fmt: skip
 
-    model_args, head_args, data_args, _, _ = arguments("random")
+    model_args, head_args, data_args, training_args, _ = arguments("random")
+    set_seed(training_args.seed)
     raw = load_klue_ner(data_args.train_file)["train"]
     tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path)
     model = build_model(model_args, head_args, label_names(raw), len(tokenizer))  # one model: the same weights
