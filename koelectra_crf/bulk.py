@@ -32,7 +32,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import LONE_SURROGATE
-from koelectra_crf.data import is_klue_tsv, read_klue_tsv, utf8_required
+from koelectra_crf.data import is_klue_tsv, read_klue_tsv, refuse_input_as_output, utf8_required
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
@@ -172,8 +172,7 @@ def tag_file(
     output holds. Every process of an `accelerate launch` calls it with the same arguments."""
     state = process_state()
     output_path = Path(output_path)
-    if output_path.exists() and output_path.samefile(input_path):
-        raise ValueError(f"--output {output_path} is the input file: choose another --output")
+    refuse_input_as_output(input_path, output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     total = count_texts(input_path, input_format)
 

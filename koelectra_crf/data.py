@@ -94,6 +94,12 @@ def is_klue_tsv(path: str | Path) -> bool:
         return file.readline().startswith("## ")
 
 
+def refuse_input_as_output(input_path: str | Path, output: Path) -> None:
+    """Raise when `output` is the file `input_path` (or a link to it): a command writing there would lose its input."""
+    if output.exists() and output.samefile(input_path):
+        raise ValueError(f"--output {output} is the input file: choose another --output")
+
+
 def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
     """(guid, sentence) of every non-blank line, read as they are asked for: `<id>\\t<sentence>` (the raw KLUE file
     `klue-ner-train-sentences.tsv`), or a sentence (guid `line-<number>`); or of every sentence of a KLUE TSV file."""

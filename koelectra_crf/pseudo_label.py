@@ -26,7 +26,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.data import load_klue_ner, mark_entities, read_klue_tsv, read_sentences, strip_entity_marks
+from koelectra_crf.data import (
+    load_klue_ner,
+    mark_entities,
+    read_klue_tsv,
+    read_sentences,
+    refuse_input_as_output,
+    strip_entity_marks,
+)
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -59,8 +66,7 @@ def _representable(text: str) -> bool:
 def _check_output(input_path: Path, output: Path) -> None:
     """Refuse to write over the input or over a file that is not an earlier pseudo-labelled file (a labelled KLUE
     file, say): replacing it would lose it."""
-    if output.exists() and output.samefile(input_path):
-        raise ValueError(f"--output {output} is the input file: choose another --output")
+    refuse_input_as_output(input_path, output)
     if output.exists():
         with open(output, encoding="utf-8", errors="replace") as file:
             if file.readline() != HEADER:
