@@ -24,11 +24,12 @@ E5 = Path(__file__).resolve().parents[2] / "shared/encoders/multilingual-e5-smal
 
 
 def build_model(random_base: bool) -> KoElectraCrfForTokenClassification:
+    # Token units: the batch below is random token ids with one label per token.
     if random_base:
         # The default encoder is KoELECTRA-base-v3's architecture (KOELECTRA_BASE_V3); KLUE labels by default.
-        config = KoElectraCrfConfig(multi_sample_dropout=5)
+        config = KoElectraCrfConfig(multi_sample_dropout=5, tag_unit="token")
         return KoElectraCrfForTokenClassification(config)
-    return KoElectraCrfForTokenClassification.from_encoder(str(E5), multi_sample_dropout=5)
+    return KoElectraCrfForTokenClassification.from_encoder(str(E5), multi_sample_dropout=5, tag_unit="token")
 
 
 def time_steps(trainer: NerTrainer, batch: dict, steps: int) -> list[float]:

@@ -171,7 +171,7 @@ def test_fit_temperature_recovers_the_temperature_of_the_data():
 
 def test_temperature_scaled_model_divides_the_emissions_of_a_copy():
     torch.manual_seed(0)
-    model = tiny_model(30)
+    model = tiny_model(30, tag_unit="token")
     inputs = {"input_ids": torch.randint(5, 30, (2, 9))}
     with torch.no_grad():
         logits = model(**inputs).logits

@@ -199,7 +199,7 @@ def test_collator_pads_token_windows_like_transformers_and_character_keys_to_the
         range(6)
     )
     tokenizer = character_tokenizer(tmp_path, texts=list(raw["sentence"]))
-    token_rows = tokenize_and_align(raw, tokenizer, tiny_model(tokenizer.vocab_size).config).to_list()
+    token_rows = tokenize_and_align(raw, tokenizer, tiny_model(tokenizer.vocab_size, tag_unit="token").config).to_list()
     ours = NerDataCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)(token_rows)
     theirs = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8)(token_rows)
     assert ours.keys() == theirs.keys()

@@ -19,7 +19,7 @@ def _batch(tokenizer, texts):
 def test_loss_and_predictions_use_only_labelled_positions(tmp_path):
     torch.manual_seed(0)
     tokenizer = character_tokenizer(tmp_path)
-    model = tiny_model(tokenizer.vocab_size)
+    model = tiny_model(tokenizer.vocab_size, tag_unit="token")
     batch = _batch(tokenizer, [TINY_TEXT, "김철수는 서울"])
     labels = torch.randint(0, len(KLUE_LABELS), batch["input_ids"].shape)
     labels[:, 0] = -100  # [CLS]
@@ -44,7 +44,7 @@ def test_loss_and_predictions_use_only_labelled_positions(tmp_path):
 
 def test_baseline_variant_uses_cross_entropy_and_argmax(tmp_path):
     tokenizer = character_tokenizer(tmp_path)
-    model = tiny_model(tokenizer.vocab_size, use_crf=False, use_bilstm=False)
+    model = tiny_model(tokenizer.vocab_size, use_crf=False, use_bilstm=False, tag_unit="token")
     assert model.crf is None and model.bilstm is None
     batch = _batch(tokenizer, [TINY_TEXT])
     labels = torch.randint(0, len(KLUE_LABELS), batch["input_ids"].shape)
@@ -60,7 +60,7 @@ def test_predictions_do_not_depend_on_padding(tmp_path):
     """The BiLSTM is packed: a text's tags are the same alone and next to a longer text."""
     torch.manual_seed(1)
     tokenizer = character_tokenizer(tmp_path)
-    model = tiny_model(tokenizer.vocab_size, use_bilstm=True)
+    model = tiny_model(tokenizer.vocab_size, use_bilstm=True, tag_unit="token")
     short = "서울에서 3개"
     alone = model(**_batch(tokenizer, [short]))
     padded = model(**_batch(tokenizer, [short, TINY_TEXT]))
@@ -70,7 +70,7 @@ def test_predictions_do_not_depend_on_padding(tmp_path):
 
 def test_multi_sample_dropout_averages_masks_in_training_only(tmp_path):
     tokenizer = character_tokenizer(tmp_path)
-    model = tiny_model(tokenizer.vocab_size, multi_sample_dropout=5, classifier_dropout=0.5)
+    model = tiny_model(tokenizer.vocab_size, multi_sample_dropout=5, classifier_dropout=0.5, tag_unit="token")
     batch = _batch(tokenizer, [TINY_TEXT])
     eval_logits = model(**batch).logits
     model.train()
@@ -124,7 +124,7 @@ def test_from_encoder_keeps_encoder_weights_in_float32(tmp_path, capfd):
 
 def test_tag_mask_excludes_special_tokens_at_inference(tmp_path):
     tokenizer = character_tokenizer(tmp_path)
-    model = tiny_model(tokenizer.vocab_size)
+    model = tiny_model(tokenizer.vocab_size, tag_unit="token")
     encoded = encode_texts([TINY_TEXT], tokenizer, "subword")[0]
     window = encoded.window(0, len(encoded.token_ids))
     assert window["tag_mask"] == [False] + encoded.tagged + [False]

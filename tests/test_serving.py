@@ -46,9 +46,9 @@ def assert_same_output(results: list[list[dict]], expected: list[list[dict]], to
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A saved tiny model folder (windows of 32 tokens) and its PyTorch pipeline."""
+    """A saved tiny token-unit model folder (windows of 32 tokens) and its PyTorch pipeline."""
     folder = tmp_path_factory.mktemp("model")
-    ner = tiny_pipeline(character_tokenizer(folder / "vocab"))
+    ner = tiny_pipeline(character_tokenizer(folder / "vocab"), tag_unit="token")
     ner.save_pretrained(folder)
     return folder, ner
 
