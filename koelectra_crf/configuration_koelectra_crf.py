@@ -71,9 +71,8 @@ class KoElectraCrfConfig(PreTrainedConfig):
             state of the token that covers it plus `char_embedding_size` features of its own (see
             [`KoElectraCrfForTokenClassification`]); decoding gives character tags directly. `"token"`: the tagged
             tokens (a token carries the tag of its first character, so an entity boundary inside a token is lost);
-            the original project's head. The default since the heads were compared until early stopping on three
-            seeds (docs/results.md: +5.74 ± 0.73 entity F1 over `"token"`); saved configs name their unit, so
-            folders saved before keep theirs.
+            the original project's head. `"character"` is the default because it scored higher on KLUE NER (the
+            project's docs/results.md); config.json names the unit, so a saved folder keeps its own.
         char_embedding_size (`int`, defaults to 32):
             With `tag_unit="character"`: size of the embeddings of a character's offset inside its token and of
             the character itself.

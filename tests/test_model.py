@@ -1,6 +1,7 @@
 """The model: loss and predictions over tagged positions only, initialisation, from_encoder, batching."""
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -93,6 +94,22 @@ def test_crf_parameters_missing_from_a_checkpoint_are_initialised(tmp_path):
             assert torch.isfinite(parameter).all() and parameter.abs().max() <= 0.1
             assert parameter.std() > 0.01
         assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+def test_saved_config_names_its_tag_unit_so_a_changed_default_cannot_change_a_saved_model(tmp_path):
+    """The default is the character head; a folder saved with either unit (the default included, as token units
+    were before) writes its unit into config.json and loads back with it, the same model."""
+    tokenizer = character_tokenizer(tmp_path / "tok")
+    assert tiny_model(tokenizer.vocab_size).config.tag_unit == "character"
+    for tag_unit in ("token", "character"):
+        model = tiny_model(tokenizer.vocab_size, tag_unit=tag_unit)
+        model.save_pretrained(tmp_path / tag_unit)
+        assert json.loads((tmp_path / tag_unit / "config.json").read_text())["tag_unit"] == tag_unit
+        loaded = KoElectraCrfForTokenClassification.from_pretrained(tmp_path / tag_unit)
+        assert loaded.config.tag_unit == tag_unit
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        for name, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], value), name
 
 
 def test_constraint_masks_are_rebuilt_when_loading(tmp_path):
