@@ -24,6 +24,13 @@ class NerTrainingArguments(TrainingArguments):
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (None = off)."}
     )
+    # transformers' default (False) restarts the early-stopping count on resume, so a resumed run could train on
+    # past the epoch where the uninterrupted run stops; the resumed run keeps the checkpoint's callback settings.
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={"help": "On resume, restore the callbacks' state (the early-stopping count and patience) from the "
+                          "checkpoint, so the run stops where an uninterrupted one would; false restarts the count."},
+    )  # fmt: skip
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -313,6 +313,25 @@ def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
         torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_stops_early_where_the_uninterrupted_run_stopped(tmp_path):
+    """Early stopping counts evaluations without improvement; resuming must carry that count on, or a run resumed
+    after one such evaluation trains on past the point where the uninterrupted run stopped."""
+    patience = ["--early_stopping_patience", "2", "--save_total_limit", "20"]
+    reference = tmp_path / "reference"
+    run_training(reference, *patience)
+    state = json.loads((reference / "trainer_state.json").read_text())
+    assert state["epoch"] < 12, "precondition: the smoke run must stop early (it reaches entity F1 100)"
+    # Killed after the evaluation before the last: the count of evaluations without improvement then stands at 1.
+    evaluated_steps = [entry["step"] for entry in state["log_history"] if "eval_entity_f1" in entry]
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    for step in evaluated_steps[:-1]:
+        shutil.copytree(reference / f"checkpoint-{step}", interrupted / f"checkpoint-{step}")
+    run_training(interrupted, *patience, "--resume_from_checkpoint", "last")
+    resumed = json.loads((interrupted / "trainer_state.json").read_text())
+    assert resumed["global_step"] == state["global_step"] and resumed["epoch"] == state["epoch"]
+
+
 @pytest.mark.parametrize("tag_unit", ["token", "character"])
 def test_bf16_autocast_training_runs_and_learns(tmp_path, tag_unit):
     """Mixed precision on the CPU (bf16 autocast): the CRF computes in float32 inside, the loss still falls."""
