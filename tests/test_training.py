@@ -297,9 +297,11 @@ def test_two_processes_match_one(tmp_path, smoke_run):
     assert steps[0] == steps[1]
 
 
-def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_resume_from_a_checkpoint_continues_where_it_stopped(tmp_path, sampling):
     steps = ["--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "10", "--eval_strategy", "no",
-             "--load_best_model_at_end", "false", "--save_total_limit", "5"]  # fmt: skip
+             "--load_best_model_at_end", "false", "--save_total_limit", "5",
+             "--train_sampling_strategy", sampling]  # fmt: skip
     reference = tmp_path / "reference"
     run_training(reference, *steps)
     interrupted = tmp_path / "interrupted"
