@@ -10,7 +10,7 @@
 # self-training (issue #13): one teacher per seed (the `character` variant), which pseudo-labels the raw KLUE
 #   sentences (and the validation split, to score the kept pseudo-labels per threshold); then one student per seed
 #   and threshold, from the pretrained encoder, on the labelled plus the kept pseudo-labelled sentences, with the
-#   teacher's recipe, at the first of LEARNING_RATES.
+#   teacher's recipe and its number of steps, at the first of LEARNING_RATES.
 #
 # Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
@@ -89,8 +89,16 @@ self-training)
                     --output $work/pseudo-s$seed/$name.tsv --confidence "${CONFIDENCE:-sequence_probability}" \
                     "${thresholds[@]}" >"$work/pseudo-s$seed-$name.log" 2>&1 || exit 1
             done
+            # The students get the teacher's budget (its schedule's steps, evaluated once per epoch of the labelled
+            # data), so that the pseudo-labels are the only difference: by epochs they would train more steps.
+            budget=$(python3 -c "import json
+state = json.load(open('$work/teacher-s$seed/trainer_state.json'))
+every = state['max_steps'] // round(state['num_train_epochs'])
+print('--max_steps', state['max_steps'], '--eval_strategy steps --eval_steps', every,
+      '--save_strategy steps --save_steps', every)") || exit 1
             for threshold in ${THRESHOLDS:-0.5 0.9}; do
-                train $work/student-$threshold-s$seed "$seed" --pseudo_label_file $work/pseudo-s$seed/raw.tsv \
+                # shellcheck disable=SC2086  # $budget is a list of flags
+                train $work/student-$threshold-s$seed "$seed" $budget --pseudo_label_file $work/pseudo-s$seed/raw.tsv \
                     --pseudo_label_threshold "$threshold" \
                     --pseudo_label_confidence "${CONFIDENCE:-sequence_probability}" &
             done
