@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from koelectra_crf.data import NerDataCollator, label_names, load_klue_ner, tokenize_and_align
+from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align
 from koelectra_crf.train import build_model, parse_arguments, use_special_tokens_of
 from koelectra_crf.trainer import NerTrainer
 

@@ -9,10 +9,11 @@ Importing the package does two things to transformers, both additive for every o
   task alone when it is given a model object, so this takes a registry entry: [`TokenClassificationDispatch`],
   which builds transformers' own `TokenClassificationPipeline`, unchanged, for every other model.
 
-A folder written by [`KoElectraCrfTokenClassificationPipeline.save_pretrained`] (or by training) carries the code and
-names the pipeline in its config: `pipeline("token-classification", model=folder, trust_remote_code=True)` works
-in any process, without this package. There, for a model object, pass `pipeline_class=` or build the pipeline
-directly: `KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)`.
+Every folder the model's `save_pretrained` writes (directly, through `push_to_hub`, the pipeline's `save_pretrained`,
+or training) carries the code and names the pipeline in its config: `pipeline("token-classification", model=folder,
+trust_remote_code=True)` works in any process, without this package. There, for a model object, pass
+`pipeline_class=` or build the pipeline directly: `KoElectraCrfTokenClassificationPipeline(model=model,
+tokenizer=tokenizer)`.
 """
 
 import logging
@@ -43,9 +44,6 @@ class TokenClassificationDispatch(TokenClassificationPipeline):
 AutoConfig.register(KoElectraCrfConfig.model_type, KoElectraCrfConfig)
 AutoModel.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 AutoModelForTokenClassification.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
-# A plain `model.save_pretrained(folder)` (the trainer's checkpoints) then also copies the model's code.
-KoElectraCrfConfig.register_for_auto_class()
-KoElectraCrfForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 
 class _DropOverwriteWarning(logging.Filter):

@@ -34,6 +34,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
+
 from .crf import IGNORE_INDEX
 
 OUTSIDE = "O"
@@ -163,6 +165,103 @@ def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[Encoded
         raise ValueError(f"unknown tokenization {tokenization!r}: use 'subword' or 'char'")
     uses_token_types = "token_type_ids" in tokenizer.model_input_names
     return [_align(texts[k], batch, k, positions[k], uses_token_types) for k in range(len(texts))]
+
+
+def model_inputs(
+    texts: list[str], tokenizer, config, entities: list | None = None, stride: int | None = None
+) -> list[dict]:
+    """Model input rows of `texts` (one per window, unpadded lists; `pad_inputs` pads them): what
+    `KoElectraCrfForTokenClassification.prepare_inputs` returns, and what the pipeline reads.
+
+    Each text is read in NFC (`nfc_with_offsets`), tokenized once and windowed by `config` (`tokenization`,
+    `max_length`, `stride` unless given, `tag_unit`). Besides `EncodedText.window`'s inputs a row holds
+    `offset_mapping`, the [start, end) span in the caller's text of each position of the tagged sequence ((0, 0)
+    where `tag_mask` is False), and `overflow_to_sample_mapping`, the index of its text. With `entities` (per text,
+    (start, end, type) spans of the caller's text) a row holds `labels` too: each unit's tag from its first
+    character, as in training.
+    """
+    if entities is not None and len(entities) != len(texts):
+        raise ValueError(f"entities holds {len(entities)} lists for {len(texts)} texts: give one list per text")
+    rows = []
+    for index, original in enumerate(texts):
+        if not isinstance(original, str):
+            raise ValueError(f"text {index} is a {type(original).__name__}, not a string")
+        text, char_spans = nfc_with_offsets(original)
+        encoded = encode_texts([text], tokenizer, config.tokenization)[0]
+        label_ids = None
+        if entities is not None:
+            spans = _model_spans(entities[index], char_spans, config.label2id, index)
+            tags = unit_labels(encoded, spans_to_char_tags(len(text), spans), config.tag_unit)
+            label_ids = [config.label2id[tag] for tag in tags]
+        unit_tokens = encoded.unit_tokens(config.tag_unit)
+        unit_offsets = [(char_spans[a][0], char_spans[b - 1][1]) for a, b in encoded.unit_spans(config.tag_unit)]
+        for start, end in encoded.windows(config.max_length, config.stride if stride is None else stride):
+            row = encoded.window(start, end, config.tag_unit, label_ids)
+            units = iter(unit_offsets[bisect_left(unit_tokens, start) :])
+            row["offset_mapping"] = [next(units) if tagged else (0, 0) for tagged in row["tag_mask"]]
+            row["overflow_to_sample_mapping"] = index
+            rows.append(row)
+    return rows
+
+
+def _model_spans(spans, char_spans: list[tuple[int, int]], label2id: dict, index: int) -> list[tuple[int, int, str]]:
+    """(start, end, type) spans of a caller's text -> spans of its NFC text (`char_spans` from `nfc_with_offsets`),
+    checked: inside the text, non-empty, not overlapping, of a type the model has, on character boundaries."""
+    starts = {start: i for i, (start, _) in enumerate(char_spans)}
+    ends = {end: i + 1 for i, (_, end) in enumerate(char_spans)}
+    result, previous_end = [], 0
+    for start, end, label_type in sorted(spans, key=lambda span: (span[0], span[1])):
+        where = f"text {index}, entity ({start}, {end}, {label_type!r})"
+        if f"B-{label_type}" not in label2id:
+            known = sorted(label[2:] for label in label2id if label.startswith("B-"))
+            raise ValueError(f"{where}: the model has no type {label_type!r} (its types: {', '.join(known)})")
+        if not 0 <= start < end <= (char_spans[-1][1] if char_spans else 0):
+            raise ValueError(f"{where}: not a non-empty span inside the text")
+        if start < previous_end:
+            raise ValueError(f"{where}: overlaps the entity before it")
+        if start not in starts or end not in ends:
+            raise ValueError(f"{where}: cuts a character that Unicode NFC composes (e.g. decomposed Hangul)")
+        result.append((starts[start], ends[end], label_type))
+        previous_end = end
+    return result
+
+
+def pad_inputs(rows: list[dict], pad_token_id: int | None, pad_to_multiple_of: int | None = None) -> dict:
+    """Model input rows (`model_inputs`, `EncodedText.window`) as a batch of tensors, padded on the right, each key
+    to its own longest length (rounded up to `pad_to_multiple_of`): `input_ids` with `pad_token_id`, `labels` with
+    -100, `offset_mapping` with (0, 0), every other key with 0 (False for the boolean `tag_mask`); a key with one
+    value per row (`overflow_to_sample_mapping`) gives a tensor of shape (rows,). The per-character keys (`char_*`,
+    and `labels`, `tag_mask` with `tag_unit="character"`) are as long as the characters, not the tokens."""
+    pad_values = {"input_ids": pad_token_id or 0, "labels": IGNORE_INDEX, "offset_mapping": (0, 0)}
+    batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if isinstance(values[0], (list, tuple)):
+            length = max(len(value) for value in values)
+            if pad_to_multiple_of:
+                length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+            pad = pad_values.get(key, 0)
+            values = [list(value) + [pad] * (length - len(value)) for value in values]
+        # Explicit dtypes: rows without characters to tag give empty lists, which torch would make float.
+        tensor = torch.tensor(values, dtype=torch.bool if key == "tag_mask" else torch.long)
+        batch[key] = tensor.reshape(len(rows), -1, 2) if key == "offset_mapping" else tensor
+    return batch
+
+
+@dataclass
+class NerDataCollator:
+    """The `data_collator` of a `Trainer` over model input rows (`model_inputs`, `data.tokenize_and_align`): pads
+    them into a batch of tensors ([`pad_inputs`]).
+
+    transformers' `DataCollatorForTokenClassification` pads `labels` to the token length, which is wrong for
+    character labels; for token labels the two give the same batches (right padding).
+    """
+
+    pad_token_id: int | None
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return pad_inputs(features, self.pad_token_id, self.pad_to_multiple_of)
 
 
 def _align(text: str, batch, index: int, char_positions: list[int] | None, uses_token_types: bool) -> EncodedText:

@@ -11,15 +11,12 @@ import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 
 from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, unit_labels
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
-from koelectra_crf.crf import IGNORE_INDEX
 
 HUB_DATASET = ("klue", "ner")
 """The Hub dataset used when no file is given (KLUE v1; `klue` is an alias of `klue/klue`)."""
@@ -347,29 +344,3 @@ def load_klue_split(file: str | Path | None = None, max_sentences: int | None = 
     if max_sentences is not None:
         dataset = dataset.select(range(min(max_sentences, len(dataset))))
     return dataset
-
-
-@dataclass
-class NerDataCollator:
-    """Pads a batch of [`tokenize_and_align`] rows into tensors, each key to its own longest length (rounded up to
-    `pad_to_multiple_of`), on the right: `input_ids` with the tokenizer's pad id, `labels` with -100, every other key
-    (`attention_mask`, `token_type_ids`, and with `tag_unit="character"` the per-character `char_*` keys, whose
-    length is the number of characters, not of tokens) with 0.
-
-    transformers' `DataCollatorForTokenClassification` pads `labels` to the token length, which is wrong for
-    character labels; for token labels the two give the same batches (right padding).
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = 8
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        pad_values = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}
-        batch = {}
-        for key in features[0]:
-            length = max(len(feature[key]) for feature in features)
-            if self.pad_to_multiple_of:
-                length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-            pad = pad_values.get(key, 0)
-            batch[key] = torch.tensor([list(f[key]) + [pad] * (length - len(f[key])) for f in features])
-        return batch

@@ -1,16 +1,21 @@
 """Encoder + optional BiLSTM + CRF token classifier (shipped to the Hub as remote code)."""
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, BatchEncoding, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from .alignment import model_inputs, pad_inputs
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
+from .handler import EndpointHandler
+from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
 
 
 @dataclass
@@ -27,10 +32,18 @@ class KoElectraCrfOutput(TokenClassifierOutput):
         predictions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Viterbi tags (argmax when `use_crf=False`), `-100` at positions that are not tagged. Computed in eval
             mode only: training never needs them.
+        offset_mapping (`torch.LongTensor` of shape `(batch_size, sequence_length, 2)`, *optional*):
+            The inputs' `offset_mapping`, when given ([`~KoElectraCrfForTokenClassification.prepare_inputs`] gives
+            it): the [start, end) characters of the text that each position of `logits` and `predictions` tags,
+            (0, 0) where it tags none.
+        overflow_to_sample_mapping (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            The inputs' `overflow_to_sample_mapping`, when given: the text each row (window) belongs to.
         hidden_states, attentions: the encoder's, when asked for.
     """
 
     predictions: torch.LongTensor | None = None
+    offset_mapping: torch.LongTensor | None = None
+    overflow_to_sample_mapping: torch.LongTensor | None = None
 
 
 class KoElectraCrfPreTrainedModel(PreTrainedModel):
@@ -51,6 +64,20 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
                 init.copy_(buffer, value)
         else:
             super()._init_weights(module)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Save as any transformers model does, into a complete Hub folder.
+
+        Besides the weights, config.json names the classes (`auto_map`: `AutoConfig`, `AutoModel`,
+        `AutoModelForTokenClassification`) and the CRF pipeline (`custom_pipelines`), and the folder gets their code
+        (config, model, CRF, alignment, pipeline) and `handler.py`, the Inference Endpoints handler. So the folder
+        loads with `trust_remote_code=True` in any process, whether this model was built with the koelectra-crf
+        package or loaded as remote code; `push_to_hub`, the pipeline's `save_pretrained` and every trainer
+        checkpoint come through here. Save the tokenizer beside it (`tokenizer.save_pretrained(save_directory)`).
+        """
+        if kwargs.get("is_main_process", True):
+            write_remote_code(self, save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class KoElectraCrfCharacterFeatures(nn.Module):
@@ -163,6 +190,37 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
         return model.float()
 
+    def prepare_inputs(
+        self,
+        texts: str | list[str],
+        tokenizer,
+        entities: list[list[tuple[int, int, str]]] | None = None,
+        stride: int | None = None,
+    ) -> BatchEncoding:
+        r"""The model's inputs for `texts`, what `tokenizer(texts, return_tensors="pt")` is for other models:
+        `model(**model.prepare_inputs(texts, tokenizer))` works for both tag units.
+
+        Texts are read as the pipeline reads them (Unicode NFC, the tokenizer of this model, `config.tokenization`)
+        and cut into overlapping windows of `config.max_length` tokens (`stride`, default `config.stride`, shared):
+        nothing is truncated. One row per window, padded on the right, on the model's device.
+
+        Args:
+            texts (`str` or `list[str]`): the texts.
+            tokenizer: the model's (fast) tokenizer.
+            entities (`list[list[tuple[int, int, str]]]`, *optional*): per text, its entities as (start, end, type)
+                character spans of the text (end exclusive, types from the model's labels); then `labels` are
+                given too, for training: `model(**inputs).loss`.
+
+        Returns:
+            [`BatchEncoding`] of tensors: `input_ids`, `attention_mask` (and `token_type_ids` if the encoder takes
+            them), `tag_mask` (the positions to tag) and with `tag_unit="character"` `char_token_index`,
+            `char_position_ids` and `char_codes`; `labels` with `entities`; and two the model passes through to its
+            output: `offset_mapping` (rows, positions, 2), the characters [start, end) of the text that each tagged
+            position stands for ((0, 0) elsewhere), and `overflow_to_sample_mapping` (rows,), the text of each row.
+        """
+        rows = model_inputs([texts] if isinstance(texts, str) else texts, tokenizer, self.config, entities, stride)
+        return BatchEncoding(pad_inputs(rows, tokenizer.pad_token_id)).to(self.device)
+
     def emissions(self, sequence_output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Emission scores (B, T, K) from the states (B, T, H) of the tagged sequence (tokens, or characters with
         `tag_unit="character"`); `mask` (B, T) marks its real positions, from the start of each row."""
@@ -240,6 +298,8 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         char_token_index: torch.LongTensor | None = None,
         char_position_ids: torch.LongTensor | None = None,
         char_codes: torch.LongTensor | None = None,
+        offset_mapping: torch.LongTensor | None = None,
+        overflow_to_sample_mapping: torch.LongTensor | None = None,
         **kwargs,
     ) -> KoElectraCrfOutput:
         r"""
@@ -257,7 +317,11 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
                 num_characters)`, needed with `tag_unit="character"`):
                 For each character of the window: the position of its token in `input_ids`, its offset inside that
                 token, its code point ([`KoElectraCrfCharacterFeatures`]). `labels` and `tag_mask` are then per
-                character, padded at the end.
+                character, padded at the end. [`prepare_inputs`] builds them.
+            offset_mapping (`torch.LongTensor` of shape `(batch_size, sequence_length, 2)`, *optional*),
+            overflow_to_sample_mapping (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Not used by the model: passed through to the output, so that it says which characters of which text
+                each tag belongs to ([`prepare_inputs`] gives them).
             kwargs: passed to the encoder (`output_attentions`, `output_hidden_states`, ...).
         """
         encoder_inputs = {
@@ -274,8 +338,8 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         if self.characters is not None:
             if char_token_index is None or char_position_ids is None or char_codes is None:
                 raise ValueError(
-                    "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window "
-                    "(koelectra_crf.alignment.EncodedText.window builds them)"
+                    "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window: "
+                    "build the inputs with `model.prepare_inputs(texts, tokenizer)`, not with the tokenizer alone"
                 )
             states = self.characters(states, char_token_index, char_position_ids, char_codes)
             if tag_mask is None:
@@ -306,9 +370,40 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             loss=loss,
             logits=emissions,
             predictions=None if self.training else self.decode(emissions, tag_mask),
+            offset_mapping=offset_mapping,
+            overflow_to_sample_mapping=overflow_to_sample_mapping,
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
+
+
+def write_remote_code(model: KoElectraCrfPreTrainedModel, folder: str | os.PathLike) -> None:
+    """Name the model's classes (`auto_map`) and the CRF pipeline (`custom_pipelines`) in `model.config`, and copy
+    their code and `handler.py` into `folder`; the model's `save_pretrained` then writes config.json there.
+
+    The files are copied from wherever the running classes come from: the koelectra-crf package, or the remote
+    code transformers loaded from a folder or the Hub (which holds them all: it fetches a module's relative imports
+    with it, so this module's imports of the pipeline and the handler bring those files along).
+    """
+    os.makedirs(folder, exist_ok=True)
+    config = model.config
+    model_name = _qualified_name(type(model))
+    config.auto_map = {
+        "AutoConfig": _qualified_name(type(config)),
+        "AutoModel": model_name,
+        "AutoModelForTokenClassification": model_name,
+    }
+    pipeline_class = KoElectraCrfTokenClassificationPipeline
+    config.custom_pipelines = {
+        TASK: {"impl": _qualified_name(pipeline_class), "pt": ["AutoModelForTokenClassification"], "type": "text"}
+    }
+    for code in (type(config), type(model), pipeline_class, EndpointHandler):
+        custom_object_save(code, folder)  # the module's file and, recursively, the files it imports relatively
+
+
+def _qualified_name(code: type) -> str:
+    """`module.Class` as `auto_map` and `custom_pipelines` name remote code (the module without its package)."""
+    return f"{code.__module__.rsplit('.', 1)[-1]}.{code.__name__}"
 
 
 class _DropLoadReport(logging.Filter):

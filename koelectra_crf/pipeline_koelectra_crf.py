@@ -19,21 +19,17 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
   the caller's order, an iterator's still streaming.
 """
 
-import os
-import shutil
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import islice
 
 import torch
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
 from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, unit_tags_to_char_tags
 
 TASK = "token-classification"
-HANDLER_FILE = "handler.py"
 # Batches an iterator's texts are sorted among: more pad less, fewer keep its results streaming sooner.
 SORTED_BATCHES = 16
 
@@ -43,53 +39,18 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
     scores, character offsets, whole texts through windows (see the module docstring).
 
     Built like any pipeline: `KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)`, or
-    `pipeline("token-classification", model=folder, trust_remote_code=True)` for a folder written by
-    [`save_pretrained`]. A `ChunkPipeline`: one text becomes one model input per window, and the windows of a
-    text come back together to `postprocess`. It takes the arguments and returns the output format of the
-    built-in `TokenClassificationPipeline` (`aggregation_strategy`, `ignore_labels`, and `stride`: tokens shared by
-    consecutive windows, the config's `stride` by default), but none of its hooks.
+    `pipeline("token-classification", model=folder, trust_remote_code=True)` for a folder written by the model's
+    `save_pretrained` (which this pipeline's `save_pretrained` and `push_to_hub` call). A `ChunkPipeline`: one text
+    becomes one model input per window, and the windows of a text come back together to `postprocess`. It takes the
+    arguments and returns the output format of the built-in `TokenClassificationPipeline` (`aggregation_strategy`,
+    `ignore_labels`, and `stride`: tokens shared by consecutive windows, the config's `stride` by default), but none
+    of its hooks.
     """
 
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = True
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write a model folder for the Hub: weights, config, tokenizer and the remote code, with this pipeline
-        named in config.json (`custom_pipelines`) and the model in `auto_map`, so that
-        `pipeline("token-classification", model=folder, trust_remote_code=True)` builds this pipeline in any
-        process, and the Auto classes load the model there."""
-        self.add_to_folder(self.model, save_directory)
-        super().save_pretrained(save_directory, **kwargs)
-
-    @classmethod
-    def add_to_folder(cls, model, folder: str | os.PathLike) -> None:
-        """Name this pipeline and the model's classes in `model.config` and copy the remote-code files (the model's,
-        the config's and this pipeline's modules with their relative imports) into `folder`, and `handler.py`, the
-        Inference Endpoints handler (`EndpointHandler`, see that file).
-
-        Call it before the model's `save_pretrained` writes config.json into `folder`: [`save_pretrained`] does,
-        and so does the trainer for every folder it writes.
-        """
-        os.makedirs(folder, exist_ok=True)
-        config = model.config
-        config.custom_pipelines = {
-            TASK: {"impl": _qualified_name(cls), "pt": ["AutoModelForTokenClassification"], "type": "text"}
-        }
-        model_name = _qualified_name(type(model))
-        config.auto_map = {
-            "AutoConfig": _qualified_name(type(config)),
-            "AutoModel": model_name,
-            "AutoModelForTokenClassification": model_name,
-        }
-        for code in (cls, type(model), type(config)):
-            custom_object_save(code, folder)
-        # Shipped beside this file in the package. A copy of this module run as remote code has none beside it
-        # (transformers copies a module's imports only): a folder saved from such a copy gets no handler.
-        handler = os.path.join(os.path.dirname(os.path.abspath(__file__)), HANDLER_FILE)
-        if os.path.isfile(handler):
-            shutil.copyfile(handler, os.path.join(folder, HANDLER_FILE))
 
     def _sanitize_parameters(
         self,
@@ -320,8 +281,3 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by tokens)."""
         while chunk := list(islice(texts, chunk_size)):
             yield from self(chunk, **kwargs)
-
-
-def _qualified_name(code: type) -> str:
-    """`module.Class` as `auto_map` and `custom_pipelines` name remote code (the module without its package)."""
-    return f"{code.__module__.rsplit('.', 1)[-1]}.{code.__name__}"

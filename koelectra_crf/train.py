@@ -34,7 +34,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
-from koelectra_crf.data import NerDataCollator, label_names, load_klue_ner, tokenize_and_align, with_label_names
+from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction
 from koelectra_crf.pseudo_label import load_pseudo_labelled
 from koelectra_crf.threads import choose_cpu_threads

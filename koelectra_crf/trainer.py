@@ -60,7 +60,8 @@ class NerTrainer(Trainer):
       in evaluation mode and reports KLUE's character-level metrics (`evaluation.evaluate_dataset`): what is
       measured is what users get.
     - Every folder it saves (checkpoints and the final model) is a complete model folder that
-      `pipeline("token-classification", model=folder, trust_remote_code=True)` loads.
+      `pipeline("token-classification", model=folder, trust_remote_code=True)` loads: the model's
+      `save_pretrained` writes one.
     """
 
     args: NerTrainingArguments
@@ -149,10 +150,3 @@ class NerTrainer(Trainer):
         return KoElectraCrfTokenClassificationPipeline(
             model=model, tokenizer=self.processing_class, device=model.device
         )
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if self.args.should_save:
-            KoElectraCrfTokenClassificationPipeline.add_to_folder(
-                self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir
-            )
-        super()._save(output_dir, state_dict)

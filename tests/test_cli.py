@@ -15,12 +15,11 @@ from tiny import character_tokenizer, tiny_model
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.alignment import spans_to_char_tags
+from koelectra_crf.alignment import NerDataCollator, spans_to_char_tags
 from koelectra_crf.analysis.calibration import TEMPERATURES
 from koelectra_crf.analysis.errors import CATEGORIES
 from koelectra_crf.cli import main
 from koelectra_crf.data import (
-    NerDataCollator,
     example_tag_names,
     load_klue_ner,
     read_klue_tsv,

@@ -12,11 +12,11 @@ from tiny import character_tokenizer, tiny_model
 from transformers import DataCollatorForTokenClassification
 
 from koelectra_crf import bulk
+from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.analysis import speed
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
-    NerDataCollator,
     example_tag_names,
     label_names,
     load_klue_ner,

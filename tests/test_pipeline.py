@@ -28,7 +28,7 @@ from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
 REMOTE_FILES = {"configuration_koelectra_crf.py", "modeling_koelectra_crf.py", "crf.py", "pipeline_koelectra_crf.py",
-                "alignment.py"}  # fmt: skip
+                "alignment.py", "handler.py"}  # fmt: skip
 # Gold sentences with KLUE-style marks. Entities end where a subword of both real tokenizers ends, so that
 # subword tagging can represent them exactly (char tagging always can).
 MARKED = [
@@ -307,15 +307,23 @@ def test_importing_the_package_changes_only_the_token_classification_entry():
 
 
 def test_remote_code_files_stand_alone():
-    """The model file does not import the pipeline; each Hub file imports only what it uses of the other four."""
+    """Each Hub file imports only what it uses of the others; the model file imports the pipeline and the handler,
+    whose files its `save_pretrained` copies (and transformers fetches with it when it loads remote code)."""
     folder = Path(koelectra_crf.__file__).parent
     relative = {name: set(get_relative_imports(folder / name)) for name in REMOTE_FILES}
     assert relative == {
         "configuration_koelectra_crf.py": set(),
         "crf.py": set(),
         "alignment.py": {"crf"},
-        "modeling_koelectra_crf.py": {"configuration_koelectra_crf", "crf"},
+        "modeling_koelectra_crf.py": {
+            "alignment",
+            "configuration_koelectra_crf",
+            "crf",
+            "handler",
+            "pipeline_koelectra_crf",
+        },
         "pipeline_koelectra_crf.py": {"alignment"},
+        "handler.py": set(),
     }
 
 
@@ -336,13 +344,6 @@ def test_an_older_transformers_gets_the_version_it_needs(monkeypatch):
     spec = importlib.util.spec_from_file_location("configuration_koelectra_crf_standalone", path)
     with pytest.raises(ImportError, match=re.escape(f'pip install -U "transformers>={MIN_TRANSFORMERS}"')):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-
-
-def test_a_plain_model_save_names_no_pipeline(tmp_path):
-    tiny_model(character_tokenizer(tmp_path / "tokenizer").vocab_size).save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert "custom_pipelines" not in saved
-    assert saved["auto_map"]["AutoModelForTokenClassification"].startswith("modeling_koelectra_crf.")
 
 
 def test_unsupported_arguments_are_refused(tiny_pipeline):
@@ -453,9 +454,10 @@ def test_saved_folder_loads_in_a_fresh_process_with_trust_remote_code(tmp_path, 
 
     texts = [TINY_TEXT, TINY_TEXT * 5]
     fresh = load_in_fresh_process(folder, texts, tmp_path)
-    batch = tiny_pipeline.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        expected_logits = tiny_pipeline.model(**batch).logits
+        expected_logits = tiny_pipeline.model(
+            **tiny_pipeline.model.prepare_inputs(texts, tiny_pipeline.tokenizer)
+        ).logits
     torch.testing.assert_close(torch.tensor(fresh["logits"]), expected_logits)
     assert fresh["entities"] == json.loads(json.dumps(tiny_pipeline(texts, aggregation_strategy="simple")))
 

@@ -21,9 +21,10 @@ from transformers.trainer_utils import align_special_tokens
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, train
+from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.cli import main as cli_main
 from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
-from koelectra_crf.data import NerDataCollator, load_klue_ner, read_klue_tsv, tokenize_and_align
+from koelectra_crf.data import load_klue_ner, read_klue_tsv, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
 from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
 from koelectra_crf.train import use_special_tokens_of

@@ -52,11 +52,8 @@ config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 AutoModel.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForTokenClassification.from_pretrained(folder, trust_remote_code=True).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-batch = tokenizer(texts, padding=True, return_tensors="pt")
-logits = None
-if config.tag_unit == "token":  # character units need the pipeline's character inputs
-    with torch.no_grad():
-        logits = model(**batch).logits.tolist()
+with torch.no_grad():
+    logits = model(**model.prepare_inputs(texts, tokenizer)).logits.tolist()
 ner = pipeline("token-classification", model=folder, trust_remote_code=True)
 print(json.dumps({
     "config_class": type(config).__name__, "model_class": type(model).__name__,
