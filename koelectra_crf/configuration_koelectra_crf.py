@@ -85,6 +85,9 @@ class KoElectraCrfConfig(PreTrainedConfig):
     """
 
     model_type = "koelectra-crf"
+    # With an `_auto_class`, transformers' `save_pretrained` copies this file into the folder and names it in
+    # config.json's `auto_map`.
+    _auto_class = "AutoConfig"
     sub_configs_defaults = {
         "encoder": SubConfigSpec(config_class=AutoConfig, model_type="electra", init_kwargs=KOELECTRA_BASE_V3),
     }

@@ -8,13 +8,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BatchEncoding, PreTrainedModel
 from transformers import initialization as init
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from .alignment import model_inputs, pad_inputs
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
-from .handler import EndpointHandler
+
+# Imported so that handler.py travels with this file (transformers copies a module's relative imports with it).
+from .handler import EndpointHandler  # noqa: F401
 from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
 
 
@@ -48,6 +49,8 @@ class KoElectraCrfOutput(TokenClassifierOutput):
 
 class KoElectraCrfPreTrainedModel(PreTrainedModel):
     config_class = KoElectraCrfConfig
+    # With an `_auto_class`, transformers' `save_pretrained` copies the model's code into the folder (see below).
+    _auto_class = "AutoModelForTokenClassification"
     base_model_prefix = "encoder"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -69,14 +72,25 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
         """Save as any transformers model does, into a complete Hub folder.
 
         Besides the weights, config.json names the classes (`auto_map`: `AutoConfig`, `AutoModel`,
-        `AutoModelForTokenClassification`) and the CRF pipeline (`custom_pipelines`), and the folder gets their code
-        (config, model, CRF, alignment, pipeline) and `handler.py`, the Inference Endpoints handler. So the folder
-        loads with `trust_remote_code=True` in any process, whether this model was built with the koelectra-crf
-        package or loaded as remote code; `push_to_hub`, the pipeline's `save_pretrained` and every trainer
-        checkpoint come through here. Save the tokenizer beside it (`tokenizer.save_pretrained(save_directory)`).
+        `AutoModelForTokenClassification`) and the CRF pipeline (`custom_pipelines`), and the folder gets their code:
+        transformers copies the file of a model class that has an `_auto_class` with every file it imports relatively
+        (config, CRF, alignment, pipeline, handler), from wherever the running class comes from (this package, or
+        remote code loaded from a folder or the Hub, which holds them all: transformers fetches a module's relative
+        imports with it). So the folder loads with `trust_remote_code=True` in any process; `push_to_hub`, the
+        pipeline's `save_pretrained` and every trainer checkpoint come through here. Save the tokenizer beside it
+        (`tokenizer.save_pretrained(save_directory)`).
         """
-        if kwargs.get("is_main_process", True):
-            write_remote_code(self, save_directory)
+        config = self.config
+        model_name = _qualified_name(type(self))
+        config.auto_map = {
+            "AutoConfig": _qualified_name(type(config)),
+            "AutoModel": model_name,
+            "AutoModelForTokenClassification": model_name,
+        }
+        pipeline_name = _qualified_name(KoElectraCrfTokenClassificationPipeline)
+        config.custom_pipelines = {
+            TASK: {"impl": pipeline_name, "pt": ["AutoModelForTokenClassification"], "type": "text"}
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -375,30 +389,6 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
-
-
-def write_remote_code(model: KoElectraCrfPreTrainedModel, folder: str | os.PathLike) -> None:
-    """Name the model's classes (`auto_map`) and the CRF pipeline (`custom_pipelines`) in `model.config`, and copy
-    their code and `handler.py` into `folder`; the model's `save_pretrained` then writes config.json there.
-
-    The files are copied from wherever the running classes come from: the koelectra-crf package, or the remote
-    code transformers loaded from a folder or the Hub (which holds them all: it fetches a module's relative imports
-    with it, so this module's imports of the pipeline and the handler bring those files along).
-    """
-    os.makedirs(folder, exist_ok=True)
-    config = model.config
-    model_name = _qualified_name(type(model))
-    config.auto_map = {
-        "AutoConfig": _qualified_name(type(config)),
-        "AutoModel": model_name,
-        "AutoModelForTokenClassification": model_name,
-    }
-    pipeline_class = KoElectraCrfTokenClassificationPipeline
-    config.custom_pipelines = {
-        TASK: {"impl": _qualified_name(pipeline_class), "pt": ["AutoModelForTokenClassification"], "type": "text"}
-    }
-    for code in (type(config), type(model), pipeline_class, EndpointHandler):
-        custom_object_save(code, folder)  # the module's file and, recursively, the files it imports relatively
 
 
 def _qualified_name(code: type) -> str:

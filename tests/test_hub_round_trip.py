@@ -174,7 +174,13 @@ def test_every_save_path_writes_a_folder_that_loads_everywhere(tmp_path, monkeyp
     ner.model.push_to_hub("user/model")
     ner.tokenizer.push_to_hub("user/model")
     ner.push_to_hub("user/pipeline")
-    saved = [tmp_path / "model", tmp_path / "pipeline", hub.repo("user/model"), hub.repo("user/pipeline")]
+    # save_pretrained(push_to_hub=True) uploads only what this save wrote: into a folder that holds an older save.
+    shutil.copytree(tmp_path / "model", tmp_path / "again")
+    ner.model.save_pretrained(tmp_path / "again", push_to_hub=True, repo_id="user/again")
+    ner.tokenizer.save_pretrained(tmp_path / "again", push_to_hub=True, repo_id="user/again")
+    saved = [tmp_path / "model", tmp_path / "pipeline"] + [
+        hub.repo(f"user/{name}") for name in ("model", "pipeline", "again")
+    ]
     assert {"model.safetensors", "README.md", "handler.py", "pipeline_koelectra_crf.py"} <= {
         path.name for path in hub.repo("user/model").iterdir()
     }
