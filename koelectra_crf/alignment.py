@@ -177,8 +177,8 @@ def model_inputs(
     `max_length`, `stride` unless given, `tag_unit`). Besides `EncodedText.window`'s inputs a row holds
     `offset_mapping`, the [start, end) span in the caller's text of each position of the tagged sequence ((0, 0)
     where `tag_mask` is False), and `overflow_to_sample_mapping`, the index of its text. With `entities` (per text,
-    (start, end, type) spans of the caller's text) a row holds `labels` too: each unit's tag from its first
-    character, as in training.
+    (start, end, type) spans of the caller's text, or {"start", "end", "label"} mappings) a row holds `labels` too:
+    each unit's tag from its first character, as in training.
     """
     if entities is not None and len(entities) != len(texts):
         raise ValueError(f"entities holds {len(entities)} lists for {len(texts)} texts: give one list per text")
@@ -209,6 +209,7 @@ def _model_spans(spans, char_spans: list[tuple[int, int]], label2id: dict, index
     checked: inside the text, non-empty, not overlapping, of a type the model has, on character boundaries."""
     starts = {start: i for i, (start, _) in enumerate(char_spans)}
     ends = {end: i + 1 for i, (_, end) in enumerate(char_spans)}
+    spans = [(span["start"], span["end"], span["label"]) if isinstance(span, dict) else tuple(span) for span in spans]
     result, previous_end = [], 0
     for start, end, label_type in sorted(spans, key=lambda span: (span[0], span[1])):
         where = f"text {index}, entity ({start}, {end}, {label_type!r})"

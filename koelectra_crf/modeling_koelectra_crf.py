@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, BatchEncoding, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .alignment import model_inputs, pad_inputs
+from .alignment import NerDataCollator, model_inputs, pad_inputs
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
 
@@ -208,32 +208,47 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         self,
         texts: str | list[str],
         tokenizer,
-        entities: list[list[tuple[int, int, str]]] | None = None,
+        entities: list[list] | None = None,
         stride: int | None = None,
+        return_tensors: str | None = "pt",
     ) -> BatchEncoding:
         r"""The model's inputs for `texts`, what `tokenizer(texts, return_tensors="pt")` is for other models:
         `model(**model.prepare_inputs(texts, tokenizer))` works for both tag units.
 
         Texts are read as the pipeline reads them (Unicode NFC, the tokenizer of this model, `config.tokenization`)
         and cut into overlapping windows of `config.max_length` tokens (`stride`, default `config.stride`, shared):
-        nothing is truncated. One row per window, padded on the right, on the model's device.
+        nothing is truncated. One row per window.
 
         Args:
             texts (`str` or `list[str]`): the texts.
             tokenizer: the model's (fast) tokenizer.
-            entities (`list[list[tuple[int, int, str]]]`, *optional*): per text, its entities as (start, end, type)
-                character spans of the text (end exclusive, types from the model's labels); then `labels` are
-                given too, for training: `model(**inputs).loss`.
+            entities (`list[list]`, *optional*): per text, its entities as character spans of the text, each a
+                `(start, end, type)` sequence or a `{"start", "end", "label"}` mapping (end exclusive, types from the
+                model's labels); then `labels` are given too, for training: `model(**inputs).loss`.
+            stride (`int`, *optional*): tokens shared by consecutive windows (default `config.stride`).
+            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` pads the rows on the right into
+                tensors on the model's device; `None` gives each row's lists unpadded, as a tokenizer does, e.g. for
+                `datasets.Dataset.map(..., batched=True)` and a `Trainer` with [`data_collator`] to pad batches.
 
         Returns:
-            [`BatchEncoding`] of tensors: `input_ids`, `attention_mask` (and `token_type_ids` if the encoder takes
-            them), `tag_mask` (the positions to tag) and with `tag_unit="character"` `char_token_index`,
+            [`BatchEncoding`]: `input_ids`, `attention_mask` (and `token_type_ids` if the encoder takes them),
+            `tag_mask` (the positions to tag) and with `tag_unit="character"` `char_token_index`,
             `char_position_ids` and `char_codes`; `labels` with `entities`; and two the model passes through to its
             output: `offset_mapping` (rows, positions, 2), the characters [start, end) of the text that each tagged
             position stands for ((0, 0) elsewhere), and `overflow_to_sample_mapping` (rows,), the text of each row.
         """
         rows = model_inputs([texts] if isinstance(texts, str) else texts, tokenizer, self.config, entities, stride)
+        if return_tensors is None:
+            return BatchEncoding({key: [row[key] for row in rows] for key in (rows[0] if rows else {})})
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         return BatchEncoding(pad_inputs(rows, tokenizer.pad_token_id)).to(self.device)
+
+    @staticmethod
+    def data_collator(tokenizer, pad_to_multiple_of: int | None = 8) -> NerDataCollator:
+        """The `data_collator` for a `Trainer` over rows of [`prepare_inputs`] (`return_tensors=None`): pads each
+        batch into tensors, the per-character inputs and labels to the characters' length, not the tokens'."""
+        return NerDataCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
     def emissions(self, sequence_output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Emission scores (B, T, K) from the states (B, T, H) of the tagged sequence (tokens, or characters with

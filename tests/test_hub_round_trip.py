@@ -328,17 +328,46 @@ print(json.dumps({"pipeline": type(namespace["ner"]).__name__, "pushed": pushed}
 """
 
 
-@pytest.mark.slow
-def test_the_readme_hub_snippets_run_as_written(tmp_path):
+def readme_hub_snippets(tmp_path: Path) -> tuple[list[str], Path]:
+    """The Python snippets of the README's "Loading from the Hub" section, with the published repo id turned into a
+    folder holding a tiny character-head model whose tokenizer knows the section's characters."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Loading from the Hub")[1].split("\n## ")[0]
     snippets = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert len(snippets) == 2
-    ner = tiny_ner(tmp_path / "tokenizer", "character", vocabulary=section)
+    assert len(snippets) == 3
     published = tmp_path / "YOU" / "koelectra-crf-klue-ner"
-    ner.save_pretrained(published)
-    code = "\n".join(snippets).replace('"YOU/koelectra-crf-klue-ner"', repr(str(published)))
-    result = run_as_hub_user(README_SNIPPET, tmp_path, code, tmp_path)
+    tiny_ner(tmp_path / "tokenizer", "character", vocabulary=section).save_pretrained(published)
+    return [snippet.replace('"YOU/koelectra-crf-klue-ner"', repr(str(published))) for snippet in snippets], published
+
+
+@pytest.mark.slow
+def test_the_readme_hub_snippets_run_as_written(tmp_path):
+    snippets, _ = readme_hub_snippets(tmp_path)
+    result = run_as_hub_user(README_SNIPPET, tmp_path, "\n".join(snippets[:2]), tmp_path)
     assert result["pipeline"] == "KoElectraCrfTokenClassificationPipeline"
     assert {"model.safetensors", "config.json", "tokenizer.json", "handler.py", "modeling_koelectra_crf.py",
             "pipeline_koelectra_crf.py"} <= set(result["pushed"])  # fmt: skip
+
+
+TRAINER_SNIPPET = r"""
+import json, sys
+exec(json.loads(sys.argv[2]), namespace := {})
+losses = [entry["loss"] for entry in namespace["trainer"].state.log_history if "loss" in entry]
+from transformers import pipeline
+ner = pipeline("token-classification", model="my-ner", trust_remote_code=True)
+print(json.dumps({"rows": len(namespace["features"]), "columns": namespace["features"].column_names, "losses": losses,
+                  "pipeline": type(ner).__name__, "imported_koelectra_crf": "koelectra_crf" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_the_plain_trainer_fine_tunes_the_character_head_without_the_package(tmp_path):
+    """The README's `Trainer` snippet, as written, in a process that cannot import koelectra_crf: the rows carry the
+    character inputs and labels, the model learns (the loss falls), and the folder it saves gives the CRF pipeline."""
+    snippets, published = readme_hub_snippets(tmp_path)
+    code = snippets[2].replace('TrainingArguments("my-ner-run", ', 'TrainingArguments("my-ner-run", logging_steps=1, ')
+    result = run_as_hub_user(TRAINER_SNIPPET, tmp_path, code, tmp_path)
+    assert result["imported_koelectra_crf"] is False
+    assert result["rows"] == 2 and {"char_codes", "labels", "tag_mask"} <= set(result["columns"])
+    assert len(result["losses"]) == 5 and result["losses"][-1] < result["losses"][0]
+    assert result["pipeline"] == "KoElectraCrfTokenClassificationPipeline"

@@ -64,13 +64,28 @@ print(json.dumps({
 """
 
 
+# A Hub user has no koelectra_crf: the process a test runs as one cannot import it, even where it is installed.
+NO_PACKAGE = """
+import sys
+
+
+class NoKoelectraCrf:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "koelectra_crf":
+            raise ImportError("koelectra_crf is not installed for a Hub user")
+
+
+sys.meta_path.insert(0, NoKoelectraCrf())
+"""
+
+
 def run_as_hub_user(script: str, folder: Path, payload, work_dir: Path) -> dict:
-    """Run `script` (given argv[1] = `folder`, argv[2] = `payload` as JSON) in a new Python process that cannot see
-    the package's source tree (offline, its own remote-code cache, one thread); return the JSON of its last line."""
+    """Run `script` (given argv[1] = `folder`, argv[2] = `payload` as JSON) in a new Python process that cannot import
+    the package (offline, its own remote-code cache, one thread); return the JSON of its last line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules"), "PYTHONPATH": "",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), str(folder), json.dumps(payload)],
+        [sys.executable, "-c", NO_PACKAGE + textwrap.dedent(script), str(folder), json.dumps(payload)],
         capture_output=True, text=True, env=env, cwd=work_dir, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
