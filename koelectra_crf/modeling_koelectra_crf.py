@@ -204,6 +204,35 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
         return model.float()
 
+    def with_labels(self, labels: list[str]) -> "KoElectraCrfForTokenClassification":
+        """This model for another label set (tag names in id order, e.g. with new entity types), to fine-tune on.
+
+        Everything but the label-dependent weights is carried over (encoder, character features, BiLSTM). Of the
+        classifier rows and the CRF's start, end and transition scores, those of the labels both sets share are
+        carried over by name (wherever the label sits in the new order); those of new labels are initialised as in a
+        fresh model. transformers' `from_pretrained(..., id2label=..., ignore_mismatched_sizes=True)` would
+        initialise all of them afresh. Returns a new model, in this one's mode; this one is unchanged.
+        """
+        config = type(self.config).from_dict({**self.config.to_dict(), "labels": list(labels)})
+        model = type(self)(config).to(device=self.device, dtype=self.dtype)
+        model.load_state_dict(
+            {name: value for name, value in self.state_dict().items() if not name.startswith(("classifier.", "crf."))},
+            strict=False,
+        )
+        old_id = self.config.label2id
+        pairs = [(new, old_id[label]) for new, label in enumerate(config.label_names) if label in old_id]
+        new_ids = torch.tensor([new for new, _ in pairs], dtype=torch.long, device=self.device)
+        old_ids = torch.tensor([old for _, old in pairs], dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            model.classifier.weight[new_ids] = self.classifier.weight[old_ids]
+            model.classifier.bias[new_ids] = self.classifier.bias[old_ids]
+            if model.crf is not None:
+                crf, parent = model.crf, self.crf
+                crf.start_transitions[new_ids] = parent.start_transitions[old_ids]
+                crf.end_transitions[new_ids] = parent.end_transitions[old_ids]
+                crf.transitions[new_ids[:, None], new_ids] = parent.transitions[old_ids[:, None], old_ids]
+        return model.train(self.training)
+
     def prepare_inputs(
         self,
         texts: str | list[str],

@@ -183,3 +183,46 @@ def test_entity_and_sequence_probabilities_match_enumeration(tmp_path, use_crf):
             for path in paths
         ]
         assert probability.item() == pytest.approx(probabilities[torch.tensor(holds)].sum().item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("tag_unit", ["token", "character"])
+def test_a_reordered_label_set_tags_exactly_as_the_parent(tmp_path, tag_unit):
+    """Carried over by name, a model whose labels come in another order is the same tagger."""
+    from koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer(tmp_path)
+    parent = tiny_model(tokenizer.vocab_size, tag_unit=tag_unit)
+    with torch.no_grad():  # a random head that still predicts entities
+        parent.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
+    child = parent.with_labels(list(reversed(KLUE_LABELS)))
+    assert child.config.label_names == list(reversed(KLUE_LABELS)) and not child.training
+    tagged = [KoElectraCrfTokenClassificationPipeline(model=m, tokenizer=tokenizer)(TINY_TEXT) for m in (parent, child)]
+    assert tagged[0] and [e["entity"] for e in tagged[0]] == [e["entity"] for e in tagged[1]]
+    assert [e["score"] for e in tagged[0]] == pytest.approx([e["score"] for e in tagged[1]], abs=1e-5)
+
+
+def test_new_labels_keep_the_shared_rows_and_start_new_ones_fresh(tmp_path):
+    torch.manual_seed(0)
+    parent = tiny_model(character_tokenizer(tmp_path).vocab_size).train()
+    labels = ["B-PRD", "I-PRD", "O", "B-PS", "I-PS"]
+    before = {name: value.clone() for name, value in parent.state_dict().items()}
+    child = parent.with_labels(labels)
+    assert child.training and child.config.num_labels == 5 and child.config.tag_unit == parent.config.tag_unit
+    for name, value in parent.state_dict().items():
+        if not name.startswith(("classifier.", "crf.")):
+            assert torch.equal(child.state_dict()[name], value), name
+    old = [KLUE_LABELS.index(label) for label in labels[2:]]
+    assert torch.equal(child.classifier.weight[2:], parent.classifier.weight[old])
+    assert torch.equal(child.classifier.bias[2:], parent.classifier.bias[old])
+    assert torch.equal(child.crf.start_transitions[2:], parent.crf.start_transitions[old])
+    assert torch.equal(child.crf.end_transitions[2:], parent.crf.end_transitions[old])
+    assert torch.equal(child.crf.transitions[2:, 2:], parent.crf.transitions[old][:, old])
+    # New labels: initialised as a fresh model's (CRF scores uniform in [-0.1, 0.1]), not copies of any parent row.
+    new_scores = torch.cat([child.crf.start_transitions[:2], child.crf.transitions[:2].flatten(),
+                            child.crf.transitions[:, :2].flatten()])  # fmt: skip
+    assert new_scores.abs().max() <= 0.1 and new_scores.std() > 0
+    assert not any(torch.equal(child.classifier.weight[0], row) for row in parent.classifier.weight)
+    # Constraints follow the new names: I-PRD may not follow O.
+    assert not child.crf.allowed_transitions[labels.index("O"), labels.index("I-PRD")]
+    assert all(torch.equal(value, before[name]) for name, value in parent.state_dict().items())  # parent unchanged
