@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import transformers
 from datasets import concatenate_datasets
 from huggingface_hub import HfApi
@@ -61,7 +62,16 @@ class ModelArguments:
     encoder_name_or_path: str = field(
         default="monologg/koelectra-base-v3-discriminator", metadata={"help": "Pretrained encoder (Hub id or folder)."}
     )
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the encoder's."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A trained koelectra-crf model (folder or Hub id) to continue from, instead of a fresh head "
+                          "on --encoder_name_or_path or --random_encoder_config: its encoder, head settings and "
+                          "tokenizer. Its labels become the training data's; those both share keep their weights (by "
+                          "name), new ones start fresh."},
+    )  # fmt: skip
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Defaults to the model's (--model_name_or_path) or else the encoder's."}
+    )
     random_encoder_config: str | None = field(
         default=None,
         metadata={"help": "JSON encoder config: randomly initialised encoder instead of pretrained weights "
@@ -151,6 +161,14 @@ def parse_arguments(argv: list[str]) -> tuple:
 
 def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_size: int):
     head = dataclasses.asdict(head_args)
+    if model_args.model_name_or_path is not None:
+        parent = KoElectraCrfForTokenClassification.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
+        ignored = {name: value for name, value in head.items() if getattr(parent.config, name) != value}
+        if ignored:
+            logger.warning(
+                "the head comes from %s, whose settings stand over %s", model_args.model_name_or_path, ignored
+            )
+        return parent if parent.config.label_names == labels else parent.with_labels(labels)
     if model_args.random_encoder_config is None:
         return KoElectraCrfForTokenClassification.from_encoder(model_args.encoder_name_or_path, labels, **head)
     encoder_dict = json.loads(Path(model_args.random_encoder_config).read_text(encoding="utf-8"))
@@ -204,7 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         logger.info("self-training: %d pseudo-labelled sentences join %d labelled ones", len(pseudo), len(raw["train"]))
         raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.encoder_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
+    )
     model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
     use_special_tokens_of(tokenizer, model)
     choose_cpu_threads(model, processes=training_args.world_size)
@@ -241,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             write_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
-            base_model=model_args.encoder_name_or_path if model_args.random_encoder_config is None else None,
+            base_model=model_args.model_name_or_path
+            or (model_args.encoder_name_or_path if model_args.random_encoder_config is None else None),
             train_file=data_args.train_file, validation_file=data_args.validation_file, training_args=training_args,
             license=output_args.license, model_id=training_args.hub_model_id,
         )  # fmt: skip

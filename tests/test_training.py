@@ -445,3 +445,26 @@ def test_the_model_takes_the_tokenizers_special_tokens_before_the_trainer_would(
     assert before["pad_token_id"] == tokenizer.pad_token_id
     align_special_tokens(model, tokenizer)
     assert {name: getattr(config, name) for name in before} == before
+
+
+def test_training_continues_from_a_trained_model_keeping_shared_labels_by_name(smoke_run, tmp_path):
+    """`--model_name_or_path` starts from a trained model: with another label set, the rows of the labels both sets
+    share are the parent's before the first step (new ones fresh), and the card names the parent as base_model."""
+    from koelectra_crf import KoElectraCrfForTokenClassification
+
+    parent = KoElectraCrfForTokenClassification.from_pretrained(smoke_run)
+    labels = ["B-PS", "I-PS", "B-PRD", "I-PRD", "O"]
+    child = train.build_model(train.ModelArguments(model_name_or_path=str(smoke_run)), train.HeadArguments(), labels, 0)
+    shared = [parent.config.label2id[label] for label in ("B-PS", "I-PS", "O")]
+    torch.testing.assert_close(child.classifier.weight[[0, 1, 4]], parent.classifier.weight[shared], rtol=0, atol=0)
+    torch.testing.assert_close(child.crf.transitions[[0, 1, 4]][:, [0, 1, 4]],
+                               parent.crf.transitions[shared][:, shared], rtol=0, atol=0)  # fmt: skip
+    assert not torch.equal(child.classifier.weight[2], parent.classifier.weight[parent.config.label2id["B-OG"]])
+    same = train.build_model(train.ModelArguments(model_name_or_path=str(smoke_run)), train.HeadArguments(),
+                             parent.config.label_names, 0)  # fmt: skip
+    assert all(torch.equal(value, parent.state_dict()[name]) for name, value in same.state_dict().items())
+
+    output_dir = tmp_path / "continued"
+    run_training(output_dir, "--model_name_or_path", str(smoke_run), "--max_steps", "2")
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.base_model == str(smoke_run)
