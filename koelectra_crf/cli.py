@@ -10,6 +10,7 @@
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
     koelectra-crf benchmark MODEL --input FILE [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
     koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report | --check] [-- ARGS]
+    koelectra-crf adapt ENCODER --input FILE --output DIR [TRAINING FLAGS]   (masked-LM training on raw text)
 
 MODEL is a model folder or a Hub id; for predict, evaluate, errors and benchmark also an ONNX export (CPU only).
 The data is a KLUE NER TSV file, or the Hub `klue` validation split when no `--test_file` is given.
@@ -179,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="parse every run's training arguments and print its command; train nothing"
     )
     ablation_parser.add_argument("extra", nargs="*", help="after --: arguments for every training run")
+
+    adapt_parser = commands.add_parser(
+        "adapt",
+        help="continue an encoder's masked-LM training on raw text (task-adaptive pretraining)",
+        epilog="Every other flag goes to the training: any TrainingArguments flag (--num_train_epochs, "
+        "--learning_rate, --resume_from_checkpoint last, ...), --mlm_probability, --max_length, "
+        "--overwrite_output_dir.",
+    )
+    adapt_parser.add_argument("encoder", help="encoder folder or Hub id")
+    adapt_parser.add_argument(
+        "--input", type=Path, required=True, help="raw text: a text per line, <id>\\t<text> lines, or KLUE TSV"
+    )
+    adapt_parser.add_argument("--output", type=Path, required=True, help="the adapted encoder's folder")
     return parser
 
 
@@ -309,6 +323,13 @@ def _ablation(args: argparse.Namespace) -> None:
         ablation.run_ablation(args.config, args.output_dir, args.seeds, args.extra, study=study)
 
 
+def _adapt(args: argparse.Namespace) -> None:
+    from koelectra_crf import adapt
+
+    adapt.main(["--encoder_name_or_path", args.encoder, "--input_file", str(args.input), "--output_dir",
+                str(args.output), *args.extra])  # fmt: skip
+
+
 COMMANDS = {
     "predict": _predict,
     "export": _export,
@@ -319,13 +340,18 @@ COMMANDS = {
     "attention": _attention,
     "benchmark": _benchmark,
     "ablation": _ablation,
+    "adapt": _adapt,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `koelectra-crf` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `adapt` passes the flags it does not know on to the training (`adapt.main` checks them).
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "adapt":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.extra = unknown if args.command == "adapt" else getattr(args, "extra", None)
     if args.command == "ablation" and not (args.status or args.report or args.config):
         parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
     if args.command == "predict" and args.output and (args.texts or not args.input):

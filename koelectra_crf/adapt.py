@@ -1,0 +1,108 @@
+"""Task-adaptive pretraining: continue an encoder's masked-LM training on raw text of the task's own domain before
+fine-tuning on it (Gururangan et al., ACL 2020, "Don't Stop Pretraining"), in the style of transformers' `run_mlm.py`.
+
+    koelectra-crf adapt ENCODER --input raw.tsv --output DIR [any TrainingArguments flag]
+    accelerate launch -m koelectra_crf.adapt --encoder_name_or_path ENCODER --input_file raw.tsv --output_dir DIR
+
+The input is one text per line, or `<id>\\t<text>` (KLUE's raw sentence file), or a KLUE TSV file
+(`data.read_sentences`). A text longer than `--max_length` tokens is cut into several sequences, never truncated.
+The output folder holds the encoder with its masked-LM head and the tokenizer: training takes it as
+`--encoder_name_or_path`. An encoder saved without a masked-LM head (a sentence-embedding model such as e5) gets a
+fresh one, which transformers' load report lists. As for training, a non-empty output folder is refused unless
+`--resume_from_checkpoint last` continues the run in it or `--overwrite_output_dir true` replaces it. Resumed from a
+checkpoint saved at the end of an epoch (`--save_strategy epoch`), a run ends with the uninterrupted run's weights;
+from one inside an epoch, the first batch after it gets other random masks (transformers restores the random state
+only after fetching that batch, and the masks are drawn as it is fetched).
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from koelectra_crf.data import read_sentences
+from koelectra_crf.threads import choose_cpu_threads
+from koelectra_crf.train import RESUME_LAST, checkpoint_to_resume, delete_previous_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptArguments:
+    encoder_name_or_path: str = field(metadata={"help": "The encoder to adapt (Hub id or folder)."})
+    input_file: str = field(
+        metadata={"help": "Raw text: a text per line, `<id>\\t<text>` lines, or a KLUE TSV file (its sentences)."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for the MLM loss."})
+    max_length: int = field(
+        default=128, metadata={"help": "Tokens per sequence; longer texts become several sequences."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds a previous run (its checkpoints and results "
+                          f"are deleted). Without it such a folder is refused unless --resume_from_checkpoint "
+                          f"({'/'.join(RESUME_LAST)} or a path) continues the run."},
+    )  # fmt: skip
+
+
+def sequences(texts: list[str], tokenizer, max_length: int) -> Dataset:
+    """The MLM training sequences of `texts`: each text's tokens, cut into pieces of at most `max_length` tokens
+    (special tokens included) so that nothing is dropped."""
+
+    def tokenize(batch: dict) -> dict:
+        encoded = tokenizer(
+            batch["text"], truncation=True, max_length=max_length, return_overflowing_tokens=True,
+            return_special_tokens_mask=True,
+        )  # fmt: skip
+        encoded.pop("overflow_to_sample_mapping")
+        return encoded
+
+    return Dataset.from_dict({"text": texts}).map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((AdaptArguments, TrainingArguments))
+    adapt_args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(training_args.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, adapt_args.overwrite_output_dir)
+    if checkpoint is None and adapt_args.overwrite_output_dir and training_args.should_save:
+        delete_previous_run(output_dir)
+    set_seed(training_args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(adapt_args.encoder_name_or_path)
+    # float32 master weights whatever the checkpoint's dtype (e5's are float16), as for fine-tuning.
+    model = AutoModelForMaskedLM.from_pretrained(adapt_args.encoder_name_or_path, dtype=torch.float32)
+    choose_cpu_threads(model, processes=training_args.world_size)
+    texts = [text for _, text in read_sentences(adapt_args.input_file)]
+    with training_args.main_process_first(desc="tokenizing"):
+        dataset = sequences(texts, tokenizer, adapt_args.max_length)
+    logger.info("adapting %s on %d texts (%d sequences)", adapt_args.encoder_name_or_path, len(texts), len(dataset))
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=adapt_args.mlm_probability),
+        processing_class=tokenizer,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Task-adaptive pretraining (`koelectra-crf adapt`): masked-LM training on raw text writes an encoder folder that
+fine-tuning starts from; nothing of a long text is dropped; a run resumes to the uninterrupted run's weights."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import TINY_TEXT, character_tokenizer, tiny_encoder_config
+from transformers import AutoModel, AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
+
+from koelectra_crf import KoElectraCrfForTokenClassification
+from koelectra_crf.adapt import sequences
+from koelectra_crf.cli import main as cli_main
+
+RAW = [f"{i}\t{TINY_TEXT[i % 7 :]}" for i in range(12)]
+
+
+@pytest.fixture
+def encoder(tmp_path):
+    """A tiny BERT with its masked-LM head, saved with a character tokenizer, and a raw `<id>\\t<text>` file."""
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer(tmp_path / "tokenizer")
+    folder = tmp_path / "encoder"
+    BertForMaskedLM(tiny_encoder_config(tokenizer.vocab_size, "bert")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (tmp_path / "raw.tsv").write_text("\n".join(RAW) + "\n", encoding="utf-8")
+    return folder
+
+
+def adapt(encoder, tmp_path, output, *flags: str) -> None:
+    cli_main(["adapt", str(encoder), "--input", str(tmp_path / "raw.tsv"), "--output", str(output),
+              "--learning_rate", "1e-3", "--per_device_train_batch_size", "4", "--report_to", "none",
+              "--use_cpu", "true", "--disable_tqdm", "true", "--seed", "0", *flags])  # fmt: skip
+
+
+def test_adapted_encoder_learns_and_fine_tuning_starts_from_it(encoder, tmp_path):
+    output = tmp_path / "adapted"
+    adapt(encoder, tmp_path, output, "--num_train_epochs", "20")
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 60
+    # The same masked batch of the raw texts, before and after: the adapted encoder predicts the masked tokens better.
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    torch.manual_seed(1)
+    batch = DataCollatorForLanguageModeling(tokenizer)(
+        list(sequences([line.split("\t")[1] for line in RAW], tokenizer, 128))
+    )
+    with torch.no_grad():
+        before, after = (BertForMaskedLM.from_pretrained(folder).eval()(**batch).loss for folder in (encoder, output))
+    assert after < before - 0.2  # a random model's loss is about ln(vocabulary size), 4.7
+    adapted = load_file(output / "model.safetensors")
+    original = load_file(encoder / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(adapted[name], original[name])
+    model = KoElectraCrfForTokenClassification.from_encoder(str(output))
+    assert torch.equal(model.encoder.state_dict()[name.removeprefix("bert.")], adapted[name])
+    assert type(AutoModel.from_pretrained(output)).__name__ == "BertModel"
+
+
+def test_long_texts_become_several_sequences_and_lose_nothing(encoder):
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    texts = [TINY_TEXT * 4, "김철수"]
+    rows = sequences(texts, tokenizer, max_length=16)
+    content = [token for row in rows["input_ids"] for token in row if token not in tokenizer.all_special_ids]
+    expected = [token for text in texts for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert max(len(row) for row in rows["input_ids"]) <= 16 and len(rows) > len(texts)
+    assert content == expected
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(encoder, tmp_path):
+    """Resumed from a checkpoint at the end of an epoch (12 texts, 4 a batch: 3 steps an epoch), the run ends with the
+    uninterrupted run's weights: the same data order and the same random masks."""
+    steps = ["--max_steps", "6", "--save_strategy", "epoch"]
+    adapt(encoder, tmp_path, tmp_path / "whole", *steps)
+    adapt(encoder, tmp_path, tmp_path / "resumed", *steps)
+    for leftover in ("checkpoint-6", "model.safetensors"):  # as if stopped right after the first epoch's checkpoint
+        path = tmp_path / "resumed" / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    adapt(encoder, tmp_path, tmp_path / "resumed", *steps, "--resume_from_checkpoint", "last")
+    whole, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "resumed"))
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+
+
+def test_a_previous_run_is_refused(encoder, tmp_path):
+    adapt(encoder, tmp_path, tmp_path / "run", "--max_steps", "1")
+    with pytest.raises(ValueError, match="is not empty"):
+        adapt(encoder, tmp_path, tmp_path / "run", "--max_steps", "1")
