@@ -6,16 +6,18 @@
 `--texts` texts of at least `--characters` characters each (KLUE training sentences joined by spaces), each read
 through several windows (the config's max_length 128 tokens, stride 32), are tagged as one list at `--batch_size`,
 by both pipelines in turn for `--repeats` rounds, with `aggregation_strategy="simple"` (entity probabilities) and
-`"none"` (token marginals). Both pipelines share one model (the default head: characters, BiLSTM, CRF) and
-tokenizer; the old one is `pipeline_koelectra_crf.py` as it is at the revision, loaded as a module of this package
-(its relative imports are today's). Prints one JSON object: the best seconds of each, new / old, whether the outputs
-agree, and how many positions each passed to the CRF's decode and marginals (the model's forward decodes the rows
-of every batch it runs, in both).
+`"none"` (token marginals), the two alternating in each round. Both pipelines share one model (the default head:
+characters, BiLSTM, CRF) and tokenizer; the old one is `pipeline_koelectra_crf.py` as it is at the revision, loaded
+as a module of this package (its relative imports are today's). Prints one JSON object: the seconds of each run,
+new / old (the median of the rounds' ratios), whether the outputs agree, and what each spent in one run on the CRF's
+decode and marginals (tagged positions and seconds; the model's forward decodes every window it runs, in both) and on
+the tokenizer (texts and seconds).
 """
 
 import argparse
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,21 +65,35 @@ def long_texts(count: int, characters: int) -> list[str]:
 
 
 @contextmanager
-def counting_crf_calls(crf, counts: dict[str, int]):
-    """Within the block, add to `counts` the positions each call of `crf.decode` and `crf.marginals` covers."""
-    for name in counts:
-        method = getattr(crf, name)
+def stage_costs(model, tokenizer, stats: dict):
+    """Within the block, add to `stats` the sizes and seconds of the calls of the CRF's `decode` and `marginals`
+    (positions: the tagged positions they cover) and of the tokenizer (texts)."""
+    crf, tokenizer_class = model.crf, type(tokenizer)
+    tokenize = tokenizer_class.__call__
 
-        def counted(emissions, mask, method=method, name=name):
-            counts[name] += int(mask.sum())
-            return method(emissions, mask)
+    def timed(name: str, method, size):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            result = method(*args, **kwargs)
+            stats[name]["seconds"] += time.perf_counter() - started
+            stats[name]["size"] += size(*args)
+            return result
 
-        setattr(crf, name, counted)  # an instance attribute, in front of the method
+        return call
+
+    def positions(emissions, mask) -> int:
+        return int(mask.sum())
+
+    crf.decode = timed("decode", crf.decode, positions)  # instance attributes, in front of the methods
+    crf.marginals = timed("marginals", crf.marginals, positions)
+    tokenizer_class.__call__ = timed(
+        "tokenizer", tokenize, lambda _, text, *__: 1 if isinstance(text, str) else len(text)
+    )
     try:
         yield
     finally:
-        for name in counts:
-            delattr(crf, name)
+        del crf.decode, crf.marginals
+        tokenizer_class.__call__ = tokenize
 
 
 def agreement(new: list, old: list) -> dict:
@@ -117,22 +133,22 @@ def main() -> None:
     texts = long_texts(args.texts, args.characters)
     windows = [len(list(pipelines["new"].preprocess(text))) for text in texts]
     seconds = {name: {strategy: [] for strategy in STRATEGIES} for name in pipelines}
-    counts = {name: {strategy: {"decode": 0, "marginals": 0} for strategy in STRATEGIES} for name in pipelines}
+    stages = {name: {strategy: {stage: {"size": 0, "seconds": 0.0} for stage in ("decode", "marginals", "tokenizer")}
+                     for strategy in STRATEGIES} for name in pipelines}  # fmt: skip
     results = {name: {} for name in pipelines}
     with torch.inference_mode():
         pipelines["new"](texts[:1], batch_size=args.batch_size)  # warm up
-        for name, ner in pipelines.items():  # outputs and CRF calls, once each
+        for name, ner in pipelines.items():  # outputs and stage costs, one run each
             for strategy in STRATEGIES:
-                with counting_crf_calls(model.crf, counts[name][strategy]):
+                with stage_costs(model, tokenizer, stages[name][strategy]):
                     results[name][strategy] = ner(texts, aggregation_strategy=strategy, batch_size=args.batch_size)
-        for _ in range(args.repeats):
+        for round_index in range(args.repeats):
             for strategy in STRATEGIES:
-                for name, ner in pipelines.items():
+                # Each round in the other order, so that a machine getting faster or slower favours neither.
+                for name in sorted(pipelines, reverse=round_index % 2 == 1):
                     started = time.perf_counter()
-                    ner(texts, aggregation_strategy=strategy, batch_size=args.batch_size)
+                    pipelines[name](texts, aggregation_strategy=strategy, batch_size=args.batch_size)
                     seconds[name][strategy].append(time.perf_counter() - started)
-    best = {name: {strategy: min(times) for strategy, times in by_strategy.items()} for name, by_strategy in
-            seconds.items()}  # fmt: skip
     report = {
         "compared_with": args.compare_with,
         "torch": torch.__version__,
@@ -143,9 +159,14 @@ def main() -> None:
         "windows_per_text": sum(windows) / len(windows),
         "batch_size": args.batch_size,
         "seconds": seconds,
-        "best_seconds": best,
-        "new_over_old": {strategy: best["new"][strategy] / best["old"][strategy] for strategy in STRATEGIES},
-        "crf_positions": counts,
+        # The median over rounds of the ratio within a round: the machine's load changes less within one.
+        "new_over_old": {
+            strategy: statistics.median(
+                new / old for new, old in zip(seconds["new"][strategy], seconds["old"][strategy], strict=True)
+            )
+            for strategy in STRATEGIES
+        },  # fmt: skip
+        "stages": stages,
         "agreement": {
             strategy: agreement(results["new"][strategy], results["old"][strategy]) for strategy in STRATEGIES
         },  # fmt: skip

@@ -33,19 +33,19 @@ disallowed path. Constraints always apply to ``decode``, ``marginals``, ``sequen
 ``entity_probabilities``; they apply to ``log_likelihood`` and ``log_partition`` only with
 ``constrain_training=True``.
 
-Implementations. Every method runs the reference algorithms unless told otherwise: loops over time that read as
-the recursions in their docstrings. The forward algorithm (:func:`_forward`) gives ``log Z`` (:func:`_log_partition`,
-differentiated by autograd); Viterbi (:func:`_viterbi`) stores back-pointers and traces the best path back
-(:func:`_best_paths`); the forward-backward algorithm (:meth:`LinearChainCRF._forward_backward`: the forward algorithm
-run forwards, and again on the reversed chain) is the one source of :meth:`~LinearChainCRF.marginals` and
-:meth:`~LinearChainCRF.entity_probabilities`. On a GPU each step of a loop is a separate kernel launch, and 128 of them
-cost more than the encoder, so there the same quantities come from O(log T) sequential steps, by parallel variants
+Implementations. The reference algorithms are loops over time that read as the recursions in their docstrings:
+the forward algorithm (:func:`_forward`), which gives ``log Z`` (:func:`_log_partition`, differentiated by
+autograd); Viterbi (:func:`_viterbi`), whose back-pointers :func:`_best_paths` follows back from the best last tag;
+and the forward-backward algorithm (:meth:`LinearChainCRF._forward_backward`: the forward algorithm run forwards and
+on the reversed chain), the one source of :meth:`~LinearChainCRF.marginals` and
+:meth:`~LinearChainCRF.entity_probabilities`. On a GPU each step of a loop is a separate kernel launch, and 128 of
+them cost more than the encoder, so there the same quantities come from O(log T) sequential steps: parallel variants
 that multiply the per-step transition matrices pairwise in the log semiring (:func:`_forward_parallel`,
 :func:`_log_partition_parallel`) or in the max-plus semiring (:func:`_viterbi_parallel`). One selector,
-:meth:`LinearChainCRF._algorithms`, picks the set, as the constructor argument ``implementation`` (kept as the
+:meth:`LinearChainCRF._algorithms`, picks the set as the constructor argument ``implementation`` (kept as the
 attribute :attr:`LinearChainCRF.implementation`) says: ``"auto"`` (the default: the reference on CPU, the parallel
 variants on any other device), ``"sequential"`` (the reference) or ``"parallel"``. The tests hold both sets to
-brute-force enumeration and pytorch-crf, and the parallel variants to the reference.
+brute-force enumeration and pytorch-crf, and the parallel variants to the reference functions.
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -140,8 +140,8 @@ class LinearChainCRF(nn.Module):
         constrain_training: apply the constraints in :meth:`log_likelihood` and :meth:`log_partition` too
             (they always apply in :meth:`decode` and :meth:`marginals`).
         implementation: ``"auto"`` (the reference loops over time on CPU, the parallel variants on any other
-            device), ``"sequential"`` (the reference) or ``"parallel"``; see the module docstring. Kept as the attribute
-            :attr:`implementation`, which may be reassigned (and is validated again).
+            device), ``"sequential"`` (the reference) or ``"parallel"``; see the module docstring. Kept as the
+            attribute :attr:`implementation`, which may be reassigned (and is validated again).
 
     Parameters (the only entries of the ``state_dict``; the constraints are non-persistent buffers):
         start_transitions ``(K,)``, end_transitions ``(K,)`` and transitions ``(K, K)``, where
