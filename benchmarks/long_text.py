@@ -114,11 +114,10 @@ def main() -> None:
     parser.add_argument("--characters", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="(default: torch's)")
     parser.add_argument("--random_encoder", action="store_true", help="e5-small-ko's architecture, random weights")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.random_encoder:
         model = KoElectraCrfForTokenClassification(KoElectraCrfConfig(encoder=AutoConfig.from_pretrained(E5)))
