@@ -4,10 +4,12 @@ Both CRFs get the same parameters (pytorch-crf's, copied), the same random emiss
 ragged left-aligned masks (lengths uniform in [T/2, T]; pytorch-crf needs the first position on). Timings are
 the median over ``--repeats`` runs after a warm-up, ours and pytorch-crf's interleaved so that both see the
 same machine load, with ``torch.cuda.synchronize()`` around each run on a GPU; speedups are the median of the
-per-round ratios. Prints one JSON object.
+per-round ratios. With ``--compare_with REV``, crf.py as it is at git revision REV runs in the same rounds too, and
+each of our times is reported over its. Prints one JSON object.
 
     python benchmarks/crf_speed.py                 # GPU when available, else CPU
     python benchmarks/crf_speed.py --device cpu --lengths 128 512 --repeats 20
+    python benchmarks/crf_speed.py --compare_with main
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import importlib.util
 import json
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +28,28 @@ from pathlib import Path
 import torch
 from torchcrf import CRF
 
-# crf.py is standalone (torch only, shipped as remote code): load it without importing the package, and so
-# without transformers.
-_spec = importlib.util.spec_from_file_location("crf", Path(__file__).resolve().parents[1] / "koelectra_crf" / "crf.py")
-crf_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(crf_module)
-LinearChainCRF = crf_module.LinearChainCRF
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_crf(path: Path, name: str = "crf"):
+    """crf.py is standalone (torch only, shipped as remote code): load it without importing the package, and so
+    without transformers."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_crf_at(revision: str):
+    """crf.py as it is at git ``revision``."""
+    source = subprocess.run(["git", "show", f"{revision}:koelectra_crf/crf.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
+        file.write(source)
+    return load_crf(Path(file.name), "crf_baseline")
+
+
+LinearChainCRF = load_crf(ROOT / "koelectra_crf" / "crf.py").LinearChainCRF
 
 
 def cpu_name() -> str:
@@ -77,13 +97,13 @@ def path_score(reference: CRF, emissions: torch.Tensor, path: list[int]) -> floa
     return (score + end[tags[-1]]).item()
 
 
-def bench_length(length: int, args: argparse.Namespace, device: torch.device) -> dict:
+def bench_length(length: int, args: argparse.Namespace, device: torch.device, baseline_module=None) -> dict:
     generator = torch.Generator().manual_seed(length)
     batch, num_tags = args.batch, args.num_tags
     reference = CRF(num_tags, batch_first=True).to(device)
     ours = LinearChainCRF(num_tags).to(device)
     ours.load_state_dict(reference.state_dict())  # same names, same transitions[from, to] convention
-    other = "sequential" if ours._parallel(device) else "parallel"
+    other = "sequential" if ours._algorithms(device).name == "parallel" else "parallel"
     ours_other = LinearChainCRF(num_tags, implementation=other).to(device)
     ours_other.load_state_dict(reference.state_dict())
 
@@ -124,18 +144,23 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
 
         return run
 
-    rounds = time_interleaved(
-        {
-            "ll_ours": lambda: backward(ours.log_likelihood(emissions, tags, mask).sum()),
-            "ll_reference": lambda: backward(reference(emissions, tags, mask, reduction="sum")),
-            "ll_forward_ours": no_grad(lambda: ours.log_likelihood(emissions, tags, mask)),
-            "decode_ours": lambda: ours.decode(emissions, mask),
-            "decode_reference": no_grad(lambda: reference.decode(emissions, mask)),
-            "marginals_ours": no_grad(lambda: ours.marginals(emissions, mask)),
-        },
-        device,
-        args.repeats,
-    )
+    functions = {
+        "ll_ours": lambda: backward(ours.log_likelihood(emissions, tags, mask).sum()),
+        "ll_reference": lambda: backward(reference(emissions, tags, mask, reduction="sum")),
+        "ll_forward_ours": no_grad(lambda: ours.log_likelihood(emissions, tags, mask)),
+        "decode_ours": lambda: ours.decode(emissions, mask),
+        "decode_reference": no_grad(lambda: reference.decode(emissions, mask)),
+        "marginals_ours": no_grad(lambda: ours.marginals(emissions, mask)),
+    }
+    if baseline_module is not None:
+        baseline = baseline_module.LinearChainCRF(num_tags).to(device)
+        baseline.load_state_dict(reference.state_dict())
+        functions.update({
+            "ll_baseline": lambda: backward(baseline.log_likelihood(emissions, tags, mask).sum()),
+            "decode_baseline": lambda: baseline.decode(emissions, mask),
+            "marginals_baseline": no_grad(lambda: baseline.marginals(emissions, mask)),
+        })  # fmt: skip
+    rounds = time_interleaved(functions, device, args.repeats)
     # The other implementation, only to show that "auto" picks the faster one here; fewer rounds (slow on CPU).
     rounds.update(
         time_interleaved(
@@ -148,6 +173,21 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
         )
     )
     times = {name: statistics.median(values) for name, values in rounds.items()}
+    compared = {}
+    if baseline_module is not None:
+        with torch.no_grad():
+            same = torch.equal(baseline.decode(emissions, mask), ours.decode(emissions, mask))
+            ll_difference = (baseline.log_likelihood(emissions, tags, mask) - ll_ours.float()).abs().max().item()
+            marginals_difference = (baseline.marginals(emissions, mask) - ours.marginals(emissions, mask)).abs().max()
+        compared = {
+            "baseline_ms": {name: times[f"{name}_baseline"] for name in ("ll", "decode", "marginals")},
+            "ours_over_baseline": {
+                name: median_ratio(rounds, f"{name}_ours", f"{name}_baseline") for name in ("ll", "decode", "marginals")
+            },
+            "baseline_decode_paths_identical": same,
+            "baseline_ll_max_abs_difference": ll_difference,
+            "baseline_marginals_max_abs_difference": marginals_difference.item(),
+        }
     return {
         "ll_fwd_bwd_ms": {"ours": times["ll_ours"], "pytorch_crf": times["ll_reference"]},
         "ll_fwd_bwd_speedup": median_ratio(rounds, "ll_reference", "ll_ours"),
@@ -165,6 +205,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device) ->
         "decode_paths_identical": not differing,
         "decode_rows_differing": len(differing),
         "decode_differing_rows_max_exact_score_gap": max(score_gaps, default=0.0),
+        **compared,
     }
 
 
@@ -176,12 +217,14 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--num_tags", type=int, default=13)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compare_with", metavar="REV", help="also time crf.py at this git revision (e.g. main)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     ours = LinearChainCRF(args.num_tags)
+    baseline = load_crf_at(args.compare_with) if args.compare_with else None
     report = {
         "device": f"{device.type}: {name}",
         "cpu_threads": torch.get_num_threads(),
@@ -190,8 +233,9 @@ def main() -> None:
         "batch": args.batch,
         "num_tags": args.num_tags,
         "repeats": args.repeats,
-        "implementation": "parallel" if ours._parallel(device) else "sequential",
-        "lengths": {str(length): bench_length(length, args, device) for length in args.lengths},
+        "implementation": ours._algorithms(device).name,
+        "compared_with": args.compare_with,
+        "lengths": {str(length): bench_length(length, args, device, baseline) for length in args.lengths},
     }
     print(json.dumps(report, indent=2))
 

@@ -33,17 +33,19 @@ disallowed path. Constraints always apply to ``decode``, ``marginals``, ``sequen
 ``entity_probabilities``; they apply to ``log_likelihood`` and ``log_partition`` only with
 ``constrain_training=True``.
 
-Implementations. The forward algorithm is a loop over time. On a CPU the loop, a few small operations per
-step, is the fastest, and its gradient comes from the backward algorithm (:class:`_LogPartitionSequential`),
-which is cheaper than autograd replaying the loop. On a GPU each step is a separate kernel launch, and 128 of
-them cost more than the encoder, so there the same quantities are computed with O(log T) sequential steps by
-multiplying the per-step transition matrices pairwise in the log semiring (:func:`_log_partition_parallel`,
-:func:`_forward_alphas_parallel`). The constructor argument ``implementation`` (kept as the attribute
-:attr:`LinearChainCRF.implementation`) selects one: ``"auto"`` (the default: the loop on CPU, the parallel one on
-any other device), ``"sequential"`` or ``"parallel"``. Viterbi decoding follows the same choice: a loop storing
-back-pointers (:func:`_viterbi_sequential`), or the same parallel scan in the max-plus semiring followed by all
-back-pointers at once (:func:`_viterbi_parallel`); either way the path is traced back by pointer doubling
-(:func:`_best_paths`, :func:`_trace_back`).
+Implementations. The reference algorithms are loops over time that read as the recursions in their docstrings:
+the forward algorithm (:func:`_forward`), which gives ``log Z`` (:func:`_log_partition`, differentiated by
+autograd); Viterbi (:func:`_viterbi`), whose back-pointers :func:`_best_paths` follows back from the best last tag;
+and the forward-backward algorithm (:meth:`LinearChainCRF._forward_backward`: the forward algorithm run forwards and
+on the reversed chain), the one source of :meth:`~LinearChainCRF.marginals` and
+:meth:`~LinearChainCRF.entity_probabilities`. On a GPU each step of a loop is a separate kernel launch, and 128 of
+them cost more than the encoder, so there the same quantities come from O(log T) sequential steps: parallel variants
+that multiply the per-step transition matrices pairwise in the log semiring (:func:`_forward_parallel`,
+:func:`_log_partition_parallel`) or in the max-plus semiring (:func:`_viterbi_parallel`). One selector,
+:meth:`LinearChainCRF._algorithms`, picks the set as the constructor argument ``implementation`` (kept as the
+attribute :attr:`LinearChainCRF.implementation`) says: ``"auto"`` (the default: the reference on CPU, the parallel
+variants on any other device), ``"sequential"`` (the reference) or ``"parallel"``. The tests hold both sets to
+brute-force enumeration and pytorch-crf, and the parallel variants to the reference functions.
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -52,6 +54,7 @@ parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +78,16 @@ IMPLEMENTATIONS = ("auto", "sequential", "parallel")
 
 #: The "sum" of a semiring over one dimension: ``torch.logsumexp`` (log semiring) or ``torch.amax`` (max-plus).
 Reduce = Callable[..., Tensor]
+
+
+class _Algorithms(NamedTuple):
+    """One set of the three recursions, as :meth:`LinearChainCRF._algorithms` selects it; each takes left-aligned
+    emissions (see the "reference algorithms" below for the arguments)."""
+
+    name: str  # "sequential" (the reference loops) or "parallel"
+    forward: Callable[..., Tensor]  # alpha (B, T, K)
+    log_partition: Callable[..., Tensor]  # log Z (B,)
+    viterbi: Callable[..., Tensor]  # best tags (B, T)
 
 
 def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,9 +139,9 @@ class LinearChainCRF(nn.Module):
         allowed_end: optional bool ``(K,)``, the tags a sequence may end with.
         constrain_training: apply the constraints in :meth:`log_likelihood` and :meth:`log_partition` too
             (they always apply in :meth:`decode` and :meth:`marginals`).
-        implementation: ``"auto"`` (the loop over time on CPU, the parallel algorithms on any other device),
-            ``"sequential"`` or ``"parallel"``; see the module docstring. Kept as the attribute
-            :attr:`implementation`, which may be reassigned (and is validated again).
+        implementation: ``"auto"`` (the reference loops over time on CPU, the parallel variants on any other
+            device), ``"sequential"`` (the reference) or ``"parallel"``; see the module docstring. Kept as the
+            attribute :attr:`implementation`, which may be reassigned (and is validated again).
 
     Parameters (the only entries of the ``state_dict``; the constraints are non-persistent buffers):
         start_transitions ``(K,)``, end_transitions ``(K,)`` and transitions ``(K, K)``, where
@@ -183,7 +196,8 @@ class LinearChainCRF(nn.Module):
         self._implementation = implementation
 
     def reset_parameters(self) -> None:
-        """Draw all scores from ``uniform(-0.1, 0.1)``, as pytorch-crf does."""
+        """Draw all scores from ``uniform(-0.1, 0.1)``, as pytorch-crf does: at construction, and from the model's
+        ``_init_weights`` for a checkpoint without them."""
         for parameter in (self.start_transitions, self.end_transitions, self.transitions):
             nn.init.uniform_(parameter, -0.1, 0.1)
 
@@ -229,7 +243,7 @@ class LinearChainCRF(nn.Module):
             return emissions.float().sum(dim=(1, 2))
         with _autocast_disabled(emissions.device):
             em, _, lengths, _ = _left_align(emissions, mask)
-            return self._log_partition(em, lengths, *self._scores(self.constrain_training))
+            return self._log_z(em, lengths, *self._scores(self.constrain_training))
 
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -249,8 +263,7 @@ class LinearChainCRF(nn.Module):
         with _autocast_disabled(emissions.device):
             em, mask_c, lengths, order = _left_align(emissions, mask)
             start, transitions, end = self._scores(constrained=True, penalty=float("-inf"))
-            viterbi = _viterbi_parallel if self._parallel(em.device) else _viterbi_sequential
-            best = viterbi(em, lengths, start, transitions, end)
+            best = self._algorithms(em.device).viterbi(em, lengths, start, transitions, end)
             best = best.masked_fill(~mask_c, IGNORE_INDEX)
             return torch.empty_like(best).scatter_(1, order, best)
 
@@ -326,7 +339,7 @@ class LinearChainCRF(nn.Module):
         ``(N, T)`` mask of the positions ``s < t <= l``: no loop, all spans at once. ``log Z`` is taken at ``s``,
         ``logsumexp_k(alpha_s(k) + beta_s(k))``, the per-position normaliser of :meth:`marginals` (see there), so
         that ``P <= P(y_s = b | x)`` holds in float32 too, up to rounding. The alphas and betas come from the
-        loop or the parallel scan, as ``implementation`` selects.
+        forward-backward algorithm (:meth:`_forward_backward`), as for :meth:`marginals`.
 
         Args:
             emissions: ``(B, T, K)`` float.
@@ -371,11 +384,13 @@ class LinearChainCRF(nn.Module):
             raise ValueError(f"mask must have shape {tuple(emissions.shape[:2])}, got {tuple(mask.shape)}")
         return mask.bool()
 
-    def _parallel(self, device: torch.device) -> bool:
-        """Whether the parallel algorithms run on ``device`` (``implementation`` was validated when set)."""
-        if self.implementation == "auto":
-            return device.type != "cpu"
-        return self.implementation == "parallel"
+    def _algorithms(self, device: torch.device) -> _Algorithms:
+        """The one selector: the reference algorithms or the parallel variants, for data on ``device``, as
+        ``implementation`` says (validated when set)."""
+        parallel = device.type != "cpu" if self.implementation == "auto" else self.implementation == "parallel"
+        if parallel:
+            return _Algorithms("parallel", _forward_parallel, _log_partition_parallel, _viterbi_parallel)
+        return _Algorithms("sequential", _forward, _log_partition, _viterbi)
 
     def _scores(self, constrained: bool, penalty: float = CONSTRAINT_PENALTY) -> tuple[Tensor, Tensor, Tensor]:
         """Float32 start ``(K,)``, transition ``(K, K)`` and end ``(K,)`` scores, ``penalty`` added to the
@@ -405,14 +420,14 @@ class LinearChainCRF(nn.Module):
             tags_c = tags.gather(1, order).masked_fill(~mask_c, 0)
             start, transitions, end = self._scores(constrained)
             gold = _path_score(em, tags_c, mask_c, lengths, start, transitions, end)
-            return gold - self._log_partition(em, lengths, start, transitions, end)
+            return gold - self._log_z(em, lengths, start, transitions, end)
 
     def _forward_backward(
         self, em: Tensor, mask_c: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """The forward and backward log-scores of left-aligned emissions, by the loop or the parallel scan.
+        """The forward-backward algorithm: forward and backward log-scores of left-aligned emissions.
 
-        Returns ``alpha`` ``(B, T, K)`` (see ``_forward_sequential``) and ``beta_t(k) + e[t, k]`` ``(B, T, K)``,
+        Returns ``alpha`` ``(B, T, K)`` (see :func:`_forward`) and ``beta_t(k) + e[t, k]`` ``(B, T, K)``,
         where ``beta_t(k)`` is the log-sum of the scores of all suffixes ``y_{t+1}..y_{n-1}`` after ``y_t = k``,
         the end score included::
 
@@ -420,27 +435,55 @@ class LinearChainCRF(nn.Module):
 
         Values past a row's end are not meaningful.
         """
-        forward_alphas = _forward_alphas_parallel if self._parallel(em.device) else _forward_alphas_sequential
-        alphas = forward_alphas(em, start, transitions)
+        forward = self._algorithms(em.device).forward
+        alphas = forward(em, start, transitions)
         # The backward algorithm is the forward algorithm on the reversed chain: reverse each sequence in place,
         # start with f, move from tag j to tag i with score A[i, j] (i.e. A transposed). Its alphas, reversed
         # back, are beta_t(k) + e[t, k]: the suffixes from position t on, emission at t included.
         reverse = _reverse_index(mask_c, lengths)
-        betas_and_emission = _gather_time(forward_alphas(_gather_time(em, reverse), end, transitions.t()), reverse)
+        betas_and_emission = _gather_time(forward(_gather_time(em, reverse), end, transitions.t()), reverse)
         return alphas, betas_and_emission
 
-    def _log_partition(self, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    def _log_z(self, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
         """``log Z`` ``(B,)`` of left-aligned emissions, 0 for empty rows."""
-        if self._parallel(em.device):
-            log_z = _log_partition_parallel(em, lengths, start, transitions, end)
-        else:
-            log_z = _log_partition_sequential(em, lengths, start, transitions, end)
+        log_z = self._algorithms(em.device).log_partition(em, lengths, start, transitions, end)
         return log_z.masked_fill(lengths == 0, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Algorithms. Each takes LEFT-ALIGNED float32 emissions ``em`` (B, T, K) whose padding is 0 (see
+# The reference algorithms. Each takes LEFT-ALIGNED float32 emissions ``em`` (B, T, K) whose padding is 0 (see
 # ``_left_align``), the sequence ``lengths`` (B,) where needed, and float32 scores s (K,), A (K, K), f (K,).
+
+
+def _forward(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
+    """The forward algorithm: ``alpha`` ``(B, T, K)``, as a loop over time.
+
+    ``alpha_t(j)`` is the log-sum of the scores of all prefixes ``y_0..y_t`` with ``y_t = j`` (emission at ``t``
+    included). Splitting on the previous tag ``y_{t-1} = i`` gives the recursion::
+
+        alpha_0(j) = s[j] + e[0, j]
+        alpha_t(j) = logsumexp_i(alpha_{t-1}(i) + A[i, j]) + e[t, j]
+
+    Values past a row's end are not meaningful (but finite).
+    """
+    steps = em.unbind(dim=1)  # T tensors (B, K)
+    alpha = start + steps[0]
+    alphas = [alpha]
+    for emission in steps[1:]:
+        # (B, K, 1) + (K, K) -> (B, K, K) indexed [b, i, j]; log-sum-exp over the previous tag i.
+        alpha = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emission
+        alphas.append(alpha)
+    return torch.stack(alphas, dim=1)
+
+
+def _log_partition(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """``log Z = logsumexp_j(alpha_{n-1}(j) + f[j])`` ``(B,)`` by the forward algorithm (:func:`_forward`).
+
+    Autograd differentiates it through the loop: ``d log Z / d e[t, j] = P(y_t = j | x)``, the marginals, and
+    ``d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j | x)``; replaying the loop backwards is the backward
+    algorithm.
+    """
+    return torch.logsumexp(_at_last(_forward(em, start, transitions), lengths) + end, dim=-1)
 
 
 def _path_score(
@@ -455,6 +498,107 @@ def _path_score(
     last_tags = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     score = start[tags[:, 0]] + emission + transition + end[last_tags]
     return score.masked_fill(lengths == 0, 0.0)
+
+
+def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
+    """Best tag sequences ``(B, T)`` by the Viterbi algorithm, as a loop over time; values past a row's end are not
+    meaningful.
+
+    The forward algorithm with max instead of log-sum-exp: ``v_t(j)``, the best score of a prefix ending in
+    ``y_t = j``, and the back-pointer ``p_t(j)``, the previous tag of that best prefix::
+
+        v_0(j) = s[j] + e[0, j]
+        v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
+
+    The loop computes ``v`` and ``p`` one step at a time; the best path is then read backwards from them
+    (:func:`_best_paths`).
+    """
+    batch_size, _, num_tags = em.shape
+    transitions_to = transitions.t().contiguous()  # [j, i], see _viterbi_candidates
+    steps = em.transpose(0, 1).contiguous().unbind(dim=0)  # time-major contiguous steps
+    score = start + steps[0]
+    score_list, pointer_list = [score], []
+    for emission in steps[1:]:
+        best, pointer = _viterbi_candidates(score, transitions_to).max(dim=2)  # over the previous tag i, (B, K)
+        score = best + emission
+        score_list.append(score)
+        pointer_list.append(pointer)
+    scores = torch.stack(score_list)  # (T, B, K)
+    pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
+    # Short blocks: on a CPU fewer, smaller rounds of pointer doubling win (see _trace_back).
+    return _best_paths(scores, pointers, lengths, end, block=_TRACE_BACK_BLOCK)
+
+
+def _viterbi_candidates(scores: Tensor, transitions_to: Tensor) -> Tensor:
+    """The scores ``v_{t-1}(i) + A[i, j]`` of extending a best prefix by one tag, laid out ``[..., j, i]``.
+
+    ``scores`` ``(..., K)`` holds ``v_{t-1}``, ``transitions_to`` ``(K, K)`` is ``A`` transposed (``[j, i]``)
+    and contiguous; the result is ``(..., K, K)``. In this layout the max and argmax over the previous tag ``i``
+    run over the innermost, contiguous dimension, the fastest reduction; the values added and compared are the
+    same as in the textbook layout.
+    """
+    return scores.unsqueeze(-2) + transitions_to
+
+
+def _best_paths(scores: Tensor, pointers: Tensor, lengths: Tensor, end: Tensor, block: int) -> Tensor:
+    """Best tag sequences ``(B, T)`` from the Viterbi scores ``v`` ``(T, B, K)`` and back-pointers ``p_1 ..
+    p_{T-1}`` ``(T-1, B, K)`` (time-major, see :func:`_viterbi`); values past a row's end are not
+    meaningful.
+
+    The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
+    ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
+    are traced back together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of
+    ``T`` dependent ``gather`` steps, the back-pointer maps are composed by pointer doubling in blocks of
+    ``block`` steps (``_trace_back``): ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
+    """
+    length, batch_size, num_tags = scores.shape
+    last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
+    final = scores.gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
+    best_last = final.argmax(dim=1)  # y_{n-1}, (B,)
+
+    # maps[t] = p_{t+1}, from the tag at t+1 to the tag at t: (T, B, K); the identity where t+1 >= n.
+    identity = torch.arange(num_tags, device=scores.device).expand(batch_size, num_tags)
+    in_sequence = torch.arange(1, length + 1, device=scores.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
+    maps = torch.where(in_sequence, torch.cat([pointers, identity.unsqueeze(0)]), identity)
+    return _trace_back(maps, best_last, block).t()
+
+
+_TRACE_BACK_BLOCK = 16
+
+
+def _trace_back(maps: Tensor, last: Tensor, block: int) -> Tensor:
+    """Tags ``(T, B)`` of the paths that ``maps`` ``(T, B, K)`` trace back from ``last`` ``(B,)``: ``maps[t]``
+    takes the tag at ``t+1`` to the tag at ``t`` and the tag "at ``T``" is ``last`` (so with ``maps[T-1]`` the
+    identity, ``y_{T-1} = last``).
+
+    Following the maps one step at a time is ``T`` dependent ``gather`` steps. Instead, time is cut into blocks
+    of ``block`` steps (the last one padded with identities). Within every block at once the maps are composed
+    by pointer doubling: after the round with offset ``d``, ``m[b, s] = maps[s] o ... o maps[s+2d-1]`` within
+    block ``b`` (composition ``f o g = f.gather(g)``), so in the end ``m[b, s]`` takes the tag after block ``b``
+    to the tag at ``s``. Then a walk back over the blocks gives the tag after each block, and one ``gather``
+    reads every position. ``log2(block)`` rounds plus ``T / block`` dependent steps: ``block = T`` is pure
+    pointer doubling.
+    """
+    length, batch_size, num_tags = maps.shape
+    block = min(block, length)
+    blocks = -(-length // block)
+    padding = blocks * block - length
+    if padding:
+        identity = torch.arange(num_tags, device=maps.device).expand(padding, batch_size, num_tags)
+        maps = torch.cat([maps, identity])
+    composed = maps.view(blocks, block, batch_size, num_tags)
+    offset = 1
+    while offset < block:
+        later = composed[:, offset:]
+        composed = torch.cat([composed[:, :-offset].gather(3, later), composed[:, -offset:]], dim=1)
+        offset *= 2
+    # after[b] = the tag after block b: the last block's is `last`; block b's is block b+1's first tag.
+    tag, after = last, [last]
+    for first_maps in composed[1:, 0].unbind(0)[::-1]:
+        tag = first_maps.gather(1, tag.unsqueeze(1)).squeeze(1)
+        after.append(tag)
+    after = torch.stack(after[::-1]).view(blocks, 1, batch_size, 1).expand(blocks, block, batch_size, 1)
+    return composed.gather(3, after).squeeze(3).reshape(blocks * block, batch_size)[:length]
 
 
 def _entity_probabilities(
@@ -508,91 +652,9 @@ def _entity_probabilities(
     return (head + middle + tail).clamp(max=0).masked_fill(~valid, float("-inf")).exp()
 
 
-def _forward_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> tuple[Tensor, Tensor]:
-    """The forward algorithm as a loop over time: ``alpha`` and the incoming messages ``m``, both ``(B, T, K)``.
-
-    ``alpha_t(j)`` is the log-sum of the scores of all prefixes ``y_0..y_t`` with ``y_t = j`` (emission at
-    ``t`` included). Splitting on the previous tag ``y_{t-1} = i`` gives the recursion::
-
-        alpha_0(j) = s[j] + e[0, j]
-        m_t(j) = logsumexp_i(alpha_{t-1}(i) + A[i, j]),   alpha_t(j) = m_t(j) + e[t, j]
-
-    so ``log Z = logsumexp_j(alpha_{n-1}(j) + f[j])``. ``m_0`` is 0. Values past a row's end are not
-    meaningful (but finite).
-    """
-    steps = em.unbind(dim=1)  # T tensors (B, K)
-    alpha = start + steps[0]
-    alphas, messages = [alpha], [torch.zeros_like(alpha)]
-    for emission in steps[1:]:
-        # (B, K, 1) + (K, K) -> (B, K, K) indexed [b, i, j]; log-sum-exp over the previous tag i.
-        message = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1)
-        alpha = message + emission
-        alphas.append(alpha)
-        messages.append(message)
-    return torch.stack(alphas, dim=1), torch.stack(messages, dim=1)
-
-
-def _forward_alphas_sequential(em: Tensor, start: Tensor, transitions: Tensor) -> Tensor:
-    """``alpha`` ``(B, T, K)`` by the forward loop (see ``_forward_sequential``)."""
-    return _forward_sequential(em, start, transitions)[0]
-
-
-def _log_partition_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-    """``log Z`` ``(B,)`` by the forward algorithm as a loop over time (see ``_forward_sequential``)."""
-    return _LogPartitionSequential.apply(em, lengths, start, transitions, end)
-
-
-class _LogPartitionSequential(torch.autograd.Function):
-    """``log Z`` by the forward loop, differentiated by the backward algorithm instead of autograd.
-
-    Autograd through the loop would record and replay several small operations per time step, which on a CPU
-    costs about as much as the forward loop again; here the backward pass is one small batched matrix product
-    per step. The gradient of ``log Z`` is known in closed form: with the posterior marginals ``P(y_t = j)``::
-
-        d log Z / d e[t, j] = P(y_t = j)           d log Z / d A[i, j] = sum_t P(y_{t-1} = i, y_t = j)
-        d log Z / d s[j] = P(y_0 = j)              d log Z / d f[j] = P(y_{n-1} = j)
-
-    and the backward algorithm computes them from the saved alphas and messages, in probability space. Given
-    ``y_t = j``, the prefix before it is distributed as in the forward algorithm, so the chain is also Markov
-    backwards::
-
-        P(y_{t-1} = i | y_t = j) = exp(alpha_{t-1}(i) + A[i, j] - m_t(j)) =: W_t[j, i]
-        P(y_{n-1} = j) = softmax_j(alpha_{n-1}(j) + f[j])
-        P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i],   P(y_{t-1} = i, y_t = j) = P(y_t = j) W_t[j, i]
-
-    where ``W_t`` comes from the saved alphas and messages in one vectorised operation. Rows of different
-    lengths run the recursion together from ``t = T-1`` down: a row's positions past its end hold zeros, and
-    its ``P(y_{n-1})`` is added in at ``t = n-1``.
-    """
-
-    @staticmethod
-    def forward(ctx, em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-        alphas, messages = _forward_sequential(em, start, transitions)
-        last = _at_last(alphas, lengths) + end  # alpha_{n-1} + f, (B, K)
-        ctx.save_for_backward(alphas, messages, lengths, transitions, last)
-        return torch.logsumexp(last, dim=-1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_log_z: Tensor) -> tuple[Tensor, None, Tensor, Tensor, Tensor]:
-        alphas, messages, lengths, transitions, last = ctx.saved_tensors
-        batch_size, length, num_tags = alphas.shape
-        alphas, messages = alphas.transpose(0, 1).contiguous(), messages.transpose(0, 1).contiguous()  # (T, B, K)
-        # W[t-1, b, j, i] = P(y_{t-1} = i | y_t = j) for t = 1..T-1: (T-1, B, K, K)
-        conditionals = (alphas[:-1, :, None, :] + transitions.t()).sub_(messages[1:, :, :, None]).exp_()
-        last_marginals = torch.softmax(last, dim=-1) * grad_log_z.unsqueeze(1)  # grad * P(y_{n-1}), (B, K)
-        ends = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
-        seeds = torch.zeros_like(alphas).scatter_(0, ends, last_marginals.unsqueeze(0)).unsqueeze(2)  # (T,B,1,K)
-        marginal = seeds[-1]  # grad * P(y_t) as (B, 1, K), from t = T-1 down
-        marginals = [marginal]
-        for t in range(length - 1, 0, -1):
-            # P(y_{t-1} = i) = sum_j P(y_t = j) W_t[j, i], plus the seed of the rows that end at t - 1
-            marginal = torch.baddbmm(seeds[t - 1], marginal, conditionals[t - 1])
-            marginals.append(marginal)
-        marginals = torch.cat(marginals[::-1], dim=1)  # (B, T, K): grad * P(y_t = k)
-        # sum_{b, t} P(y_{t-1} = i, y_t = j) = sum_{b, t} P(y_t = j) W_t[j, i], laid out [j, i]
-        pairs = (conditionals * marginals.transpose(0, 1)[1:].unsqueeze(3)).sum(dim=(0, 1))
-        return marginals, None, marginals[:, 0].sum(0), pairs.t(), last_marginals.sum(0)
+# ----------------------------------------------------------------------------------------------------------
+# The parallel variants (selected on GPUs): the same inputs and results as the reference algorithms above, in
+# O(log T) sequential steps.
 
 
 def _semiring_matmul(a: Tensor, b: Tensor, reduce: Reduce = torch.logsumexp) -> Tensor:
@@ -621,7 +683,8 @@ def _step_matrices(em: Tensor, transitions: Tensor) -> Tensor:
 
 
 def _log_partition_parallel(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-    """``log Z`` ``(B,)`` by a parallel reduction over time: O(log T) sequential steps instead of T.
+    """``log Z`` ``(B,)`` by a parallel reduction over time: O(log T) sequential steps instead of T. Same result as
+    :func:`_log_partition`.
 
     ``log Z = logsumexp_{i,j}(alpha_0(i) + (M_1 ... M_{n-1})[i, j] + f[j])``. Matrices past a row's end are
     replaced by the identity, so every row multiplies the same number of matrices; that number is padded with
@@ -643,16 +706,14 @@ def _log_partition_parallel(em: Tensor, lengths: Tensor, start: Tensor, transiti
     return torch.logsumexp(alpha_last + end, dim=-1)
 
 
-def _forward_alphas_parallel(
-    em: Tensor, start: Tensor, transitions: Tensor, reduce: Reduce = torch.logsumexp
-) -> Tensor:
+def _forward_parallel(em: Tensor, start: Tensor, transitions: Tensor, reduce: Reduce = torch.logsumexp) -> Tensor:
     """The forward algorithm as a parallel prefix scan: ``alpha`` ``(B, T, K)`` in O(log T) sequential steps.
 
-    Same result as ``_forward_alphas_sequential``. ``alpha_t = alpha_0 P_t`` with the prefix products
+    Same result as :func:`_forward`. ``alpha_t = alpha_0 P_t`` with the prefix products
     ``P_t = M_1 ... M_t`` (see ``_step_matrices``), which the Hillis-Steele scan computes: after the round with
     offset ``d``, entry ``t`` holds the product of the last ``min(2d, t)`` matrices up to ``M_t``. With
     ``reduce=torch.amax`` the same scan in the max-plus semiring gives the Viterbi scores ``v`` (see
-    ``_viterbi_sequential`` and ``_viterbi_parallel``).
+    :func:`_viterbi` and :func:`_viterbi_parallel`).
     """
     alpha_0 = start + em[:, 0]  # (B, K)
     prefix = _step_matrices(em, transitions)  # (B, T-1, K, K)
@@ -666,121 +727,20 @@ def _forward_alphas_parallel(
     return torch.cat([alpha_0.unsqueeze(1), later], dim=1)
 
 
-def _viterbi_sequential(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
-    """Best tag sequences ``(B, T)`` by the Viterbi algorithm as a loop over time; values past a row's end are
-    not meaningful.
-
-    The forward algorithm with max instead of log-sum-exp: ``v_t(j)``, the best score of a prefix ending in
-    ``y_t = j``, and the back-pointer ``p_t(j)``, the previous tag of that best prefix::
-
-        v_0(j) = s[j] + e[0, j]
-        v_t(j) = max_i(v_{t-1}(i) + A[i, j]) + e[t, j],   p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])
-
-    The loop computes ``v`` and ``p`` one step at a time; the best path is then read backwards from them
-    (``_best_paths``).
-    """
-    batch_size, _, num_tags = em.shape
-    transitions_to = transitions.t().contiguous()  # [j, i], see _viterbi_candidates
-    steps = em.transpose(0, 1).contiguous().unbind(dim=0)  # time-major contiguous steps
-    score = start + steps[0]
-    score_list, pointer_list = [score], []
-    for emission in steps[1:]:
-        best, pointer = _viterbi_candidates(score, transitions_to).max(dim=2)  # over the previous tag i, (B, K)
-        score = best + emission
-        score_list.append(score)
-        pointer_list.append(pointer)
-    scores = torch.stack(score_list)  # (T, B, K)
-    pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
-    # Short blocks on a CPU, where fewer, smaller rounds of pointer doubling win.
-    return _best_paths(scores, pointers, lengths, end, block=_CPU_TRACE_BACK_BLOCK)
-
-
 def _viterbi_parallel(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor) -> Tensor:
     """Best tag sequences ``(B, T)`` by the Viterbi algorithm in O(log T) sequential steps; values past a row's
     end are not meaningful.
 
-    Same recursion as ``_viterbi_sequential``, which is the forward recursion in the max-plus semiring, so the
-    prefix scan of ``_forward_alphas_parallel`` with ``reduce=torch.amax`` computes every ``v_t`` (``v_t =
+    Same recursion as :func:`_viterbi`, which is the forward recursion in the max-plus semiring, so the
+    prefix scan of :func:`_forward_parallel` with ``reduce=torch.amax`` computes every ``v_t`` (``v_t =
     v_0 M_1 ... M_t`` with max-plus matrix products). Then every back-pointer comes out of ``v_{t-1}`` at once,
     ``p_t(j) = argmax_i(v_{t-1}(i) + A[i, j])``. The scan adds the same numbers as the loop in another order, so
     only a near-tie (two prefixes within float32 rounding) can pick the other of two equally good paths.
     """
-    scores = _forward_alphas_parallel(em, start, transitions, torch.amax).transpose(0, 1)  # (T, B, K)
+    scores = _forward_parallel(em, start, transitions, torch.amax).transpose(0, 1)  # (T, B, K)
     pointers = _viterbi_candidates(scores[:-1], transitions.t().contiguous()).argmax(dim=3)  # (T-1, B, K)
     # One block: pure pointer doubling, no dependent steps at all.
     return _best_paths(scores, pointers, lengths, end, block=em.size(1))
-
-
-def _viterbi_candidates(scores: Tensor, transitions_to: Tensor) -> Tensor:
-    """The scores ``v_{t-1}(i) + A[i, j]`` of extending a best prefix by one tag, laid out ``[..., j, i]``.
-
-    ``scores`` ``(..., K)`` holds ``v_{t-1}``, ``transitions_to`` ``(K, K)`` is ``A`` transposed (``[j, i]``)
-    and contiguous; the result is ``(..., K, K)``. In this layout the max and argmax over the previous tag ``i``
-    run over the innermost, contiguous dimension, the fastest reduction; the values added and compared are the
-    same as in the textbook layout.
-    """
-    return scores.unsqueeze(-2) + transitions_to
-
-
-def _best_paths(scores: Tensor, pointers: Tensor, lengths: Tensor, end: Tensor, block: int) -> Tensor:
-    """Best tag sequences ``(B, T)`` from the Viterbi scores ``v`` ``(T, B, K)`` and back-pointers ``p_1 ..
-    p_{T-1}`` ``(T-1, B, K)`` (time-major, see ``_viterbi_sequential``); values past a row's end are not
-    meaningful.
-
-    The best path ends in ``y_{n-1} = argmax_j(v_{n-1}(j) + f[j])`` and is recovered backwards with
-    ``y_{t-1} = p_t(y_t)``. Back-pointers past a row's end are set to the identity, ``p_t(j) = j``, so all rows
-    are traced back together from ``t = T-1``: a row's tag stays ``y_{n-1}`` until ``t = n-1``. Instead of
-    ``T`` dependent ``gather`` steps, the back-pointer maps are composed by pointer doubling in blocks of
-    ``block`` steps (``_trace_back``): ``y_t = (p_{t+1} o p_{t+2} o ... o p_{T-1})(y_{T-1})``.
-    """
-    length, batch_size, num_tags = scores.shape
-    last = (lengths - 1).clamp(min=0).view(1, batch_size, 1).expand(1, batch_size, num_tags)
-    final = scores.gather(0, last).squeeze(0) + end  # v_{n-1} + f, (B, K)
-    best_last = final.argmax(dim=1)  # y_{n-1}, (B,)
-
-    # maps[t] = p_{t+1}, from the tag at t+1 to the tag at t: (T, B, K); the identity where t+1 >= n.
-    identity = torch.arange(num_tags, device=scores.device).expand(batch_size, num_tags)
-    in_sequence = torch.arange(1, length + 1, device=scores.device).view(-1, 1, 1) < lengths.view(1, -1, 1)
-    maps = torch.where(in_sequence, torch.cat([pointers, identity.unsqueeze(0)]), identity)
-    return _trace_back(maps, best_last, block).t()
-
-
-_CPU_TRACE_BACK_BLOCK = 16
-
-
-def _trace_back(maps: Tensor, last: Tensor, block: int) -> Tensor:
-    """Tags ``(T, B)`` of the paths that ``maps`` ``(T, B, K)`` trace back from ``last`` ``(B,)``: ``maps[t]``
-    takes the tag at ``t+1`` to the tag at ``t`` and the tag "at ``T``" is ``last`` (so with ``maps[T-1]`` the
-    identity, ``y_{T-1} = last``).
-
-    Following the maps one step at a time is ``T`` dependent ``gather`` steps. Instead, time is cut into blocks
-    of ``block`` steps (the last one padded with identities). Within every block at once the maps are composed
-    by pointer doubling: after the round with offset ``d``, ``m[b, s] = maps[s] o ... o maps[s+2d-1]`` within
-    block ``b`` (composition ``f o g = f.gather(g)``), so in the end ``m[b, s]`` takes the tag after block ``b``
-    to the tag at ``s``. Then a walk back over the blocks gives the tag after each block, and one ``gather``
-    reads every position. ``log2(block)`` rounds plus ``T / block`` dependent steps: ``block = T`` is pure
-    pointer doubling.
-    """
-    length, batch_size, num_tags = maps.shape
-    block = min(block, length)
-    blocks = -(-length // block)
-    padding = blocks * block - length
-    if padding:
-        identity = torch.arange(num_tags, device=maps.device).expand(padding, batch_size, num_tags)
-        maps = torch.cat([maps, identity])
-    composed = maps.view(blocks, block, batch_size, num_tags)
-    offset = 1
-    while offset < block:
-        later = composed[:, offset:]
-        composed = torch.cat([composed[:, :-offset].gather(3, later), composed[:, -offset:]], dim=1)
-        offset *= 2
-    # after[b] = the tag after block b: the last block's is `last`; block b's is block b+1's first tag.
-    tag, after = last, [last]
-    for first_maps in composed[1:, 0].unbind(0)[::-1]:
-        tag = first_maps.gather(1, tag.unsqueeze(1)).squeeze(1)
-        after.append(tag)
-    after = torch.stack(after[::-1]).view(blocks, 1, batch_size, 1).expand(blocks, block, batch_size, 1)
-    return composed.gather(3, after).squeeze(3).reshape(blocks * block, batch_size)[:length]
 
 
 # ----------------------------------------------------------------------------------------------------------

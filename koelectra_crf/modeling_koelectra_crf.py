@@ -57,11 +57,12 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers 5.x leaves a parameter that a checkpoint lacks as uninitialised memory unless this
-        # initialises it; the CRF's are plain nn.Parameters the base class knows nothing about.
-        # The same holds for the constraint masks, non-persistent buffers that no checkpoint holds.
+        # initialises it; the CRF's are plain nn.Parameters the base class knows nothing about. Its own
+        # `reset_parameters` draws them; transformers runs this with `torch.nn.init` guarded, so that parameters a
+        # checkpoint filled stay as loaded. The same holds for the constraint masks, non-persistent buffers that no
+        # checkpoint holds.
         if isinstance(module, LinearChainCRF):
-            for parameter in (module.start_transitions, module.end_transitions, module.transitions):
-                init.uniform_(parameter, -0.1, 0.1)
+            module.reset_parameters()
             buffers = (module.allowed_start, module.allowed_transitions, module.allowed_end)
             for buffer, value in zip(buffers, bio_constraints(self.config.label_names), strict=True):
                 init.copy_(buffer, value)

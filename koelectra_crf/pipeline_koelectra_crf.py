@@ -22,16 +22,28 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import islice
+from typing import NamedTuple
 
 import torch
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
 from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, unit_tags_to_char_tags
+from .crf import IGNORE_INDEX
 
 TASK = "token-classification"
 # Batches an iterator's texts are sorted among: more pad less, fewer keep its results streaming sooner.
 SORTED_BATCHES = 16
+
+
+class _Text(NamedTuple):
+    """A caller's text as the model reads it (`KoElectraCrfTokenClassificationPipeline._read`): `encoded`, the tokens
+    of its NFC form, and `original_spans`, the span of `sentence` each character of that form comes from (None where
+    NFC left the text as it was)."""
+
+    sentence: str
+    encoded: EncodedText
+    original_spans: list[tuple[int, int]] | None
 
 
 class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
@@ -90,14 +102,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(self, sentence: str, stride: int | None = None, **_):
-        if not isinstance(sentence, str):
-            raise ValueError(f"expected a string, got {type(sentence).__name__}")
-        config = self.model.config
-        # The model reads the NFC text (decomposed Hangul would be unknown jamo to it); `postprocess` maps its
-        # offsets back into `sentence`, the caller's string, which is what travels on.
-        text, original_spans = nfc_with_offsets(sentence)
-        encoded = encode_texts([text], self.tokenizer, config.tokenization)[0]
+    def preprocess(self, sentence: str | _Text, stride: int | None = None, **_):
+        # A list's texts come read already (`__call__` reads them to sort them); any other text is read here.
+        text = sentence if isinstance(sentence, _Text) else self._read([sentence])[0]
+        config, encoded = self.model.config, text.encoded
         windows = encoded.windows(config.max_length, config.stride if stride is None else stride)
         for n, (start, end) in enumerate(windows):
             yield {
@@ -106,36 +114,60 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                     name: torch.tensor([values], dtype=torch.bool if name == "tag_mask" else torch.long)
                     for name, values in encoded.window(start, end, config.tag_unit).items()
                 },
+                # Whether this window is the whole text: only then is it decoded on its own (`_forward`).
+                "whole_text": len(windows) == 1,
                 "window": (start, end),
                 "encoded": encoded if n == 0 else None,
-                "sentence": sentence if n == 0 else None,
-                # None when the text is NFC already (offsets unchanged): a list of a span per character is walked
-                # item by item each time the pipeline moves a batch between devices.
-                "original_spans": original_spans if n == 0 and text != sentence else None,
+                "sentence": text.sentence if n == 0 else None,
+                "original_spans": text.original_spans if n == 0 else None,
                 "is_last": n == len(windows) - 1,
             }
+
+    def _read(self, sentences: list[str]) -> list[_Text]:
+        """Each text as the model reads it, tokenized in one batched call: its NFC form (decomposed Hangul would be
+        unknown jamo to the model), whose offsets `postprocess` maps back into the caller's string."""
+        for sentence in sentences:
+            if not isinstance(sentence, str):
+                raise ValueError(f"expected a string, got {type(sentence).__name__}")
+        normalized = [nfc_with_offsets(sentence) for sentence in sentences]
+        encoded = encode_texts([text for text, _ in normalized], self.tokenizer, self.model.config.tokenization)
+        return [
+            # No spans when the text is NFC already (offsets unchanged): a list of a span per character is walked
+            # item by item each time the pipeline moves a batch between devices.
+            _Text(sentence, encoded_text, spans if text != sentence else None)
+            for sentence, (text, spans), encoded_text in zip(sentences, normalized, encoded, strict=True)
+        ]
 
     def _forward(self, model_inputs, with_scores: bool = True):
         passed_on = {
             key: model_inputs.pop(key) for key in ("window", "encoded", "sentence", "original_spans", "is_last")
         }
+        whole_text = model_inputs.pop("whole_text")  # one per row: a list, or a bare value with batch_size=1
         tag_mask = model_inputs["tag_mask"].bool()
+        rows = torch.tensor(whole_text if isinstance(whole_text, list) else [whole_text], device=tag_mask.device)
         outputs = self.model(**model_inputs)
         return {
             "emissions": outputs.logits,
-            **self._tags_and_scores(outputs.logits, tag_mask, outputs.predictions, with_scores),
+            **self._tags_and_scores(outputs.logits, tag_mask, rows, outputs.predictions, with_scores),
             "tag_mask": tag_mask,
             **passed_on,
         }
 
-    def _tags_and_scores(self, emissions, tag_mask, predictions=None, with_scores: bool = True) -> dict:
-        """Viterbi tags (B, T) and, `with_scores`, each tag's marginal probability (B, T)."""
-        if predictions is None:
-            predictions = self.model.decode(emissions, tag_mask)
+    def _tags_and_scores(self, emissions, tag_mask, rows, predictions=None, with_scores: bool = True) -> dict:
+        """Viterbi tags (B, T) and, `with_scores`, each tag's marginal probability (B, T), for the `rows` (B,) bool
+        that hold a whole text; the windows of a longer text are decoded and scored only once stitched
+        (`_unit_predictions`), and their rows here hold no tags (-100, unless the model's forward decoded them)
+        and scores of 0."""
+        if predictions is None:  # a model whose forward does not decode
+            predictions = torch.full(tag_mask.shape, IGNORE_INDEX, dtype=torch.long, device=emissions.device)
+            if rows.any():
+                predictions[rows] = self.model.decode(emissions[rows], tag_mask[rows])
         if not with_scores:
-            return {"predictions": predictions}
-        probabilities = self.model.tag_probabilities(emissions, tag_mask)
-        scores = probabilities.gather(-1, predictions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            return {"predictions": predictions, "scores": None}
+        scores = torch.zeros(tag_mask.shape, device=emissions.device)
+        if rows.any():
+            probabilities = self.model.tag_probabilities(emissions[rows], tag_mask[rows])
+            scores[rows] = probabilities.gather(-1, predictions[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return {"predictions": predictions, "scores": scores}
 
     def postprocess(
@@ -243,11 +275,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         device = self.model.device
         emissions = rows[torch.tensor(index, dtype=torch.long)].unsqueeze(0).to(device)
         tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=device)
-        predictions = self.model.decode(emissions, tag_mask)
-        if not with_scores:  # the marginals would be a forward-backward pass over the whole text for nothing
-            return emissions, predictions[0].tolist(), None
-        result = self._tags_and_scores(emissions, tag_mask, predictions)
-        return emissions, result["predictions"][0].tolist(), result["scores"][0].tolist()
+        whole = torch.ones(1, dtype=torch.bool, device=device)
+        result = self._tags_and_scores(emissions, tag_mask, whole, with_scores=with_scores)
+        scores = result["scores"][0].tolist() if with_scores else None
+        return emissions, result["predictions"][0].tolist(), scores
 
     def __call__(self, inputs: str | list[str] | Iterator[str], **kwargs):
         """Tag one text (a list of entity dicts), a list of texts (one list per text) or an iterator of texts (an
@@ -262,20 +293,20 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         if batch_size == 1 or not isinstance(inputs, list):
             return super().__call__(inputs, **kwargs)
         # A batch is padded to its longest window: texts of as many tokens together waste least. The batch a text
-        # lands in changes at most the last float digits of its scores (each row is masked on its own).
-        order = sorted(range(len(inputs)), key=self._token_counts(inputs).__getitem__)
-        results = [None] * len(inputs)
-        for position, result in zip(order, super().__call__([inputs[i] for i in order], **kwargs), strict=True):
+        # lands in changes at most the last float digits of its scores (each row is masked on its own). Each text is
+        # tokenized once, here, and `preprocess` takes it as read.
+        texts = self._read(inputs)
+        order = sorted(range(len(texts)), key=self._token_counts(texts).__getitem__)
+        results = [None] * len(texts)
+        for position, result in zip(order, super().__call__([texts[i] for i in order], **kwargs), strict=True):
             results[position] = result
         return results
 
-    def _token_counts(self, texts: list) -> list[int]:
-        """How many tokens the model reads of each text (0 for a non-string, which `preprocess` refuses): the order
-        batches are filled in. Counting them costs about 1% of tagging; sorted by characters instead, batches of 32
-        KLUE sentences use 80% of their padded positions, not 96% (characters per token vary), and tag 6-17% slower."""
-        model_texts = [nfc_with_offsets(text)[0] if isinstance(text, str) else "" for text in texts]
-        encoded = encode_texts(model_texts, self.tokenizer, self.model.config.tokenization)
-        return [len(text.token_ids) for text in encoded]
+    def _token_counts(self, texts: list[_Text]) -> list[int]:
+        """How many tokens the model reads of each text: the order batches are filled in. Sorted by characters
+        instead, batches of 32 KLUE sentences use 80% of their padded positions, not 96% (characters per token vary),
+        and tag 6-17% slower; the tokens cost nothing more, as every text is tokenized once, before it is sorted."""
+        return [len(text.encoded.token_ids) for text in texts]
 
     def _stream_sorted(self, texts: Iterator[str], chunk_size: int, kwargs: dict) -> Iterator:
         """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by tokens)."""

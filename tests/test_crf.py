@@ -1,7 +1,8 @@
 """Tests of koelectra_crf.crf against a brute-force oracle and pytorch-crf.
 
-Every algorithm that exists in two implementations (a loop over time, used on CPU, and a parallel one, used on
-GPU) is tested in both, forced through ``LinearChainCRF(..., implementation=...)``.
+Every method is tested with both sets of algorithms, the reference loops over time (used on CPU) and the parallel
+variants (used on GPU), forced through ``LinearChainCRF(..., implementation=...)``; the parallel variants are also
+held to the reference functions directly.
 """
 
 from __future__ import annotations
@@ -678,7 +679,7 @@ def test_constrained_training_keeps_gradients_finite(implementation):
 
 
 def test_gradients_agree_between_implementations():
-    # The loop's gradient is the backward algorithm (a custom autograd Function); the parallel one is autograd.
+    # Autograd through the loop (the backward algorithm) and through the parallel reduction.
     generator = torch.Generator().manual_seed(9)
     labels = ["O", "B-X", "I-X", "B-Y", "I-Y"]
     allowed_start, allowed_transitions, _ = bio_constraints(labels)
@@ -745,6 +746,35 @@ def test_parallel_viterbi_finds_a_best_path_on_long_sequences():
     assert (paths["sequential"] == paths["parallel"]).float().mean() > 0.99  # ties are rare
 
 
+@pytest.mark.parametrize("length", [1, 2, 5, 33])
+def test_parallel_variants_equal_the_reference_recursions(length):
+    """The scans against the loops, on left-aligned ragged rows: forward scores in the log semiring (alpha) and
+    in the max-plus semiring (Viterbi scores, against a max-plus loop written here), log Z, and best paths."""
+    generator = torch.Generator().manual_seed(length)
+    batch, num_tags = 5, 4
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    mask = torch.arange(length) < lengths[:, None]
+    em = (torch.randn(batch, length, num_tags, generator=generator) * 2).masked_fill(~mask[..., None], 0.0)
+    start, transitions, end = (
+        torch.randn(shape, generator=generator) for shape in ((num_tags,), (num_tags,) * 2, (num_tags,))
+    )
+
+    torch.testing.assert_close(
+        crf_module._forward_parallel(em, start, transitions), crf_module._forward(em, start, transitions)
+    )
+    torch.testing.assert_close(
+        crf_module._log_partition_parallel(em, lengths, start, transitions, end),
+        crf_module._log_partition(em, lengths, start, transitions, end),
+    )
+    scores = [start + em[:, 0]]
+    for t in range(1, length):
+        scores.append((scores[-1].unsqueeze(2) + transitions).amax(dim=1) + em[:, t])
+    torch.testing.assert_close(crf_module._forward_parallel(em, start, transitions, torch.amax), torch.stack(scores, 1))
+    paths = crf_module._viterbi_parallel(em, lengths, start, transitions, end)
+    assert torch.equal(paths[mask], crf_module._viterbi(em, lengths, start, transitions, end)[mask])
+
+
 @pytest.mark.parametrize("length", [1, 5, 16, 37])
 def test_trace_back_follows_the_maps_for_every_block_size(length):
     generator = torch.Generator().manual_seed(length)
@@ -764,7 +794,7 @@ def test_auto_implementation_uses_the_loop_on_cpu(monkeypatch):
         raise AssertionError("parallel implementation used")
 
     monkeypatch.setattr(crf_module, "_log_partition_parallel", fail)
-    monkeypatch.setattr(crf_module, "_forward_alphas_parallel", fail)
+    monkeypatch.setattr(crf_module, "_forward_parallel", fail)
     monkeypatch.setattr(crf_module, "_viterbi_parallel", fail)
     crf = random_crf(3)
     assert crf.implementation == "auto"

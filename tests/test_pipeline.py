@@ -205,6 +205,71 @@ def test_token_marginals_are_computed_only_for_the_strategy_that_outputs_them(ti
         tiny_pipeline(TINY_TEXT, aggregation_strategy="none")
 
 
+@pytest.mark.parametrize("forward_decodes", [True, False], ids=["forward-decodes", "emissions-only"])
+def test_each_text_is_decoded_and_scored_once_and_long_texts_only_once_stitched(
+    tiny_pipeline, monkeypatch, forward_decodes
+):
+    """A text of one window is decoded and scored on its own row, a text of several windows once its windows are
+    stitched, never window by window: all the pipeline's calls to the model's `decode` and `tag_probabilities`
+    together cover each text's units exactly once. `decode` not even that where the model's forward decodes (this
+    model's, in eval mode): a one-window text keeps the forward's tags. Counted in tagged positions, outside the
+    forward; with a batch of 2 the one-window text shares its batch with a window of the long one."""
+    model = tiny_pipeline.model
+    texts = [TINY_TEXT[:24], TINY_TEXT * 3]
+    windows = [len(list(tiny_pipeline.preprocess(text))) for text in texts]
+    assert windows[0] == 1 and windows[1] > 2
+    units = [len(encoded.unit_spans("token")) for encoded in encode_texts(texts, tiny_pipeline.tokenizer, "subword")]
+    expected = {strategy: tiny_pipeline(texts, aggregation_strategy=strategy, batch_size=2) for strategy in STRATEGIES}
+    forward, decode, tag_probabilities = model.forward, model.decode, model.tag_probabilities
+    in_forward, decoded, scored = [], [], []
+
+    def counted_forward(**inputs):
+        in_forward.append(True)
+        try:
+            outputs = forward(**inputs)
+        finally:
+            in_forward.pop()
+        return outputs if forward_decodes else KoElectraCrfOutput(logits=outputs.logits)
+
+    def counted(calls, method):
+        def count(emissions, tag_mask):
+            if not in_forward:
+                calls.append(int(tag_mask.sum()))
+            return method(emissions, tag_mask)
+
+        return count
+
+    monkeypatch.setattr(model, "forward", counted_forward)
+    monkeypatch.setattr(model, "decode", counted(decoded, decode))
+    monkeypatch.setattr(model, "tag_probabilities", counted(scored, tag_probabilities))
+    for strategy in STRATEGIES:
+        decoded.clear()
+        scored.clear()
+        results = tiny_pipeline(texts, aggregation_strategy=strategy, batch_size=2)
+        assert sorted(decoded) == (units[1:] if forward_decodes else sorted(units)), strategy
+        assert sorted(scored) == (sorted(units) if strategy == "none" else []), strategy
+        assert results == expected[strategy]
+
+
+def test_each_text_is_tokenized_once(tiny_pipeline, monkeypatch):
+    """One at a time, or sorted into batches by their tokens (a list, an iterator): the tokenizer sees each text
+    once."""
+    tokenize = type(tiny_pipeline.tokenizer).__call__
+    tokenized = []
+
+    def counted(tokenizer, text, *args, **kwargs):
+        tokenized.extend([text] if isinstance(text, str) else text)
+        return tokenize(tokenizer, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_pipeline.tokenizer), "__call__", counted)
+    texts = [TINY_TEXT * 3, TINY_TEXT[:24], "서울"]
+    for batch_size, inputs in ((1, texts), (2, texts), (2, iter(texts))):
+        tokenized.clear()
+        results = list(tiny_pipeline(inputs, aggregation_strategy="simple", batch_size=batch_size))
+        assert len(results) == len(texts)
+        assert sorted(tokenized) == sorted(texts), batch_size
+
+
 def test_sequence_probability_on_request(tiny_pipeline):
     text = TINY_TEXT
     result = tiny_pipeline(text, aggregation_strategy="simple", return_sequence_probability=True)
@@ -322,7 +387,7 @@ def test_remote_code_files_stand_alone():
             "handler",
             "pipeline_koelectra_crf",
         },
-        "pipeline_koelectra_crf.py": {"alignment"},
+        "pipeline_koelectra_crf.py": {"alignment", "crf"},
         "handler.py": set(),
     }
 
