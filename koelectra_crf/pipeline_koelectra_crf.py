@@ -12,6 +12,9 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 - an entity's `score` (every aggregating strategy: `simple`, `first`, `average`, `max` give the same spans and
   scores) is the probability the CRF puts on exactly that entity: B-X at its first unit, I-X through its last, no
   I-X right after it (`LinearChainCRF.entity_probabilities`), not a mean of per-token scores;
+- `respace=True` re-spaces each text with Kiwi (`pip install kiwipiepy`) before the model reads it (only its spaces
+  change, `alignment.respaced_with_offsets`), for text written without spaces or with wrong ones; offsets stay the
+  caller's;
 - `return_sequence_probability=True` makes each text's result `{"entities": [...], "sequence_probability": p}`,
   p = P(decoded tags | text) (`LinearChainCRF.sequence_probability`), e.g. to keep only confident pseudo-labels;
 - with `batch_size` > 1, texts are batched in order of their number of tokens (a list whole, an iterator
@@ -27,7 +30,15 @@ import torch
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, unit_tags_to_char_tags
+from .alignment import (
+    EncodedText,
+    char_tags_to_spans,
+    encode_texts,
+    kiwi_space,
+    nfc_with_offsets,
+    respaced_with_offsets,
+    unit_tags_to_char_tags,
+)
 
 TASK = "token-classification"
 # Batches an iterator's texts are sorted among: more pad less, fewer keep its results streaming sooner.
@@ -58,6 +69,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         aggregation_strategy=None,
         stride=None,
         return_sequence_probability=None,
+        respace=None,
         **unsupported,
     ):
         # Offsets come from the tokenizer, windows from the model's config (`stride` overrides its stride).
@@ -73,6 +85,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
                 raise ValueError(f"stride must be a non-negative int (tokens shared by windows), got {stride!r}")
             preprocess_params["stride"] = stride
+        if respace is not None:
+            if respace:
+                kiwi_space("")  # loads Kiwi now: a missing kiwipiepy fails here with its install command
+            preprocess_params["respace"] = bool(respace)
         postprocess_params, forward_params = {}, {}
         if aggregation_strategy is not None:
             if isinstance(aggregation_strategy, str):
@@ -90,13 +106,15 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(self, sentence: str, stride: int | None = None, **_):
+    def preprocess(self, sentence: str, stride: int | None = None, respace: bool = False, **_):
         if not isinstance(sentence, str):
             raise ValueError(f"expected a string, got {type(sentence).__name__}")
         config = self.model.config
         # The model reads the NFC text (decomposed Hangul would be unknown jamo to it); `postprocess` maps its
         # offsets back into `sentence`, the caller's string, which is what travels on.
         text, original_spans = nfc_with_offsets(sentence)
+        if respace:  # the model reads the text re-spaced by Kiwi; the spans still lead back into `sentence`
+            text, original_spans = respaced_with_offsets(text, kiwi_space(text), original_spans)
         encoded = encode_texts([text], self.tokenizer, config.tokenization)[0]
         windows = encoded.windows(config.max_length, config.stride if stride is None else stride)
         for n, (start, end) in enumerate(windows):
