@@ -276,7 +276,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     results = evaluate_spacing(ner, data, args.spacing, **rates, seed=args.spacing_seed, batch_size=args.batch_size)
     for condition, (metrics, predictions) in results.items():
         report.write_evaluation(metrics, predictions, args.output_dir / condition)
-    settings = {**rates, "seed": args.spacing_seed, "respace": args.respace}
+    settings = {"model": args.model, "test_file": args.test_file, **rates, "seed": args.spacing_seed,
+                "respace": args.respace}  # fmt: skip
     scores = {condition: metrics for condition, (metrics, _) in results.items()}
     print(report.write_robustness(scores, settings, args.output_dir), end="")
 
