@@ -46,6 +46,17 @@ def _data_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     _output_argument(parser, command)
 
 
+def _share(value: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = None
+    if share is None or not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {value!r}")
+    return share
+
+
 def _respace_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--respace", action="store_true",
@@ -123,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "each condition's report to OUTPUT_DIR/CONDITION and a robustness table (robustness.md, robustness.json)",
     )  # fmt: skip
     evaluate.add_argument(
-        "--spacing_remove_rate", type=float, default=spacing.DEFAULT_REMOVE_RATE, help="(default: %(default)s)"
+        "--spacing_remove_rate", type=_share, default=spacing.DEFAULT_REMOVE_RATE, help="(default: %(default)s)"
     )
     evaluate.add_argument(
-        "--spacing_insert_rate", type=float, default=spacing.DEFAULT_INSERT_RATE, help="(default: %(default)s)"
+        "--spacing_insert_rate", type=_share, default=spacing.DEFAULT_INSERT_RATE, help="(default: %(default)s)"
     )
     evaluate.add_argument("--spacing_seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
     _respace_argument(evaluate)

@@ -338,6 +338,13 @@ def test_evaluate_under_spacing_noise_writes_a_robustness_table(model_dir, klue_
     assert f"| noisy | {robustness['conditions']['noisy']['entity_f1']:.2f} |" in table
 
 
+def test_spacing_rates_outside_0_to_1_are_refused_before_any_work(capsys):
+    for flag, value in (("--spacing_remove_rate", "1.5"), ("--spacing_insert_rate", "a")):
+        with pytest.raises(SystemExit):
+            run("evaluate", "no-such-model", "--spacing", "noisy", flag, value)
+        assert f"{flag}: must be a number from 0 to 1, got '{value}'" in capsys.readouterr().err
+
+
 def test_predict_respaces_with_kiwi_when_asked(model_dir, reference_pipeline, capsys):
     texts = ["김철수는서울에서사과를샀다.", "이재용회장이찾았다."]
     run("predict", model_dir, *texts, "--device", "cpu", "--respace")
