@@ -123,10 +123,10 @@ class SpacingAugmentation(torch.utils.data.Dataset):
 
     In epoch e, sentence i is perturbed when the first draw of `sentence_rng(seed, e, i)` falls below `share`, with
     that generator ([`perturb_spacing`], labels exact). The rows are the windows of the sentences as written, in
-    `tokenize_and_align`'s order, so the dataset's length, and what a sampler (random or grouped by length) draws, do
-    not change from epoch to epoch: a perturbed sentence whose windows would be more or fewer than its windows as
-    written (spaces change the number of tokens) stays as written in that epoch, and is counted in the log. With
-    `share=0` the rows are `tokenize_and_align`'s.
+    `tokenize_and_align`'s order, so the dataset's length, and what a sampler (random, or grouped by length, which
+    reads the lengths of the first epoch's rows once) draws, do not change from epoch to epoch: a perturbed sentence
+    whose windows would be more or fewer than its windows as written (spaces change the number of tokens) stays as
+    written in that epoch, and is counted in the log. With `share=0` the rows are `tokenize_and_align`'s.
 
     [`set_epoch`] draws an epoch's sentences (the callback calls it at every epoch's start; accelerate's data loader
     calls it too where it reaches the dataset). The draws depend on (seed, epoch, sentence) alone: a resumed run, and
