@@ -28,11 +28,12 @@ Long texts are cut into overlapping windows of `max_length` tokens (special toke
 tokens, so every character is tagged and none is dropped.
 """
 
+import difflib
 import re
 import unicodedata
 from bisect import bisect_left
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import torch
 
@@ -387,6 +388,77 @@ def nfc_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:
         pieces.append(composed)
         spans += [(start + a, start + b) for a, b in zip(starts, ends, strict=True)]
     return "".join(pieces), spans
+
+
+def respaced_with_offsets(
+    text: str, spaced: str, spans: list[tuple[int, int]] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
+    """`text` with the spacing of `spaced` (the same text re-spaced, e.g. by `kiwi_space`), and for each of its
+    characters its span [start, end) in `text`, or, given `spans` (the span of each character of `text` in the
+    caller's string, as `nfc_with_offsets` gives them), in the caller's string.
+
+    Only the spacing comes from `spaced`: every other character is `text`'s own, so offsets stay exact even where the
+    re-spacer changed a character (Kiwi writes some nouns in its own form). A gap between two characters of `text`
+    that are not whitespace takes `spaced`'s spacing where `spaced` holds the two next to each other (matched by
+    `difflib` where the two texts differ beyond whitespace): whitespace of `text` is kept where `spaced` has some
+    there and removed where it has none; where `text` has none and `spaced` has some, one space is inserted, spanning
+    nothing: (p, p), p where the next character's span starts. Other gaps, and whitespace before the first or after
+    the last character, stay as they are. The spans are non-decreasing and do not overlap; a character kept has its
+    own span.
+    """
+    spans = [(i, i + 1) for i in range(len(text))] if spans is None else spans
+    kept = [i for i, char in enumerate(text) if not char.isspace()]
+    others = [j for j, char in enumerate(spaced) if not char.isspace()]
+    ours, theirs = [text[i] for i in kept], [spaced[j] for j in others]
+    if ours == theirs:
+        match = dict(enumerate(range(len(theirs))))
+    else:
+        blocks = difflib.SequenceMatcher(None, ours, theirs, autojunk=False).get_matching_blocks()
+        match = {block.a + d: block.b + d for block in blocks for d in range(block.size)}
+    characters, new_spans = [], []
+
+    def keep(start: int, end: int) -> None:
+        characters.extend(text[start:end])
+        new_spans.extend(spans[start:end])
+
+    keep(0, kept[0] if kept else len(text))
+    for k, i in enumerate(kept):
+        if k > 0:
+            gap = (kept[k - 1] + 1, i)  # the whitespace of `text` between the two characters
+            if k - 1 in match and match.get(k) == match[k - 1] + 1:
+                spaced_gap = spaced[others[match[k - 1]] + 1 : others[match[k]]]
+                if spaced_gap and gap[0] == gap[1]:
+                    characters.append(" ")
+                    new_spans.append((spans[i][0], spans[i][0]))
+                elif spaced_gap:
+                    keep(*gap)
+            else:
+                keep(*gap)
+        keep(i, i + 1)
+    if kept:
+        keep(kept[-1] + 1, len(text))
+    return "".join(characters), new_spans
+
+
+KIWI_MISSING = (
+    "respace=True re-spaces texts with Kiwi (kiwipiepy, a Korean morphological analyser), which is not installed: "
+    "pip install kiwipiepy"
+)
+
+
+@cache
+def _kiwi():
+    try:
+        from kiwipiepy import Kiwi
+    except ImportError:
+        raise ImportError(KIWI_MISSING) from None
+    return Kiwi(num_workers=1)  # `space` of one text runs on one thread whatever this is; -1 starts one per core
+
+
+def kiwi_space(text: str) -> str:
+    """`text` re-spaced by Kiwi's `Kiwi.space` (kiwipiepy, LGPL-3.0: an optional dependency, imported and loaded on
+    first use, once per process; ImportError with the install command when it is missing)."""
+    return _kiwi().space(text)
 
 
 def _nfc(text: str) -> str:

@@ -4,7 +4,7 @@
     koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
     koelectra-crf export MODEL --output DIR [--quantize int8|int8-full]   (ONNX graph for onnxruntime; CRF outside)
     koelectra-crf pseudo-label MODEL --input FILE --output FILE.tsv  (KLUE TSV + confidences, for self-training)
-    koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR]
+    koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR] [--spacing as-is noisy none] [--respace]
     koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
     koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
@@ -24,10 +24,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving, spacing
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import is_klue_tsv, load_klue_split
-from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset
+from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing, load_pipeline, predict_dataset
 from koelectra_crf.threads import choose_cpu_threads
 
 
@@ -45,6 +45,25 @@ def _data_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--max_sentences", type=int, help="only the first N sentences of the data")
     _batch_size_argument(parser)
     _output_argument(parser, command)
+
+
+def _share(value: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = None
+    if share is None or not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {value!r}")
+    return share
+
+
+def _respace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--respace", action="store_true",
+        help="re-space each text with Kiwi before tagging (for text with missing or wrong spaces; needs kiwipiepy: "
+        "pip install 'koelectra-crf[korean]'); offsets stay the text's",
+    )  # fmt: skip
 
 
 def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
@@ -72,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resumes after the last complete line; under `accelerate launch` the processes share the input",
     )  # fmt: skip
     _batch_size_argument(predict)
+    _respace_argument(predict)
 
     export = commands.add_parser("export", help="ONNX graph (encoder + BiLSTM + emissions) for onnxruntime")
     export.add_argument("model", help="model folder or Hub id")
@@ -108,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_size_argument(pseudo)
 
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
+    evaluate.add_argument(
+        "--spacing", nargs="+", choices=spacing.CONDITIONS, metavar="CONDITION",
+        help="score the text under each spacing condition: as-is (as written), noisy (--spacing_remove_rate of its "
+        "spaces removed, --spacing_insert_rate of the gaps between characters given one), none (no spaces); writes "
+        "each condition's report to OUTPUT_DIR/CONDITION and a robustness table (robustness.md, robustness.json)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--spacing_remove_rate", type=_share, default=spacing.DEFAULT_REMOVE_RATE, help="(default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--spacing_insert_rate", type=_share, default=spacing.DEFAULT_INSERT_RATE, help="(default: %(default)s)"
+    )
+    evaluate.add_argument("--spacing_seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    _respace_argument(evaluate)
     errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
     errors_parser.add_argument("--examples", type=int, default=5, help="examples per category (default: 5)")
     errors_parser.add_argument(
@@ -196,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_pipeline(model: str, device: str | None, processes: int = 1) -> KoElectraCrfTokenClassificationPipeline:
+def _load_pipeline(
+    model: str, device: str | None, processes: int = 1, respace: bool = False
+) -> KoElectraCrfTokenClassificationPipeline:
     """The model's pipeline, with CPU threads chosen for it (`threads.choose_cpu_threads`, sharing the cores among
-    `processes`; OMP_NUM_THREADS wins)."""
-    ner = load_pipeline(model, device)
+    `processes`; OMP_NUM_THREADS wins); `respace`: it re-spaces every text with Kiwi first."""
+    ner = load_pipeline(model, device, respace=respace)
     if not isinstance(ner.model, serving.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
         choose_cpu_threads(ner.model, processes)
     return ner
@@ -211,7 +247,7 @@ def _predict(args: argparse.Namespace) -> None:
         device = args.device
         if device is None and state.device.type != "cpu" and not serving.is_onnx_folder(args.model):
             device = str(state.device)  # each process its own GPU
-        ner = _load_pipeline(args.model, device, state.num_processes)
+        ner = _load_pipeline(args.model, device, state.num_processes, args.respace)
         bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
         return
     batch_size = args.batch_size
@@ -223,7 +259,7 @@ def _predict(args: argparse.Namespace) -> None:
         texts, total = (line.rstrip("\n") for line in sys.stdin if line.strip()), None
         if sys.stdin.isatty():  # typed in: answer each text as it is entered, not once a batch of them is
             batch_size = 1
-    ner = _load_pipeline(args.model, args.device)
+    ner = _load_pipeline(args.model, args.device, respace=args.respace)
     for line in tqdm(bulk.tagged_lines(ner, texts, batch_size), total=total, desc="tagging", unit="text"):
         print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
 
@@ -254,10 +290,21 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    ner = _load_pipeline(args.model, args.device)
-    metrics, predictions = evaluate_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
-    report.write_evaluation(metrics, predictions, args.output_dir)
-    print(report.classification_report(metrics), end="")
+    ner = _load_pipeline(args.model, args.device, respace=args.respace)
+    data = load_klue_split(args.test_file, args.max_sentences)
+    if not args.spacing:
+        metrics, predictions = evaluate_dataset(ner, data, args.batch_size)
+        report.write_evaluation(metrics, predictions, args.output_dir)
+        print(report.classification_report(metrics), end="")
+        return
+    rates = {"remove_rate": args.spacing_remove_rate, "insert_rate": args.spacing_insert_rate}
+    results = evaluate_spacing(ner, data, args.spacing, **rates, seed=args.spacing_seed, batch_size=args.batch_size)
+    for condition, (metrics, predictions) in results.items():
+        report.write_evaluation(metrics, predictions, args.output_dir / condition)
+    settings = {"model": args.model, "test_file": args.test_file, **rates, "seed": args.spacing_seed,
+                "respace": args.respace}  # fmt: skip
+    scores = {condition: metrics for condition, (metrics, _) in results.items()}
+    print(report.write_robustness(scores, settings, args.output_dir), end="")
 
 
 def _errors(args: argparse.Namespace) -> None:

@@ -311,6 +311,23 @@ def load_klue_ner(
     return DatasetDict({split: normalize_hub_split(part, split) for split, part in hub.items()})
 
 
+def sentence_windows(sentences: list[list[str]], tags: list[list[str]], tokenizer, config) -> list[list[dict]]:
+    """The model input rows of each sentence (its characters, and their tag names): one row per window, as
+    [`tokenize_and_align`] makes them (see there). For the rows of a sentence changed on the fly, such as the training
+    data's spacing augmentation (`spacing.SpacingAugmentation`)."""
+    encoded_texts = encode_texts(["".join(characters) for characters in sentences], tokenizer, config.tokenization)
+    rows = []
+    for encoded, sentence_tags in zip(encoded_texts, tags, strict=True):
+        label_ids = tags_to_ids(unit_labels(encoded, sentence_tags, config.tag_unit), config.label2id)
+        windows = []
+        for start, end in encoded.windows(config.max_length, config.stride):
+            window = encoded.window(start, end, config.tag_unit, label_ids)
+            del window["tag_mask"]  # the same as labels != -100; the data collator would not pad it
+            windows.append(window)
+        rows.append(windows)
+    return rows
+
+
 def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """Model inputs for training: one row per window of every sentence (no character is dropped).
 
@@ -323,13 +340,9 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
 
     def windows(batch: dict) -> dict:
         rows = {}
-        encoded_texts = encode_texts(["".join(tokens) for tokens in batch["tokens"]], tokenizer, config.tokenization)
-        for encoded, tag_ids in zip(encoded_texts, batch["ner_tags"], strict=True):
-            tags = unit_labels(encoded, [names[i] for i in tag_ids], config.tag_unit)
-            label_ids = tags_to_ids(tags, config.label2id)
-            for start, end in encoded.windows(config.max_length, config.stride):
-                window = encoded.window(start, end, config.tag_unit, label_ids)
-                del window["tag_mask"]  # the same as labels != -100; the data collator would not pad it
+        tags = [[names[i] for i in tag_ids] for tag_ids in batch["ner_tags"]]
+        for sentence in sentence_windows(batch["tokens"], tags, tokenizer, config):
+            for window in sentence:
                 for key, values in window.items():
                     rows.setdefault(key, []).append(values)
         return rows

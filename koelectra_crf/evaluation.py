@@ -19,6 +19,7 @@ from koelectra_crf.data import example_tag_names, label_names
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
+from koelectra_crf.spacing import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, condition_rates, perturb_dataset
 
 RAW_COLUMNS = ("guid", "sentence", "tokens", "ner_tags")
 """The columns of a KLUE split as `data.load_klue_ner` returns it: what evaluation reads."""
@@ -32,17 +33,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(model: str, device: str | None = None) -> KoElectraCrfTokenClassificationPipeline:
+def load_pipeline(model: str, device: str | None = None, **pipeline_kwargs) -> KoElectraCrfTokenClassificationPipeline:
     """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
-    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime."""
+    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
+    `respace=True`) become its defaults for every call."""
     if is_onnx_folder(model):
         if device not in (None, "cpu"):
             raise ValueError(f"{model} is an ONNX export: it runs on the CPU (onnxruntime), not on {device}")
-        return load_onnx_pipeline(model)
+        return load_onnx_pipeline(model, **pipeline_kwargs)
     return KoElectraCrfTokenClassificationPipeline(
         model=AutoModelForTokenClassification.from_pretrained(model).eval(),
         tokenizer=AutoTokenizer.from_pretrained(model),
         device=device or default_device(),
+        **pipeline_kwargs,
     )
 
 
@@ -141,3 +144,24 @@ def evaluate_dataset(
     with evaluation_mode(ner.model):
         predictions = predict_dataset(ner, dataset, batch_size)
     return prediction_metrics(predictions), predictions
+
+
+def evaluate_spacing(
+    ner: KoElectraCrfTokenClassificationPipeline,
+    dataset: Dataset,
+    conditions: Sequence[str],
+    remove_rate: float = DEFAULT_REMOVE_RATE,
+    insert_rate: float = DEFAULT_INSERT_RATE,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, tuple[dict[str, float], list[SentencePrediction]]]:
+    """[`evaluate_dataset`] of a KLUE split under each spacing condition (`spacing.CONDITIONS`: `as-is`, `noisy`
+    with `remove_rate` and `insert_rate`, `none`), its sentences perturbed by `spacing.perturb_dataset` with `seed`.
+    KLUE's metrics drop the spaces, so every condition scores the same gold tags: the scores differ by the model's
+    output alone."""
+    return {
+        condition: evaluate_dataset(
+            ner, perturb_dataset(dataset, *condition_rates(condition, remove_rate, insert_rate), seed), batch_size
+        )
+        for condition in dict.fromkeys(conditions)
+    }

@@ -8,8 +8,9 @@ folder, and calls it with each request's JSON:
 
 It answers with the CRF pipeline's output: a list of entities for one text, one list per text for a list of texts.
 `parameters` are the pipeline's: `aggregation_strategy` ("simple" unless given, as the Hub's token-classification
-API answers; "none" for one entry per token), `ignore_labels`, `stride`. Needs only torch and transformers: the
-folder carries the model's and the pipeline's code.
+API answers; "none" for one entry per token), `ignore_labels`, `stride`, and `respace` (true: re-space each text with
+Kiwi before tagging, for text with missing or wrong spaces; needs `pip install kiwipiepy` on the server). Needs only
+torch and transformers otherwise: the folder carries the model's and the pipeline's code.
 """
 
 from typing import Any

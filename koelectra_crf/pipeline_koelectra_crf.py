@@ -12,6 +12,9 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 - an entity's `score` (every aggregating strategy: `simple`, `first`, `average`, `max` give the same spans and
   scores) is the probability the CRF puts on exactly that entity: B-X at its first unit, I-X through its last, no
   I-X right after it (`LinearChainCRF.entity_probabilities`), not a mean of per-token scores;
+- `respace=True` re-spaces each text with Kiwi (`pip install kiwipiepy`) before the model reads it (only its spaces
+  change, `alignment.respaced_with_offsets`), for text written without spaces or with wrong ones; offsets stay the
+  caller's;
 - `return_sequence_probability=True` makes each text's result `{"entities": [...], "sequence_probability": p}`,
   p = P(decoded tags | text) (`LinearChainCRF.sequence_probability`), e.g. to keep only confident pseudo-labels;
 - with `batch_size` > 1, texts are batched in order of their number of tokens (a list whole, an iterator
@@ -28,7 +31,15 @@ import torch
 from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from .alignment import EncodedText, char_tags_to_spans, encode_texts, nfc_with_offsets, unit_tags_to_char_tags
+from .alignment import (
+    EncodedText,
+    char_tags_to_spans,
+    encode_texts,
+    kiwi_space,
+    nfc_with_offsets,
+    respaced_with_offsets,
+    unit_tags_to_char_tags,
+)
 from .crf import IGNORE_INDEX
 
 TASK = "token-classification"
@@ -70,6 +81,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         aggregation_strategy=None,
         stride=None,
         return_sequence_probability=None,
+        respace=None,
         **unsupported,
     ):
         # Offsets come from the tokenizer, windows from the model's config (`stride` overrides its stride).
@@ -85,6 +97,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
                 raise ValueError(f"stride must be a non-negative int (tokens shared by windows), got {stride!r}")
             preprocess_params["stride"] = stride
+        if respace is not None:
+            if respace:
+                kiwi_space("")  # loads Kiwi now: a missing kiwipiepy fails here with its install command
+            preprocess_params["respace"] = bool(respace)
         postprocess_params, forward_params = {}, {}
         if aggregation_strategy is not None:
             if isinstance(aggregation_strategy, str):
@@ -102,9 +118,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(self, sentence: str | _Text, stride: int | None = None, **_):
+    def preprocess(self, sentence: str | _Text, stride: int | None = None, respace: bool = False, **_):
         # A list's texts come read already (`__call__` reads them to sort them); any other text is read here.
-        text = sentence if isinstance(sentence, _Text) else self._read([sentence])[0]
+        text = sentence if isinstance(sentence, _Text) else self._read([sentence], respace)[0]
         config, encoded = self.model.config, text.encoded
         windows = encoded.windows(config.max_length, config.stride if stride is None else stride)
         for n, (start, end) in enumerate(windows):
@@ -123,13 +139,16 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 "is_last": n == len(windows) - 1,
             }
 
-    def _read(self, sentences: list[str]) -> list[_Text]:
+    def _read(self, sentences: list[str], respace: bool = False) -> list[_Text]:
         """Each text as the model reads it, tokenized in one batched call: its NFC form (decomposed Hangul would be
-        unknown jamo to the model), whose offsets `postprocess` maps back into the caller's string."""
+        unknown jamo to the model), re-spaced by Kiwi with `respace`, whose offsets `postprocess` maps back into the
+        caller's string."""
         for sentence in sentences:
             if not isinstance(sentence, str):
                 raise ValueError(f"expected a string, got {type(sentence).__name__}")
         normalized = [nfc_with_offsets(sentence) for sentence in sentences]
+        if respace:
+            normalized = [respaced_with_offsets(text, kiwi_space(text), spans) for text, spans in normalized]
         encoded = encode_texts([text for text, _ in normalized], self.tokenizer, self.model.config.tokenization)
         return [
             # No spans when the text is NFC already (offsets unchanged): a list of a span per character is walked
@@ -295,7 +314,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         # A batch is padded to its longest window: texts of as many tokens together waste least. The batch a text
         # lands in changes at most the last float digits of its scores (each row is masked on its own). Each text is
         # tokenized once, here, and `preprocess` takes it as read.
-        texts = self._read(inputs)
+        texts = self._read(inputs, kwargs.get("respace", self._preprocess_params.get("respace", False)))
         order = sorted(range(len(texts)), key=self._token_counts(texts).__getitem__)
         results = [None] * len(texts)
         for position, result in zip(order, super().__call__([texts[i] for i in order], **kwargs), strict=True):

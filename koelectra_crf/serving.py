@@ -359,11 +359,14 @@ for _name, _function in emission_methods().items():
     setattr(KoElectraCrfOnnxModel, _name, _function)
 
 
-def load_onnx_pipeline(folder: str | Path, num_threads: int | None = None) -> KoElectraCrfTokenClassificationPipeline:
+def load_onnx_pipeline(
+    folder: str | Path, num_threads: int | None = None, **pipeline_kwargs
+) -> KoElectraCrfTokenClassificationPipeline:
     """The CRF pipeline over an ONNX export folder (on the CPU): same arguments and output as over the PyTorch
-    model."""
+    model. `pipeline_kwargs` (e.g. `respace=True`) become its defaults for every call."""
     return KoElectraCrfTokenClassificationPipeline(
         model=KoElectraCrfOnnxModel.from_pretrained(folder, num_threads),
         tokenizer=AutoTokenizer.from_pretrained(folder),
         device="cpu",
+        **pipeline_kwargs,
     )

@@ -39,6 +39,13 @@ from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction
 from koelectra_crf.pseudo_label import load_pseudo_labelled
+from koelectra_crf.spacing import (
+    DEFAULT_INSERT_RATE,
+    DEFAULT_REMOVE_RATE,
+    SpacingAugmentation,
+    SpacingAugmentationCallback,
+    check_rate,
+)
 from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
 
@@ -116,6 +123,24 @@ class DataArguments:
         metadata={"help": "Which confidence the threshold applies to: sequence_probability (P of the whole tagged "
                           "sentence) or min_entity_probability (P of its least likely entity)."},
     )  # fmt: skip
+    spacing_augmentation: float = field(
+        default=0.0,
+        metadata={"help": "Share of the training sentences whose spacing is perturbed (spaces removed and inserted, "
+                          "labels exact), drawn afresh every epoch: for text with missing or wrong spaces. 0 = off."},
+    )  # fmt: skip
+    spacing_remove_rate: float = field(
+        default=DEFAULT_REMOVE_RATE,
+        metadata={"help": "With --spacing_augmentation: the share of a perturbed sentence's spaces removed."},
+    )
+    spacing_insert_rate: float = field(
+        default=DEFAULT_INSERT_RATE,
+        metadata={"help": "With --spacing_augmentation: the share of the gaps between a perturbed sentence's "
+                          "characters (not spaces) given a space."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        for name in ("spacing_augmentation", "spacing_remove_rate", "spacing_insert_rate"):
+            check_rate(f"--{name}", getattr(self, name))
 
 
 @dataclass
@@ -231,9 +256,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.device.type == "cpu":  # pinned memory only helps copies to a GPU (torch warns about it)
         training_args.dataloader_pin_memory = False
 
-    with training_args.main_process_first(desc="tokenizing"):
-        train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
     callbacks = []
+    if data_args.spacing_augmentation:  # rows made per epoch, seeded by the run's seed (see spacing.py)
+        train_dataset = SpacingAugmentation(
+            raw["train"], tokenizer, model.config, data_args.spacing_augmentation,
+            data_args.spacing_remove_rate, data_args.spacing_insert_rate, training_args.seed,
+        )  # fmt: skip
+        callbacks.append(SpacingAugmentationCallback(train_dataset))
+    else:
+        with training_args.main_process_first(desc="tokenizing"):
+            train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
     if training_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = NerTrainer(

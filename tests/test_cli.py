@@ -302,3 +302,56 @@ def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(
         assert kept["guid"] == [c["guid"] for c in confidences if c[key] >= threshold]
         written = [r["ner_tags"] for r, c in zip(records, confidences, strict=True) if c[key] >= threshold]
         assert [example_tag_names(example, KLUE_LABELS) for example in kept] == written
+
+
+def test_evaluate_under_spacing_noise_writes_a_robustness_table(model_dir, klue_file, reference_pipeline, tmp_path):
+    common = ["--test_file", klue_file, "--device", "cpu", "--batch_size", 2]
+    run("evaluate", model_dir, *common, "--output_dir", tmp_path / "plain")
+    run("evaluate", model_dir, *common, "--output_dir", tmp_path / "spacing", "--spacing", "as-is", "noisy", "none",
+        "--spacing_remove_rate", 0.5, "--spacing_insert_rate", 0.2, "--spacing_seed", 3)  # fmt: skip
+
+    robustness = json.loads((tmp_path / "spacing/robustness.json").read_text())
+    assert {key: robustness[key] for key in ("remove_rate", "insert_rate", "seed", "respace")} == {
+        "remove_rate": 0.5, "insert_rate": 0.2, "seed": 3, "respace": False,
+    }  # fmt: skip
+    assert list(robustness["conditions"]) == ["as-is", "noisy", "none"]
+    assert robustness["conditions"]["as-is"] == json.loads((tmp_path / "plain/metrics.json").read_text())
+    sentences = read_klue_tsv(klue_file)
+    for condition, metrics in robustness["conditions"].items():
+        assert json.loads((tmp_path / "spacing" / condition / "metrics.json").read_text()) == metrics
+        records = [json.loads(line) for line in (tmp_path / "spacing" / condition / "predictions.jsonl").open()]
+        # The texts tagged are the sentences with their spacing changed, nothing else; scored against their gold.
+        texts = [record["text"] for record in records]
+        assert [text.replace(" ", "") for text in texts] == [s["sentence"].replace(" ", "") for s in sentences]
+        predicted = [
+            spans_to_char_tags(len(text), [(e["start"], e["end"], e["entity_group"]) for e in entities])
+            for text, entities in zip(texts, reference_pipeline(texts, aggregation_strategy="simple"), strict=True)
+        ]
+        gold = [spans_to_char_tags(len(r["text"]), [(g["start"], g["end"], g["entity_group"]) for g in r["gold"]])
+                for r in records]  # fmt: skip
+        assert klue_ner_metrics(gold, predicted, [list(text) for text in texts]) == metrics
+        if condition == "none":
+            assert not any(" " in text for text in texts)
+    noisy = [json.loads(line)["text"] for line in (tmp_path / "spacing/noisy/predictions.jsonl").open()]
+    assert noisy != [s["sentence"] for s in sentences]
+    table = (tmp_path / "spacing/robustness.md").read_text()
+    assert f"| noisy | {robustness['conditions']['noisy']['entity_f1']:.2f} |" in table
+
+
+def test_spacing_rates_outside_0_to_1_are_refused_before_any_work(capsys):
+    for flag, value in (("--spacing_remove_rate", "1.5"), ("--spacing_insert_rate", "a")):
+        with pytest.raises(SystemExit):
+            run("evaluate", "no-such-model", "--spacing", "noisy", flag, value)
+        assert f"{flag}: must be a number from 0 to 1, got '{value}'" in capsys.readouterr().err
+
+
+def test_predict_respaces_with_kiwi_when_asked(model_dir, reference_pipeline, capsys):
+    texts = ["김철수는서울에서사과를샀다.", "이재용회장이찾았다."]
+    run("predict", model_dir, *texts, "--device", "cpu", "--respace")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = reference_pipeline(texts, respace=True, aggregation_strategy="simple")
+    assert [line["text"] for line in lines] == texts
+    for line, entities in zip(lines, expected, strict=True):
+        assert [{**e, "score": 0} for e in line["entities"]] == [{**e, "score": 0} for e in entities]
+        assert all(e["word"] == line["text"][e["start"] : e["end"]] for e in line["entities"])
+    assert expected != reference_pipeline(texts, aggregation_strategy="simple")  # precondition: re-spacing matters

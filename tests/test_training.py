@@ -34,12 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report_to", "none"]
 
 
-def run_training(output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> dict:
+def train_smoke(
+    output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)
+) -> subprocess.CompletedProcess:
+    """Run the smoke preset with `overrides` (its output and log in the result); fail the test if it fails."""
     completed = subprocess.run(
         [*launcher, *SMOKE, "--output_dir", str(output_dir), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed
+
+
+def run_training(output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> dict:
+    train_smoke(output_dir, *overrides, launcher=launcher)
     return json.loads((output_dir / "eval_results.json").read_text())
 
 

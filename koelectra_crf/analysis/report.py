@@ -88,3 +88,26 @@ def write_evaluation(metrics: dict[str, float], predictions: list[SentencePredic
             ]
             record = {"guid": p.guid, "text": p.text, "gold": gold, "predicted": p.entities}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def robustness_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table of the KLUE metrics under each spacing condition (`evaluation.evaluate_spacing`): entity F1,
+    character F1 and each type's entity F1."""
+    lines = [
+        "| spacing | entity F1 | char F1 | " + " | ".join(ENTITY_TYPES) + " |",
+        "|---|" + "---:|" * (2 + len(ENTITY_TYPES)),
+    ]
+    for condition, metrics in results.items():
+        scores = [metrics["entity_f1"], metrics["char_f1"], *(metrics[f"{t}_f1"] for t in ENTITY_TYPES)]
+        lines.append(f"| {condition} | " + " | ".join(f"{score:.2f}" for score in scores) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_robustness(results: dict[str, dict[str, float]], settings: dict, output_dir: Path) -> str:
+    """Write `robustness.json` (the settings, e.g. rates and seed, and each condition's metrics) and `robustness.md`
+    (the [`robustness_table`], which is returned) of an evaluation under spacing noise."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "robustness.json").write_text(json.dumps({**settings, "conditions": results}, indent=2) + "\n")
+    table = robustness_table(results)
+    (output_dir / "robustness.md").write_text(table)
+    return table
