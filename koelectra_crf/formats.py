@@ -40,8 +40,9 @@ Formats (`data_format`; `"auto"` decides by the file's extension and content, se
   an entity, as the metrics read it.
 - `datasets`: a local `Dataset`/`DatasetDict` folder (`save_to_disk`) or a Hub dataset (`config_name`, `split`), as
   run_ner's `--dataset_name`/`--dataset_config_name`: `tokens` and `ner_tags` (`ClassLabel` ids or tag strings),
-  optionally `id` and an original-text column (`text_column`, default `text` when there is one) that the tokens
-  are aligned to; without it tokens are joined as in `conll` (`token_unit`). Not written (use `save_to_disk`).
+  optionally `id` (or `guid`, as in this project's splits) and an original-text column (`text_column`, default
+  `text` when there is one) that the tokens are aligned to; without it tokens are joined as in `conll`
+  (`token_unit`). Not written (`examples_to_dataset(...).save_to_disk(...)` makes one).
 
 Tag schemes (`tag_scheme`) of the tag-based formats (`conll`, `conll-char`, `datasets`): `bio` (IOB2), `iob1`, `bioes`
 and `bilou`; `"auto"` picks BIOES or BILOU by their `E-`/`S-` or `L-`/`U-` tags, IOB1 when some entity starts with
@@ -525,6 +526,7 @@ def _read_datasets(
         data = data[split]
     where = f"{source}" + (f" [{split}]" if split else "")
     text_column = text_column or ("text" if "text" in data.column_names else None)
+    id_column = next((name for name in ("id", "guid") if name in data.column_names), None)
     missing = {"tokens", "ner_tags", text_column} - set(data.column_names) - {None}
     if missing:
         raise ValueError(f"{where}: no column {', '.join(sorted(missing))} (it has {', '.join(data.column_names)})")
@@ -538,7 +540,7 @@ def _read_datasets(
         token_unit = _detect_unit([row["tokens"] for row in rows] if text_column is None else [], where)
     return [
         _tokens_example(
-            row.get("id", index),
+            row[id_column] if id_column else index,
             row["tokens"],
             tags,
             row[text_column] if text_column else None,
