@@ -78,7 +78,7 @@ TOKEN_UNITS = ("auto", "word", "char")
 
 # What `output_format="auto"` writes for an extension (doccano's JSONL must be named: `.jsonl` is ours).
 _OUTPUT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "label-studio", ".conll": "conll", ".tsv": "klue"}
-_COLUMN_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".bioes", ".txt", ".tsv", ".csv")
+_COLUMN_SUFFIXES = (".conll", ".bio", ".iob", ".bioes", ".bilou", ".txt", ".tsv")
 _SCHEME_PREFIXES = {"bio": "BI", "iob1": "BI", "bioes": "BIES", "bilou": "BILU"}
 _COMMENT = re.compile(r"# (\S[^=\t]*?) = (.*)")  # CoNLL-U's `# key = value` (a tab-free line)
 _LINE_BREAKING = re.compile(r"[\t\n\r]")  # what a line of a column or KLUE file cannot hold
@@ -95,11 +95,14 @@ def make_example(example_id, text: str, entities: Iterable, where: str) -> dict:
         raise ValueError(f"{where}: the text is a {type(text).__name__}, not a string")
     spans = []
     for entity in entities:
+        offsets = entity[:2] if isinstance(entity, (tuple, list)) and len(entity) == 3 else ()
+        if not (all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) and isinstance(entity[2], str)):
+            raise ValueError(f"{where}: entity {entity!r} is not (start, end, type) with integer offsets")
         start, end, label_type = entity
-        if not (isinstance(label_type, str) and label_type) or isinstance(start, bool) or isinstance(end, bool):
-            raise ValueError(f"{where}: entity {entity!r}: expected integer offsets and a non-empty type")
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
-            raise ValueError(f"{where}: entity {entity!r} is empty or outside the text's {len(text)} characters")
+        if not label_type or start >= end:
+            raise ValueError(f"{where}: entity {entity!r} is empty (or has an empty type)")
+        if not 0 <= start < end <= len(text):
+            raise ValueError(f"{where}: entity {entity!r} is outside the text's {len(text)} characters")
         spans.append((start, end, label_type))
     spans.sort()
     for before, after in zip(spans, spans[1:], strict=False):
@@ -534,6 +537,8 @@ def _read_datasets(
     names = tag_feature.names if isinstance(tag_feature, ClassLabel) else None
     rows = data.to_list()
     tag_lists = [[names[i] for i in row["ner_tags"]] if names else row["ner_tags"] for row in rows]
+    if not all(isinstance(tag, str) for tags in tag_lists for tag in tags):
+        raise ValueError(f"{where}: ner_tags are neither ClassLabel ids nor tag names (e.g. 'B-PS')")
     if tag_scheme == "auto":
         tag_scheme = detect_scheme(tag_lists)
     if token_unit == "auto":

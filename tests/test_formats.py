@@ -93,7 +93,7 @@ def test_klue_with_other_types(klue_valid_file, tmp_path):
 
 KOREAN = st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3)
 PIECES = ["한국", unicodedata.normalize("NFD", "김민준"), "e\u0301", "😀", "👩‍👩‍👧", "🇰🇷", "２０２４", "ABC", "서울시",
-          " ", "  ", "\u3000", "\u00a0", ".", "#", "-", "=", ":"]  # fmt: skip
+          "e\u0301\u0323x", " ", "  ", "\u3000", "\u00a0", ".", "#", "-", "=", ":"]  # fmt: skip
 LINE_TEXT = st.lists(
     st.one_of(KOREAN, st.sampled_from(PIECES), st.characters(blacklist_characters="\t\n\r<>")), max_size=25
 ).map("".join)
@@ -208,6 +208,29 @@ def test_nfd_text_is_composed_with_spans_mapped(tmp_path):
         read_examples(cut)
 
 
+def test_nfd_column_file_is_composed_with_spans_mapped(tmp_path):
+    jamo = unicodedata.normalize("NFD", "김 씨")  # 3 jamo, a space, 2 jamo
+    tags = ["B-PS", "I-PS", "I-PS", "O", "O", "O"]
+    path = write(tmp_path, "nfd.conll", "".join(f"{char}\t{tag}\n" for char, tag in zip(jamo, tags, strict=True)))
+    assert read_examples(path, "conll-char") == [{"id": "0", "text": "김 씨", "entities": [(0, 1, "PS")]}]
+    tags[2] = "O"  # the entity ends inside the syllable 김
+    path.write_text("".join(f"{char}\t{tag}\n" for char, tag in zip(jamo, tags, strict=True)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"nfd\.conll: sentence 1: entity \(0, 2, 'PS'\) cuts a character"):
+        read_examples(path, "conll-char")
+
+
+def test_format_detection(tmp_path):
+    assert read_examples(write(tmp_path, "a.json", json.dumps([{"text": "가", "label": []}]))) == [
+        {"id": "0", "text": "가", "entities": []}
+    ]
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl: no such file"):
+        read_examples(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match=r"cannot tell the data format from the extension '\.xml': give data_format"):
+        read_examples(write(tmp_path, "a.xml", "<a/>"))
+    with pytest.raises(ValueError, match=r"cannot tell the output format from '\.xml'"):
+        write_examples([], tmp_path / "b.xml")
+
+
 def label_studio_task(task_id, text, *annotations, predictions=None):
     task = {"id": task_id, "data": {"text": text}, "annotations": list(annotations)}
     return task | ({"predictions": predictions} if predictions is not None else {})
@@ -318,8 +341,10 @@ def test_datasets_folder_with_words_and_a_text_column(tmp_path):
 @pytest.mark.parametrize(
     "name, content, tag_scheme, message",
     [
-        ("a.jsonl", '{"text": "가나다", "label": [[1, 5, "PS"]]}\n', "auto", r"a\.jsonl:1: entity .* outside the text"),
-        ("a.jsonl", '\n{"text": "가나다", "label": [[1, 1, "PS"]]}\n', "auto", r"a\.jsonl:2: entity .* is empty"),
+        ("a.jsonl", '{"text": "가나다", "label": [[1, 5, "PS"]]}\n', "auto",
+         r"a\.jsonl:1: entity \(1, 5, 'PS'\) is outside the text's 3 characters"),
+        ("a.jsonl", '\n{"text": "가나다", "label": [[1, 1, "PS"]]}\n', "auto",
+         r"a\.jsonl:2: entity \(1, 1, 'PS'\) is empty"),
         ("a.jsonl", '{"text": "가나다", "label": [[0, 2, "PS"], [1, 3, "LC"]]}\n', "auto",
          r"a\.jsonl:1: entity \(1, 3, 'LC'\) overlaps entity \(0, 2, 'PS'\)"),
         ("a.jsonl", '{"text": "가나다"}\n', "auto", r"a\.jsonl:1: expected an object with a text and one list"),
