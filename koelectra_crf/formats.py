@@ -19,22 +19,23 @@ Formats (`data_format`; `"auto"` decides by the file's extension and content, se
 - `label-studio`: a Label Studio JSON export, a list of tasks `{"id", "data": {"text"}, "annotations": [{"result":
   [{"value": {"start", "end", "labels": ["TYPE"]}}]}]}`. Of a task's annotations, cancelled (`was_cancelled`) and
   skipped ones are dropped; of the rest, a `ground_truth` one is used if there is one, else the last created
-  (`created_at`, then order in the list), as Label Studio's own converter does. A task without any annotation is
-  read from its `predictions` (pre-annotations, chosen the same way), one with only cancelled annotations is
-  skipped; both are counted in a warning. Only results with `value.labels` are spans (relations and choices are
-  not entities); a region with several labels is an error, and so is one whose `value.text` is not the text at its
-  offsets (offsets in another unit, e.g. UTF-16 from an old Label Studio version).
+  (`created_at`, then order in the list; Label Studio's converter orders them by `created_at` too). A task without
+  any annotation is read from its `predictions` (pre-annotations, chosen the same way), one with only cancelled
+  annotations is skipped; both are counted in a warning. Only results with `value.labels` are spans (relations and
+  choices are not entities); a region with several labels is an error, and so is one whose `value.text` is not the
+  text at its offsets (offsets in another unit, e.g. UTF-16 from an old Label Studio version). Written tasks use
+  Label Studio's default NER template names (`from_name="label"`, `to_name="text"`).
 - `conll`, `conll-char`: column files, one token and its tag per line (tab separated, or space separated for
   tokens without spaces; the token in the first column, the tag in the last), a blank line between sentences,
-  `-DOCSTART-` lines ignored, CoNLL-U's `# key = value` comment lines before a sentence read (`# sent_id` is its
-  id, `# text` its text; other keys are ignored). The tokens of a sentence with a `# text` line are aligned in
-  order to it (only whitespace between them); without one, words (`conll`) are joined with single spaces and
-  characters (`conll-char`, a space is a token of its own: `" \\tO"`) as they are. `token_unit="auto"` reads
-  characters when every token is one character and some token is whitespace, words when some token is longer,
-  and refuses to guess otherwise. Writers write `# sent_id` and `# text` and tab-separated columns, so that any
-  text reads back exactly: words are the text's whitespace-separated pieces, cut where an entity starts or ends
-  (`경찰` `은` for `<경찰:OG>은`); an entity that starts or ends with whitespace has no word to carry it (an error:
-  use `conll-char`).
+  `-DOCSTART-` lines ignored, CoNLL-U's comment lines (a tab-free `# key = value` line) before a sentence read
+  (`# sent_id` is its id, `# text` its text; other keys are ignored). The tokens of a sentence with a `# text`
+  line are aligned in order to it (only whitespace between them); without one, words (`conll`) are joined with
+  single spaces and characters (`conll-char`, a space is a token of its own: `" \\tO"`) as they are.
+  `token_unit="auto"` reads characters when every token is one character and some token is whitespace, words when
+  some token is longer, and refuses to guess otherwise. Writers write `# sent_id` and `# text` and tab-separated
+  columns, so that any text reads back exactly: words are the text's whitespace-separated pieces, cut where an
+  entity starts or ends (`경찰` `은` for `<경찰:OG>은`); an entity that starts or ends with whitespace has no word to
+  carry it (an error: use `conll-char`).
 - `klue`: KLUE NER TSV (`data.read_klue_tsv(any_tags=True)`: any `B-X`/`I-X` tags, BIO, a space inside an entity
   tagged `I-` as KLUE does). An `I-X` that does not follow `X` (kept and counted in a warning by the reader) starts
   an entity, as the metrics read it.
@@ -45,8 +46,17 @@ Formats (`data_format`; `"auto"` decides by the file's extension and content, se
   (`token_unit`). Not written (`examples_to_dataset(...).save_to_disk(...)` makes one).
 
 Tag schemes (`tag_scheme`) of the tag-based formats (`conll`, `conll-char`, `datasets`): `bio` (IOB2), `iob1`, `bioes`
-and `bilou`; `"auto"` picks BIOES or BILOU by their `E-`/`S-` or `L-`/`U-` tags, IOB1 when some entity starts with
-`I-` and none with `B-` (read as BIO both give the same spans otherwise), else BIO. KLUE TSV is BIO.
+and `bilou`; `"auto"` picks BIOES or BILOU by their `E-`/`S-` or `L-`/`U-` tags, IOB1 when entities start with `I-`
+and none with `B-`, else BIO (where no entity starts with `I-`, IOB1 and BIO read the same spans; where some do and
+others start with `B-`, reading them as BIO fails at the first `I-` that starts one). KLUE TSV is BIO.
+
+Writers ([`write_examples`], [`convert`], [`write_predictions`]) check everything before writing a byte. A line-based
+file (`conll`, `conll-char`, `klue`) cannot hold a tab or line break in an id, text or type; KLUE TSV cannot hold an
+empty text or one with `<...:TYPE>` in it (its header would read it as a mark). Reading back what was written gives
+the same examples.
+
+Entity types and labels: [`entity_types`] (a stable order), [`bio_labels`] (for `KoElectraCrfConfig(labels=...)`);
+[`examples_to_klue_rows`] and [`examples_to_dataset`] give the rows and `Dataset` the rest of the project reads.
 """
 
 import json
@@ -596,8 +606,12 @@ def _column_lines(examples: list[dict], token_unit: str, tag_scheme: str) -> Ite
             offsets = _word_offsets(text, entities, where)
         starts = {start: i for i, (start, _) in enumerate(offsets)}
         ends = {end: i + 1 for i, (_, end) in enumerate(offsets)}
-        if any(start not in starts or end not in ends for start, end, _ in entities):
-            raise ValueError(f"{where}: an entity starts or ends with whitespace, which no word holds: use conll-char")
+        for start, end, label_type in entities:
+            if start not in starts or end not in ends:
+                raise ValueError(
+                    f"{where}: entity {(start, end, label_type)!r} {text[start:end]!r} starts or ends with whitespace, "
+                    "which no word holds: use conll-char"
+                )
         tags = spans_to_tags(len(offsets), [(starts[s], ends[e], t) for s, e, t in entities], tag_scheme)
         yield f"# sent_id = {example['id']}\n# text = {text}\n"
         yield from (f"{text[start:end]}\t{tag}\n" for (start, end), tag in zip(offsets, tags, strict=True))

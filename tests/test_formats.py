@@ -14,7 +14,7 @@ from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import nfc_with_offsets
-from koelectra_crf.data import KlueFormatError, label_names, read_klue_tsv
+from koelectra_crf.data import KlueFormatError, label_names, read_klue_tsv, tokenize_and_align
 from koelectra_crf.formats import (
     WRITE_FORMATS,
     bio_labels,
@@ -60,10 +60,11 @@ def test_klue_file_reads_as_read_klue_tsv_does(klue_valid_file):
 @pytest.mark.parametrize("data_format", WRITE_FORMATS)
 def test_klue_file_through_every_format_gives_identical_rows(klue_valid_file, tmp_path, data_format):
     rows = read_klue_tsv(klue_valid_file)
-    examples = read_examples(klue_valid_file)
     schemes = ["bio", "iob1", "bioes", "bilou"] if data_format.startswith("conll") else ["bio"]
     for tag_scheme in schemes:
-        assert examples_to_klue_rows(written_and_read(examples, tmp_path, data_format, tag_scheme)) == rows
+        path = tmp_path / f"{tag_scheme}{SUFFIX[data_format]}"
+        assert convert(klue_valid_file, path, output_format=data_format, output_tag_scheme=tag_scheme) == len(rows)
+        assert examples_to_klue_rows(read_examples(path, READ_AS.get(data_format, "auto"))) == rows
 
 
 def test_klue_file_through_a_datasets_folder_gives_identical_rows(klue_valid_file, tmp_path):
@@ -87,6 +88,16 @@ def test_klue_with_other_types(klue_valid_file, tmp_path):
     examples = read_examples(path)
     assert examples == expected
     assert entity_types(examples) == ["PS", "LC", "DT", "TI", "QT", "PRD"]
+
+
+def test_klue_ill_formed_inside_tag_starts_an_entity(tmp_path):
+    """The one normalisation: KLUE's reader keeps an `I-X` after `O` (and warns); it starts an entity, as the
+    metrics read it, so rows made from the examples tag it `B-X`."""
+    path = write(tmp_path, "ill.tsv", "## a\t김 씨\n김\tI-PS\n \tO\n씨\tO\n\n")
+    with pytest.warns(UserWarning, match="1 ill-formed BIO tags"):
+        examples = read_examples(path)
+    assert examples == [{"id": "a", "text": "김 씨", "entities": [(0, 1, "PS")]}]
+    assert examples_to_klue_rows(examples)[0]["ner_tags"] == ["B-PS", "O", "O"]
 
 
 # Random texts: every format reads back what it wrote
@@ -382,7 +393,9 @@ def test_writers_refuse_what_their_format_cannot_hold(tmp_path):
         with pytest.raises(ValueError, match=r"example 1 \(id '1'\): the text '가\\n나' holds a tab or line break"):
             write_examples([line_break], tmp_path / "out", data_format)
     space_edge = make_example("2", "가 나", [(1, 3, "PS")], "test")
-    with pytest.raises(ValueError, match="starts or ends with whitespace, which no word holds: use conll-char"):
+    with pytest.raises(
+        ValueError, match=r"example 1 \(id '2'\): entity \(1, 3, 'PS'\) ' 나' starts or ends with whitespace"
+    ):
         write_examples([space_edge], tmp_path / "out.conll")
     mark_like = make_example("3", "<가:PS>", [], "test")
     with pytest.raises(ValueError, match="KLUE TSV cannot hold this text"):
@@ -409,6 +422,17 @@ def test_examples_to_dataset_labels_by_name():
     assert [label_names(dataset)[i] for i in dataset[0]["ner_tags"]] == ["B-PRD"] + ["I-PRD"] * 4  # the space: I-
     with pytest.raises(ValueError, match="'B-PRD' is not in the label set"):
         examples_to_dataset(examples, KLUE_LABELS)
+
+
+def test_examples_train_through_the_project_alignment(tmp_path):
+    """`examples_to_dataset` feeds `data.tokenize_and_align`: each character unit's label is its character's tag."""
+    examples = [make_example("a", "갤럭시 S24를 김민준이 샀다", [(0, 7, "PRD"), (9, 12, "PS")], "test")]
+    tokenizer = character_tokenizer(tmp_path, examples[0]["text"])
+    config = tiny_model(tokenizer.vocab_size, labels=bio_labels(entity_types(examples)), max_length=64).config
+    rows = tokenize_and_align(examples_to_dataset(examples), tokenizer, config).to_list()
+    char_tags = examples_to_klue_rows(examples)[0]["ner_tags"]
+    expected = [config.label2id[tag] for char, tag in zip(examples[0]["text"], char_tags, strict=True) if char != " "]
+    assert [row["labels"] for row in rows] == [expected]
 
 
 def test_convert_refuses_its_input_as_output(tmp_path):
