@@ -102,7 +102,7 @@ def make_example(example_id, text: str, entities: Iterable, where: str) -> dict:
     `where` names the record in error messages (e.g. `"train.jsonl:12"`).
     """
     if not isinstance(text, str):
-        raise ValueError(f"{where}: the text is a {type(text).__name__}, not a string")
+        raise ValueError(f"{where}: expected a text string, found {str(text)[:60]!r}")
     spans = []
     for entity in entities:
         offsets = entity[:2] if isinstance(entity, (tuple, list)) and len(entity) == 3 else ()
