@@ -46,7 +46,9 @@ def klue_features(names: list[str]) -> Features:
     )
 
 
-def strip_entity_marks(marked_sentence: str, types=ENTITY_TYPES) -> tuple[str, list[tuple[int, int, str]]]:
+def strip_entity_marks(
+    marked_sentence: str, types: tuple[str, ...] = ENTITY_TYPES
+) -> tuple[str, list[tuple[int, int, str]]]:
     """Remove the `<text:TAG>` marks of a KLUE sentence (marks of `types`: KLUE's six unless given).
 
     Returns the plain text and the entities as `(start, end, type)` character offsets into it (end exclusive).
