@@ -25,7 +25,6 @@ HUB_DATASET = ("klue", "ner")
 # Forbidding `<`/`>` keeps stray brackets literal: `<<레이:PS>>` is `<` + mark + `>`, and a broken mark such
 # as `<일:;LC>` is plain text in the official files (its characters are all tagged `O` there).
 _MARK = re.compile(rf"<([^<>]+):({'|'.join(ENTITY_TYPES)})>")
-_ANY_TAG = re.compile(r"[BI]-.+")  # read_klue_tsv(any_tags=True): any entity type
 
 _HEADER_PREFIX = "## "
 
@@ -116,6 +115,13 @@ def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
                 yield guid, sentence
 
 
+class _AnyTags:
+    """The tags `read_klue_tsv(any_tags=True)` accepts: `O` and `B-X`/`I-X` of any type X."""
+
+    def __contains__(self, tag: str) -> bool:
+        return tag == OUTSIDE or re.fullmatch(r"[BI]-.+", tag) is not None
+
+
 def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
     """Parse a KLUE NER file in the official v1.1 TSV format.
 
@@ -135,7 +141,7 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
 
     `any_tags=True` accepts any `B-X`/`I-X` tag besides `O` (headers' marks of the sentence's types are removed).
     """
-    label_set = set(KLUE_LABELS)
+    label_set = _AnyTags() if any_tags else set(KLUE_LABELS)
     sentences = []
     header = None  # (line number, guid, marked sentence) of the sentence being read
     tokens: list[str] = []
@@ -184,7 +190,7 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
                 raise KlueFormatError(f"{path}:{line_no}: character line outside a sentence: {line!r}")
             if len(char) != 1:
                 raise KlueFormatError(f"{path}:{line_no}: expected one character, found {char!r}")
-            if tag not in label_set and not (any_tags and _ANY_TAG.fullmatch(tag)):
+            if tag not in label_set:
                 raise KlueFormatError(f"{path}:{line_no}: tag {tag!r} is not one of {KLUE_LABELS}")
             tokens.append(char)
             tags.append(tag)
