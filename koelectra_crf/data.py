@@ -45,16 +45,19 @@ def klue_features(names: list[str]) -> Features:
     )
 
 
-def strip_entity_marks(marked_sentence: str) -> tuple[str, list[tuple[int, int, str]]]:
-    """Remove the `<text:TAG>` marks of a KLUE sentence.
+def strip_entity_marks(
+    marked_sentence: str, types: tuple[str, ...] = ENTITY_TYPES
+) -> tuple[str, list[tuple[int, int, str]]]:
+    """Remove the `<text:TAG>` marks of a KLUE sentence (marks of `types`: KLUE's six unless given).
 
     Returns the plain text and the entities as `(start, end, type)` character offsets into it (end exclusive).
     """
+    mark = _MARK if tuple(types) == ENTITY_TYPES else re.compile(rf"<([^<>]+):({'|'.join(map(re.escape, types))})>")
     plain = []
     entities = []
     length = 0  # characters of plain text so far
     last = 0  # end of the previous mark in `marked_sentence`
-    for match in _MARK.finditer(marked_sentence):
+    for match in mark.finditer(marked_sentence):
         before = marked_sentence[last : match.start()]
         text, entity_type = match.group(1), match.group(2)
         plain += [before, text]
@@ -112,7 +115,14 @@ def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
                 yield guid, sentence
 
 
-def read_klue_tsv(path: str | Path) -> list[dict]:
+class _AnyTags:
+    """The tags `read_klue_tsv(any_tags=True)` accepts: `O` and `B-X`/`I-X` of any type X."""
+
+    def __contains__(self, tag: str) -> bool:
+        return tag == OUTSIDE or re.fullmatch(r"[BI]-.+", tag) is not None
+
+
+def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
     """Parse a KLUE NER file in the official v1.1 TSV format.
 
     The file starts with `## ` comment lines; then per sentence a header `## <guid>\\t<sentence with
@@ -128,8 +138,10 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
     (NFD: one line per jamo) is composed, each composed character taking the tag of its first character (an
     entity boundary inside a syllable moves to the syllable's start; a resulting ill-formed `I-X` is counted as
     above), with a warning that counts the sentences composed.
+
+    `any_tags=True` accepts any `B-X`/`I-X` tag besides `O` (headers' marks of the sentence's types are removed).
     """
-    label_set = set(KLUE_LABELS)
+    label_set = _AnyTags() if any_tags else set(KLUE_LABELS)
     sentences = []
     header = None  # (line number, guid, marked sentence) of the sentence being read
     tokens: list[str] = []
@@ -140,7 +152,8 @@ def read_klue_tsv(path: str | Path) -> list[dict]:
     def finish() -> None:
         nonlocal composed
         line_no, guid, marked = header
-        plain, _ = strip_entity_marks(marked)
+        extra = sorted({tag[2:] for tag in tags if tag != OUTSIDE} - set(ENTITY_TYPES)) if any_tags else []
+        plain, _ = strip_entity_marks(marked, (*ENTITY_TYPES, *extra))
         joined = "".join(tokens)
         if unicodedata.normalize("NFC", joined) != unicodedata.normalize("NFC", plain):
             raise KlueFormatError(
