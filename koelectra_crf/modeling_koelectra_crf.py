@@ -12,11 +12,12 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from .alignment import NerDataCollator, model_inputs, pad_inputs
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
-from .crf import IGNORE_INDEX, LinearChainCRF, bio_constraints
+from .crf import LinearChainCRF
 
 # Imported so that handler.py travels with this file (transformers copies a module's relative imports with it).
 from .handler import EndpointHandler  # noqa: F401
 from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
+from .tagger import EmissionTagger, build_crf, default_tag_mask, tag_constraints
 
 
 @dataclass
@@ -64,7 +65,7 @@ class KoElectraCrfPreTrainedModel(PreTrainedModel):
         if isinstance(module, LinearChainCRF):
             module.reset_parameters()
             buffers = (module.allowed_start, module.allowed_transitions, module.allowed_end)
-            for buffer, value in zip(buffers, bio_constraints(self.config.label_names), strict=True):
+            for buffer, value in zip(buffers, tag_constraints(self.config), strict=True):
                 init.copy_(buffer, value)
         else:
             super()._init_weights(module)
@@ -170,12 +171,9 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             self.bilstm = nn.LSTM(hidden_size, config.lstm_hidden_size, batch_first=True, bidirectional=True)
             hidden_size = 2 * config.lstm_hidden_size
         self.classifier = nn.Linear(hidden_size, config.num_labels)
-        self.crf = None
-        if config.use_crf:
-            allowed_start, allowed_transitions, allowed_end = bio_constraints(config.label_names)
-            self.crf = LinearChainCRF(
-                config.num_labels, allowed_start, allowed_transitions, allowed_end, config.crf_constrain_training
-            )
+        self.crf = build_crf(config)
+        # Not a module: it refers to `self.crf`, which stays the model's (saved under `crf.`, moved with the model).
+        self.tagger = EmissionTagger(self.crf)
         self.post_init()
 
     @classmethod
@@ -304,47 +302,6 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         output, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=states.shape[1])
         return output
 
-    def decode(self, emissions: torch.Tensor, tag_mask: torch.Tensor) -> torch.LongTensor:
-        """Best tags (B, T): Viterbi with the CRF, argmax without; -100 where `tag_mask` is False."""
-        if self.crf is not None:
-            return self.crf.decode(emissions, tag_mask)
-        return emissions.argmax(-1).masked_fill(~tag_mask, IGNORE_INDEX)
-
-    def tag_probabilities(self, emissions: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
-        """P(tag_t = k | text), shape (B, T, K): CRF marginals, or the softmax without a CRF; 0 where untagged."""
-        if self.crf is not None:
-            return self.crf.marginals(emissions, tag_mask)
-        return emissions.float().softmax(-1) * tag_mask.unsqueeze(-1)
-
-    def entity_probabilities(
-        self, emissions: torch.Tensor, tag_mask: torch.Tensor, spans: torch.Tensor
-    ) -> torch.Tensor:
-        """P(the tags hold exactly a given entity | text), shape (N,), for `spans` (N, 5) of (row, start, end
-        exclusive, B-X id, I-X id) in positions of the tagged sequence: B-X at its first tagged position, I-X
-        through its last, and no I-X at the next tagged position. With a CRF, its exact value
-        (`LinearChainCRF.entity_probabilities`); without, where the tags are independent, the product of those
-        softmax probabilities."""
-        if self.crf is not None:
-            return self.crf.entity_probabilities(emissions, tag_mask, spans)
-        probabilities = emissions.float().softmax(-1)
-        result = []
-        for row, start, end, begin, inside in spans.tolist():
-            positions = tag_mask[row].nonzero().flatten().tolist()
-            inner = [t for t in positions if start <= t < end]
-            after = [t for t in positions if t >= end][:1]
-            tags = [begin] + [inside] * (len(inner) - 1)
-            p = torch.prod(probabilities[row, inner, tags]) if inner else probabilities.new_tensor(0.0)
-            result.append(p * (1 - probabilities[row, after[0], inside]) if after else p)
-        return torch.stack(result) if result else probabilities.new_zeros(0)
-
-    def sequence_probability(self, emissions: torch.Tensor, tags: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
-        """P(tags | text), shape (B,), of tag sequences (B, T) such as the decoded ones: exp(score) / Z with a CRF,
-        the product of the softmax probabilities of the tags without one."""
-        if self.crf is not None:
-            return self.crf.sequence_probability(emissions, tags, tag_mask)
-        chosen = emissions.float().log_softmax(-1).gather(-1, tags.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (chosen * tag_mask).sum(-1).exp()
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -359,6 +316,7 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         char_codes: torch.LongTensor | None = None,
         offset_mapping: torch.LongTensor | None = None,
         overflow_to_sample_mapping: torch.LongTensor | None = None,
+        return_predictions: bool | None = None,
         **kwargs,
     ) -> KoElectraCrfOutput:
         r"""
@@ -381,6 +339,9 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
             overflow_to_sample_mapping (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Not used by the model: passed through to the output, so that it says which characters of which text
                 each tag belongs to ([`prepare_inputs`] gives them).
+            return_predictions (`bool`, *optional*):
+                Whether to decode `predictions` (the tagger's Viterbi path); defaults to evaluation mode. The pipeline
+                decodes a text of several windows only once they are stitched, so it asks for none.
             kwargs: passed to the encoder (`output_attentions`, `output_hidden_states`, ...).
         """
         encoder_inputs = {
@@ -402,33 +363,18 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
                 )
             states = self.characters(states, char_token_index, char_position_ids, char_codes)
             if tag_mask is None:
-                tag_mask = (
-                    labels != IGNORE_INDEX if labels is not None else torch.ones_like(char_codes, dtype=torch.bool)
-                )
+                tag_mask = default_tag_mask(self.config, char_codes, labels)
             sequence_mask = tag_mask
         emissions = self.emissions(states, sequence_mask)
-
         if tag_mask is None:
-            if labels is not None:
-                tag_mask = labels != IGNORE_INDEX
-            elif attention_mask is not None:
-                tag_mask = attention_mask.bool()
-            else:
-                tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
-
-        loss = None
-        if labels is not None:
-            if self.crf is not None:
-                loss = -self.crf.log_likelihood(emissions, labels, tag_mask).mean()
-            else:
-                loss = nn.functional.cross_entropy(
-                    emissions.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
-                )
+            tag_mask = default_tag_mask(self.config, emissions, labels, attention_mask)
+        if return_predictions is None:
+            return_predictions = not self.training
 
         return KoElectraCrfOutput(
-            loss=loss,
+            loss=None if labels is None else self.tagger.loss(emissions, labels, tag_mask),
             logits=emissions,
-            predictions=None if self.training else self.decode(emissions, tag_mask),
+            predictions=self.tagger.decode(emissions, tag_mask) if return_predictions else None,
             offset_mapping=offset_mapping,
             overflow_to_sample_mapping=overflow_to_sample_mapping,
             hidden_states=encoder_outputs.hidden_states,

@@ -164,28 +164,27 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         whole_text = model_inputs.pop("whole_text")  # one per row: a list, or a bare value with batch_size=1
         tag_mask = model_inputs["tag_mask"].bool()
         rows = torch.tensor(whole_text if isinstance(whole_text, list) else [whole_text], device=tag_mask.device)
-        outputs = self.model(**model_inputs)
+        outputs = self.model(**model_inputs, return_predictions=False)
         return {
             "emissions": outputs.logits,
-            **self._tags_and_scores(outputs.logits, tag_mask, rows, outputs.predictions, with_scores),
+            **self._tags_and_scores(outputs.logits, tag_mask, rows, with_scores),
             "tag_mask": tag_mask,
             **passed_on,
         }
 
-    def _tags_and_scores(self, emissions, tag_mask, rows, predictions=None, with_scores: bool = True) -> dict:
+    def _tags_and_scores(self, emissions, tag_mask, rows, with_scores: bool = True) -> dict:
         """Viterbi tags (B, T) and, `with_scores`, each tag's marginal probability (B, T), for the `rows` (B,) bool
         that hold a whole text; the windows of a longer text are decoded and scored only once stitched
-        (`_unit_predictions`), and their rows here hold no tags (-100, unless the model's forward decoded them)
-        and scores of 0."""
-        if predictions is None:  # a model whose forward does not decode
-            predictions = torch.full(tag_mask.shape, IGNORE_INDEX, dtype=torch.long, device=emissions.device)
-            if rows.any():
-                predictions[rows] = self.model.decode(emissions[rows], tag_mask[rows])
+        (`_unit_predictions`), and their rows here hold no tags (-100) and scores of 0."""
+        tagger = self.model.tagger
+        predictions = torch.full(tag_mask.shape, IGNORE_INDEX, dtype=torch.long, device=emissions.device)
+        if rows.any():
+            predictions[rows] = tagger.decode(emissions[rows], tag_mask[rows])
         if not with_scores:
             return {"predictions": predictions, "scores": None}
         scores = torch.zeros(tag_mask.shape, device=emissions.device)
         if rows.any():
-            probabilities = self.model.tag_probabilities(emissions[rows], tag_mask[rows])
+            probabilities = tagger.tag_probabilities(emissions[rows], tag_mask[rows])
             scores[rows] = probabilities.gather(-1, predictions[rows].clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return {"predictions": predictions, "scores": scores}
 
@@ -234,7 +233,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return entities
         tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
         decoded = torch.tensor([tag_ids], device=emissions.device)
-        probability = self.model.sequence_probability(emissions, decoded, tag_mask)[0].item()
+        probability = self.model.tagger.sequence_probability(emissions, decoded, tag_mask)[0].item()
         return {"entities": entities, "sequence_probability": probability}
 
     def _entity_probabilities(
@@ -252,7 +251,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return []
         tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
         unit_rows = torch.tensor(rows, device=emissions.device)
-        return self.model.entity_probabilities(emissions, tag_mask, unit_rows).tolist()
+        return self.model.tagger.entity_probabilities(emissions, tag_mask, unit_rows).tolist()
 
     def _unit_predictions(
         self, all_outputs, encoded: EncodedText, tag_unit: str, with_scores: bool = True

@@ -16,18 +16,16 @@ strategies. Loading needs torch, transformers and onnxruntime only (`pip install
 training dependencies.
 
 Why the CRF stays outside the graph: the pipeline decodes a long text whole from the emissions of several windows,
-so emissions, not tags, are what the graph must give; decoding with the tested `LinearChainCRF` (and the model's
-own `decode`/`tag_probabilities`) makes the tags and scores numerically those of the PyTorch model given the same
-emissions (same constraint penalty, same tie-breaking); a Viterbi loop over a data-dependent length would export
-as an ONNX Loop that runs node by node, for a small share of the time; and int8 quantization then never touches
-the transition scores.
+so emissions, not tags, are what the graph must give; decoding with the tested `LinearChainCRF` (through the same
+`tagger.EmissionTagger` as the PyTorch model) makes the tags and scores numerically those of the PyTorch model given
+the same emissions (same constraint penalty, same tie-breaking); a Viterbi loop over a data-dependent length would
+export as an ONNX Loop that runs node by node, for a small share of the time; and int8 quantization then never
+touches the transition scores.
 """
 
 import copy
-import inspect
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +36,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from koelectra_crf.alignment import encode_texts
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
-from koelectra_crf.crf import LinearChainCRF, bio_constraints
+from koelectra_crf.crf import LinearChainCRF
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.tagger import EmissionTagger, build_crf, default_tag_mask
 
 ONNX_FILE = "model.onnx"
 CRF_FILE = "crf.safetensors"
@@ -278,13 +277,12 @@ def is_onnx_folder(path: str | Path) -> bool:
 
 class KoElectraCrfOnnxModel(nn.Module):
     """Stands in for [`KoElectraCrfForTokenClassification`] inside `KoElectraCrfTokenClassificationPipeline`: the
-    emissions come from onnxruntime, decoding and marginals from the model's own `decode` and `tag_probabilities`
+    emissions come from onnxruntime, tags and probabilities from the same [`EmissionTagger`] as the PyTorch model's,
     over a `LinearChainCRF` with the exported transition scores.
 
-    What the pipeline uses of a model: `config`, `device`, a call with the window inputs returning `logits`
-    (B, T, K) and `predictions` (B, T), and the model's methods that work from emission scores (`decode`,
-    `tag_probabilities`, ...: see [`emission_methods`]), which this class takes from the PyTorch model's class.
-    Runs on the CPU (onnxruntime's CPU provider).
+    What the pipeline uses of a model: `config`, `device`, `tagger`, and a call with the window inputs returning
+    `logits` (B, T, K) and, when asked (`return_predictions`), `predictions` (B, T). Runs on the CPU (onnxruntime's
+    CPU provider).
     """
 
     def __init__(self, session, config: KoElectraCrfConfig, crf: LinearChainCRF | None):
@@ -292,6 +290,7 @@ class KoElectraCrfOnnxModel(nn.Module):
         self.session = session
         self.config = config
         self.crf = crf
+        self.tagger = EmissionTagger(crf)
         self.input_names = [graph_input.name for graph_input in session.get_inputs()]
         # The device the pipeline reads (`device`): `.to()` moves this buffer along with the CRF.
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
@@ -310,9 +309,8 @@ class KoElectraCrfOnnxModel(nn.Module):
                 f"{folder} is not an ONNX export folder (no {EXPORT_INFO_FILE}): see `koelectra-crf export`"
             )
         config = KoElectraCrfConfig.from_pretrained(folder)
-        crf = None
-        if config.use_crf:
-            crf = LinearChainCRF(config.num_labels, *bio_constraints(config.label_names), config.crf_constrain_training)
+        crf = build_crf(config)
+        if crf is not None:
             crf.load_state_dict(load_file(folder / CRF_FILE))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
@@ -324,13 +322,15 @@ class KoElectraCrfOnnxModel(nn.Module):
     def device(self) -> torch.device:
         return self._device_anchor.device
 
-    def forward(self, tag_mask: torch.Tensor | None = None, **inputs: torch.Tensor) -> KoElectraCrfOutput:
+    def forward(
+        self, tag_mask: torch.Tensor | None = None, return_predictions: bool | None = None, **inputs: torch.Tensor
+    ) -> KoElectraCrfOutput:
         """`logits` (B, T, K) of the window inputs (as for the PyTorch model; extra inputs such as `labels` are
-        ignored), and in evaluation mode `predictions` (B, T), -100 where `tag_mask` is False. `tag_mask`
-        defaults as in the PyTorch model: the attention mask, or every character."""
+        ignored), and `predictions` (B, T), -100 where `tag_mask` is False, when `return_predictions` (default: in
+        evaluation mode). `tag_mask` defaults as in the PyTorch model (`tagger.default_tag_mask`)."""
         if tag_mask is None:
-            reference = inputs["char_codes" if self.config.tag_unit == "character" else "attention_mask"]
-            tag_mask = torch.ones_like(reference) if self.config.tag_unit == "character" else reference
+            positions = inputs["char_codes" if self.config.tag_unit == "character" else "attention_mask"]
+            tag_mask = default_tag_mask(self.config, positions, attention_mask=inputs["attention_mask"])
         tag_mask = tag_mask.bool()
         inputs["tag_mask"] = tag_mask
         missing = [name for name in self.input_names if name not in inputs]
@@ -338,25 +338,10 @@ class KoElectraCrfOnnxModel(nn.Module):
             raise ValueError(f"the ONNX graph needs the inputs {missing}")
         feed = {name: inputs[name].detach().cpu().numpy().astype(np.int64) for name in self.input_names}
         logits = torch.from_numpy(self.session.run(["logits"], feed)[0]).to(self.device)
-        tag_mask = tag_mask.to(self.device)
-        return KoElectraCrfOutput(logits=logits, predictions=None if self.training else self.decode(logits, tag_mask))
-
-
-def emission_methods() -> dict[str, Callable]:
-    """The public methods of [`KoElectraCrfForTokenClassification`] whose first argument is `emissions` (decoding,
-    marginals, entity and sequence probabilities): the tested functions themselves, found by signature so that one
-    the model gains is served too. They read only `self.crf` (and `self.config`), which the stand-in has."""
-    return {
-        name: function
-        for name, function in vars(KoElectraCrfForTokenClassification).items()
-        if inspect.isfunction(function)
-        and not name.startswith("_")
-        and list(inspect.signature(function).parameters)[1:2] == ["emissions"]
-    }
-
-
-for _name, _function in emission_methods().items():
-    setattr(KoElectraCrfOnnxModel, _name, _function)
+        if return_predictions is None:
+            return_predictions = not self.training
+        predictions = self.tagger.decode(logits, tag_mask.to(self.device)) if return_predictions else None
+        return KoElectraCrfOutput(logits=logits, predictions=predictions)
 
 
 def load_onnx_pipeline(

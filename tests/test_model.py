@@ -165,14 +165,14 @@ def test_entity_and_sequence_probabilities_match_enumeration(tmp_path, use_crf):
     paths = list(itertools.product(range(3), repeat=len(positions)))
     tags = torch.full((len(paths), 5), -100)
     tags[:, positions] = torch.tensor(paths)
-    probabilities = model.sequence_probability(
+    probabilities = model.tagger.sequence_probability(
         emissions.expand(len(paths), -1, -1), tags, tag_mask.expand(len(paths), -1)
     )
     assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
 
     spans = torch.tensor([[0, 0, 3, 0, 1], [0, 2, 4, 0, 1], [0, 3, 5, 0, 1], [0, 4, 5, 0, 1]])
     for (_, start, end, begin, inside), probability in zip(
-        spans.tolist(), model.entity_probabilities(emissions, tag_mask, spans), strict=True
+        spans.tolist(), model.tagger.entity_probabilities(emissions, tag_mask, spans), strict=True
     ):
         inner = [k for k, t in enumerate(positions) if start <= t < end]
         after = [k for k, t in enumerate(positions) if t >= end][:1]

@@ -28,7 +28,7 @@ from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
 REMOTE_FILES = {"configuration_koelectra_crf.py", "modeling_koelectra_crf.py", "crf.py", "pipeline_koelectra_crf.py",
-                "alignment.py", "handler.py"}  # fmt: skip
+                "alignment.py", "handler.py", "tagger.py"}  # fmt: skip
 # Gold sentences with KLUE-style marks. Entities end where a subword of both real tokenizers ends, so that
 # subword tagging can represent them exactly (char tagging always can).
 MARKED = [
@@ -76,7 +76,7 @@ def oracle_forward(model, tokenizer, texts_and_spans):
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask, strict=True)):
             values = emissions_by_ids[tuple(ids[mask.bool()].tolist())]
             emissions[row, : len(values)] = values
-        return KoElectraCrfOutput(logits=emissions, predictions=model.decode(emissions, tag_mask))
+        return KoElectraCrfOutput(logits=emissions, predictions=model.tagger.decode(emissions, tag_mask))
 
     return forward
 
@@ -198,55 +198,41 @@ def test_token_marginals_are_computed_only_for_the_strategy_that_outputs_them(ti
     def refuse(*args, **kwargs):
         raise AssertionError("marginals computed")
 
-    monkeypatch.setattr(tiny_pipeline.model, "tag_probabilities", refuse)
+    monkeypatch.setattr(tiny_pipeline.model.tagger, "tag_probabilities", refuse)
     for strategy in STRATEGIES[1:]:
         tiny_pipeline([TINY_TEXT, TINY_TEXT * 3], aggregation_strategy=strategy, batch_size=2)
     with pytest.raises(AssertionError, match="marginals computed"):
         tiny_pipeline(TINY_TEXT, aggregation_strategy="none")
 
 
-@pytest.mark.parametrize("forward_decodes", [True, False], ids=["forward-decodes", "emissions-only"])
-def test_each_text_is_decoded_and_scored_once_and_long_texts_only_once_stitched(
-    tiny_pipeline, monkeypatch, forward_decodes
-):
+def test_each_text_is_decoded_and_scored_once_and_long_texts_only_once_stitched(tiny_pipeline, monkeypatch):
     """A text of one window is decoded and scored on its own row, a text of several windows once its windows are
-    stitched, never window by window: all the pipeline's calls to the model's `decode` and `tag_probabilities`
-    together cover each text's units exactly once. `decode` not even that where the model's forward decodes (this
-    model's, in eval mode): a one-window text keeps the forward's tags. Counted in tagged positions, outside the
-    forward; with a batch of 2 the one-window text shares its batch with a window of the long one."""
-    model = tiny_pipeline.model
+    stitched, never window by window: the forward decodes nothing (the pipeline asks it for emissions only), and the
+    tagger's `decode` and `tag_probabilities` together cover each text's units exactly once. Counted in tagged
+    positions; with a batch of 2 the one-window text shares its batch with a window of the long one."""
+    tagger = tiny_pipeline.model.tagger
     texts = [TINY_TEXT[:24], TINY_TEXT * 3]
     windows = [len(list(tiny_pipeline.preprocess(text))) for text in texts]
     assert windows[0] == 1 and windows[1] > 2
     units = [len(encoded.unit_spans("token")) for encoded in encode_texts(texts, tiny_pipeline.tokenizer, "subword")]
     expected = {strategy: tiny_pipeline(texts, aggregation_strategy=strategy, batch_size=2) for strategy in STRATEGIES}
-    forward, decode, tag_probabilities = model.forward, model.decode, model.tag_probabilities
-    in_forward, decoded, scored = [], [], []
-
-    def counted_forward(**inputs):
-        in_forward.append(True)
-        try:
-            outputs = forward(**inputs)
-        finally:
-            in_forward.pop()
-        return outputs if forward_decodes else KoElectraCrfOutput(logits=outputs.logits)
+    decode, tag_probabilities = tagger.decode, tagger.tag_probabilities
+    decoded, scored = [], []
 
     def counted(calls, method):
         def count(emissions, tag_mask):
-            if not in_forward:
-                calls.append(int(tag_mask.sum()))
+            calls.append(int(tag_mask.sum()))
             return method(emissions, tag_mask)
 
         return count
 
-    monkeypatch.setattr(model, "forward", counted_forward)
-    monkeypatch.setattr(model, "decode", counted(decoded, decode))
-    monkeypatch.setattr(model, "tag_probabilities", counted(scored, tag_probabilities))
+    monkeypatch.setattr(tagger, "decode", counted(decoded, decode))
+    monkeypatch.setattr(tagger, "tag_probabilities", counted(scored, tag_probabilities))
     for strategy in STRATEGIES:
         decoded.clear()
         scored.clear()
         results = tiny_pipeline(texts, aggregation_strategy=strategy, batch_size=2)
-        assert sorted(decoded) == (units[1:] if forward_decodes else sorted(units)), strategy
+        assert sorted(decoded) == sorted(units), strategy
         assert sorted(scored) == (sorted(units) if strategy == "none" else []), strategy
         assert results == expected[strategy]
 
@@ -386,9 +372,11 @@ def test_remote_code_files_stand_alone():
             "crf",
             "handler",
             "pipeline_koelectra_crf",
+            "tagger",
         },
         "pipeline_koelectra_crf.py": {"alignment", "crf"},
         "handler.py": set(),
+        "tagger.py": {"crf"},
     }
 
 
@@ -559,7 +547,7 @@ def test_each_unit_takes_its_emissions_from_the_window_where_it_has_most_context
         emissions = torch.zeros(*input_ids.shape, model.config.num_labels)
         emissions[..., 0] = input_ids[:, 1:2].float()  # the window's first content token
         emissions[..., 1] = torch.arange(input_ids.shape[1]).float()  # position in the window
-        return KoElectraCrfOutput(logits=emissions, predictions=model.decode(emissions, tag_mask))
+        return KoElectraCrfOutput(logits=emissions, predictions=model.tagger.decode(emissions, tag_mask))
 
     model.forward = forward
     ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)

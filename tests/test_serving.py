@@ -69,6 +69,9 @@ def test_onnx_pipeline_gives_the_pytorch_pipelines_output(saved, exported, batch
     assert info["sample_max_abs_difference"] < 1e-4
     ner = load_onnx_pipeline(exported)
     assert isinstance(ner, KoElectraCrfTokenClassificationPipeline) and isinstance(ner.model, KoElectraCrfOnnxModel)
+    # The PyTorch model's tagger class, over the exported CRF scores; no decoding method of its own.
+    assert type(ner.model.tagger) is type(reference.model.tagger) and ner.model.tagger.crf is ner.model.crf
+    assert not hasattr(ner.model, "decode")
     for strategy in STRATEGIES:
         expected = reference(TEXTS, aggregation_strategy=strategy, batch_size=batch_size)
         assert sum(map(len, expected)) > 0

@@ -28,9 +28,10 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
-from koelectra_crf.modeling_koelectra_crf import IGNORE_INDEX, KoElectraCrfForTokenClassification
+from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 from . import plots
