@@ -3,13 +3,12 @@ and several processes writing the output of one."""
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tracemalloc
 
 import pytest
 import torch
+from processes import run_command
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
@@ -195,20 +194,17 @@ def test_two_processes_write_the_output_of_one_byte_for_byte(saved, inputs, tmp_
     arguments = ["-m", "koelectra_crf", "predict", str(folder), "--input", str(inputs / "texts.jsonl"), "--batch_size",
                  "1", "--output"]  # fmt: skip
     single = tmp_path / "single.jsonl"
-    completed = subprocess.run([sys.executable, *arguments, str(single)], capture_output=True, text=True, env=env,
-                               timeout=300)  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_command([sys.executable, *arguments, single], env=env, timeout=300)
     reference = single.read_bytes()
     assert len(reference.splitlines()) == len(TEXTS)
 
     double = tmp_path / "double.jsonl"
     double.write_bytes(b"".join(reference.splitlines(keepends=True)[:2]) + b'{"text": "')  # stopped on line 3
     # On a machine without GPU `--multi_gpu` is the launcher that starts the processes (`--cpu` starts one).
-    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
-    completed = subprocess.run([*launch, *arguments, str(double)], capture_output=True, text=True, env=env,
-                               timeout=600)  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29517"]  # fmt: skip
+    completed = run_command([*launch, *arguments, double], env=env, timeout=600)
     assert "tagging (process 0 of 2)" in completed.stderr
     assert double.read_bytes() == reference
     assert sorted(path.name for path in tmp_path.iterdir()) == ["double.jsonl", "single.jsonl"]  # parts removed

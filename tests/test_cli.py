@@ -125,12 +125,14 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
     check(capsys.readouterr().out)
 
 
-def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline):
+def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline, tmp_path):
     """A text typed at a terminal is tagged as soon as its line is entered, not once a batch of texts has come."""
     texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
     terminal, stdin = pty.openpty()
     command = [sys.executable, "-m", "koelectra_crf", "predict", str(model_dir), "--device", "cpu", "--batch_size", "8"]
-    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=errors)
     os.close(stdin)
     try:
         for text, entities in zip(texts, reference_pipeline(texts, aggregation_strategy="simple"), strict=True):
@@ -144,6 +146,7 @@ def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipe
     finally:
         process.kill()
         os.close(terminal)
+        print(f"--- stderr of {command} ---\n{stderr.read_text()}")  # shown by pytest if the test fails
 
 
 def test_errors_writes_categories_and_examples(model_dir, klue_file, tmp_path):

@@ -3,13 +3,13 @@ commands that take an export folder, and the Inference Endpoints handler of a sa
 
 import json
 import os
-import subprocess
 import sys
 
 import onnx
 import pytest
 import torch
 from conftest import shared_path
+from processes import run_command
 from tiny import TINY_TEXT, character_tokenizer, run_as_hub_user, tiny_model
 from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_imports
@@ -165,11 +165,10 @@ print(json.dumps(ner(json.loads(sys.argv[2]), aggregation_strategy="simple")))
 
 def test_an_export_loads_without_the_training_dependencies(saved, exported, tmp_path):
     _, reference = saved
-    completed = subprocess.run(
-        [sys.executable, "-c", NO_TRAINING_PACKAGES, str(exported), json.dumps(TEXTS)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    completed = run_command(
+        [sys.executable, "-c", NO_TRAINING_PACKAGES, exported, json.dumps(TEXTS)],
+        cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
     entities = json.loads(completed.stdout.strip().splitlines()[-1])
     assert_same_output(entities, reference(TEXTS, aggregation_strategy="simple"))
 

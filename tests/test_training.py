@@ -4,7 +4,6 @@ import copy
 import json
 import math
 import shutil
-import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from conftest import shared_path
 from datasets import concatenate_datasets
 from huggingface_hub import ModelCard
+from processes import run_command
 from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import AutoTokenizer, ElectraTokenizerFast, Trainer, pipeline
@@ -34,11 +34,7 @@ SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report
 
 
 def run_training(output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> dict:
-    completed = subprocess.run(
-        [*launcher, *SMOKE, "--output_dir", str(output_dir), *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_command([*launcher, *SMOKE, "--output_dir", output_dir, *overrides], cwd=ROOT, timeout=600)
     return json.loads((output_dir / "eval_results.json").read_text())
 
 
@@ -279,14 +275,13 @@ def test_optimizer_groups_carry_two_learning_rates(tmp_path):
 def test_two_processes_match_one(tmp_path, smoke_run):
     """DDP over 2 CPU processes with the per-process batch halved sees the same global batches."""
     single = json.loads((smoke_run / "eval_results.json").read_text())
-    accelerate = shutil.which("accelerate")
-    assert accelerate is not None
     # On a machine without GPU, `--multi_gpu` is the launcher that starts two processes (`--cpu` starts one), and
-    # `--use_cpu` makes them join one process group on the CPU (gloo).
+    # `--use_cpu` makes them join one process group on the CPU (gloo). (`accelerate launch`, run by this interpreter:
+    # the `accelerate` script is on PATH only in an activated venv.)
     double = run_training(
         tmp_path, "--per_device_train_batch_size", "8", "--use_cpu", "true",
-        launcher=(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no"),
+        launcher=(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
     )  # fmt: skip
     # Same data, schedule and global batch; dropout masks and reduction order differ: within 10 F1 points.
     assert abs(double["eval_entity_f1"] - single["eval_entity_f1"]) <= 10
@@ -411,13 +406,12 @@ def test_self_training_adds_the_confident_pseudo_labels(smoke_run, tmp_path):
     threshold = sorted(c["sequence_probability"] for c in confidences)[len(confidences) // 2]
     kept = sum(c["sequence_probability"] >= threshold for c in confidences)
     assert 0 < kept < len(sentences)
-    completed = subprocess.run(
-        [sys.executable, *SMOKE, "--output_dir", str(tmp_path / "student"), "--pseudo_label_file", str(pseudo),
-         "--pseudo_label_threshold", str(threshold), "--num_train_epochs", "1", "--eval_strategy", "no",
+    completed = run_command(
+        [sys.executable, *SMOKE, "--output_dir", tmp_path / "student", "--pseudo_label_file", pseudo,
+         "--pseudo_label_threshold", threshold, "--num_train_epochs", "1", "--eval_strategy", "no",
          "--save_strategy", "no", "--load_best_model_at_end", "false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, timeout=600,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
     labelled = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"]
     assert f"self-training: {kept} pseudo-labelled sentences join {len(labelled)} labelled ones" in completed.stderr
     # What was trained on: the step count of one epoch is that of the labelled plus the kept sentences' windows.
