@@ -13,6 +13,7 @@
 
 MODEL is a model folder or a Hub id; for predict, evaluate, errors and benchmark also an ONNX export (CPU only).
 The data is a KLUE NER TSV file, or the Hub `klue` validation split when no `--test_file` is given.
+Input a command refuses is one line on stderr, exit status 2; KOELECTRA_CRF_DEBUG=1 shows its traceback.
 """
 
 import argparse
@@ -20,19 +21,34 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import is_klue_tsv, load_klue_split
-from koelectra_crf.evaluation import evaluate_dataset, load_pipeline, predict_dataset
+from koelectra_crf.evaluation import evaluate_dataset, load_model, load_pipeline, predict_dataset
 from koelectra_crf.threads import choose_cpu_threads
+from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
+
+FILE_ARGUMENTS = ("input", "test_file", "validation_file", "config")
+"""Arguments that name a file to read: checked before any command starts."""
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or Hub id")
-    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+    parser.add_argument("--device", type=_device, help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+
+
+def _device(name: str) -> str:
+    """`--device`: a torch device name, and a CUDA device only where there is one."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name!r}: this machine has no CUDA GPU (use --device cpu)")
+    return name
 
 
 def _batch_size_argument(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +68,7 @@ def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="koelectra-crf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -216,7 +232,11 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _pseudo_label(args: argparse.Namespace) -> None:
     if args.thresholds and not is_klue_tsv(args.input):
-        raise SystemExit(f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file")
+        raise UsageError(
+            f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file (give one, or leave "
+            "out --thresholds)"
+        )
+    pseudo_label.check_output(args.input, args.output)  # before the model loads
     counts = pseudo_label.pseudo_label(
         _load_pipeline(args.model, args.device), args.input, args.output, args.batch_size
     )
@@ -231,8 +251,14 @@ def _pseudo_label(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
-    folder = serving.export_onnx(model, AutoTokenizer.from_pretrained(args.model), args.output, args.quantize)
+    if Path(args.model).is_dir() and args.output.exists() and args.output.samefile(args.model):
+        raise UsageError(
+            f"--output {args.output} is the model's own folder: an export writes config.json and the tokenizer over "
+            f"the model's; choose a new folder (e.g. --output {args.output.with_name(args.output.name + '-onnx')})"
+        )
+    serving.check_export_folder(args.output)  # before the model loads
+    model, tokenizer = load_model(args.model)
+    folder = serving.export_onnx(model, tokenizer, args.output, args.quantize)
     info = json.loads((folder / serving.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
     megabytes = (folder / serving.ONNX_FILE).stat().st_size / 2**20
     print(f"{folder / serving.ONNX_FILE}: {megabytes:.1f} MB, largest logit difference from PyTorch on a sample "
@@ -240,8 +266,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    ner = _load_pipeline(args.model, args.device)
-    metrics, predictions = evaluate_dataset(ner, load_klue_split(args.test_file, args.max_sentences), args.batch_size)
+    data = load_klue_split(args.test_file, args.max_sentences)
+    metrics, predictions = evaluate_dataset(_load_pipeline(args.model, args.device), data, args.batch_size)
     report.write_evaluation(metrics, predictions, args.output_dir)
     print(report.classification_report(metrics), end="")
 
@@ -266,11 +292,11 @@ def _errors(args: argparse.Namespace) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> None:
-    ner = _load_pipeline(args.model, args.device)
+    data = load_klue_split(args.test_file, args.max_sentences)
     validation = load_klue_split(args.validation_file) if args.validation_file else None
     report = calibration.write_calibration(
-        ner,
-        load_klue_split(args.test_file, args.max_sentences),
+        _load_pipeline(args.model, args.device),
+        data,
         args.output_dir,
         args.bins,
         args.batch_size,
@@ -323,14 +349,19 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `koelectra-crf` console script."""
+    """Entry point of the `koelectra-crf` console script. Input that it refuses (`usage.UsageError`) ends it with one
+    line on stderr and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ablation" and not (args.status or args.report or args.config):
         parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
     if args.command == "predict" and args.output and (args.texts or not args.input):
         parser.error("predict: --output tags the file given by --input (and no TEXT arguments)")
-    COMMANDS[args.command](args)
+    with refusing(f"{parser.prog} {args.command}"):
+        for name in FILE_ARGUMENTS:
+            if getattr(args, name, None) is not None:
+                existing_file(f"--{name}", getattr(args, name))
+        COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

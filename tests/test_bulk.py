@@ -3,12 +3,14 @@ and several processes writing the output of one."""
 
 import json
 import os
+import re
 import sys
 import tracemalloc
 
 import pytest
 import torch
 from processes import run_command
+from test_cli import refusal
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
@@ -74,7 +76,7 @@ def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_
         list(read_texts(inputs / "texts.txt", "jsonl"))
 
 
-def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path):
+def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path, capsys):
     folder, _ = saved
     complete = tmp_path / "outputs" / "complete.jsonl"  # its folder is made
     predict(folder, "--input", inputs / "texts.txt", "--output", complete, "--batch_size", 1)
@@ -91,17 +93,18 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path)
 
     other = tmp_path / "other.txt"
     other.write_text("\n".join(reversed(TEXTS)) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="another input's output"):
-        predict(folder, "--input", other, "--output", stopped)
+    refused = refusal(capsys, "predict", folder, "--input", other, "--output", stopped, alone=False)
+    assert refused.endswith(f"{stopped}:1: its text is not the input's text 1: another input's output?")
     jsonl = (inputs / "texts.jsonl").read_bytes()
-    with pytest.raises(ValueError, match="is the input file"):
-        predict(folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl")
+    refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl",
+                      alone=False)  # fmt: skip
+    assert refused.endswith(f"--output {inputs / 'texts.jsonl'} is the input file: choose another --output")
     assert (inputs / "texts.jsonl").read_bytes() == jsonl
     notes = tmp_path / "notes.txt"  # not an output of predict (a copy of the JSONL input, say): refused, left as it was
     for content in (b"my notes\n", b'["a list"]\n', b"\xff\n", jsonl):
         notes.write_bytes(content + b"half a line")
-        with pytest.raises(ValueError, match=rf"{notes}:1: not an output line .*another file\?"):
-            predict(folder, "--input", inputs / "texts.txt", "--output", notes)
+        refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.txt", "--output", notes, alone=False)
+        assert re.fullmatch(rf"koelectra-crf predict: error: {notes}:1: not an output line .*another file\?", refused)
         assert notes.read_bytes() == content + b"half a line"
 
 
