@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
     benchmark_parser.add_argument("model", help="model folder or Hub id")
     benchmark_parser.add_argument(
-        "--devices", nargs="+", default=speed.benchmark_devices(), help="(default: the CPU, and the GPU if any)"
+        "--devices",
+        nargs="+",
+        type=_device,
+        default=speed.benchmark_devices(),
+        help="(default: the CPU, and the GPU if any)",
     )
     benchmark_parser.add_argument(
         "--input",
@@ -302,10 +306,24 @@ def _calibration(args: argparse.Namespace) -> None:
         args.batch_size,
         validation,
     )
-    temperatures = {"before": 1.0, "after": report["temperature"]}
-    for stage in ("before", "after") if "after" in report else ("before",):
-        scores = ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
-        print(f"T = {temperatures[stage]:.3g}: {scores} ({args.bins} equal-width bins)")
+
+    def scores(stage: str) -> str:
+        return ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
+
+    print(f"T = 1: {scores('before')} ({args.bins} equal-width bins)")
+    if validation is None:
+        return
+    fitted = f"the temperature fitted on --validation_file, T = {report['fitted_temperature']:.3g},"
+    if report["temperature_at_search_bound"]:
+        octaves = calibration.SEARCH_OCTAVES
+        print(f"{fitted} is at a bound of the search (2^-{octaves} to 2^{octaves}): the fit may lie beyond it")
+    if report["raised_validation_ece"]:
+        ece = report["validation_ece"]
+        raised = ", ".join(f"{level} {ece['T = 1'][level]:.4f} -> {ece['fitted'][level]:.4f}"
+                           for level in report["raised_validation_ece"])  # fmt: skip
+        print(f"{fitted} raises the validation ECE ({raised}): not applied, T = 1 kept")
+    elif "after" in report:
+        print(f"T = {report['temperature']:.3g} (fitted on --validation_file): {scores('after')}")
 
 
 def _attention(args: argparse.Namespace) -> None:

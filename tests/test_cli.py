@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import pty
 import select
@@ -20,7 +21,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.analysis.calibration import TEMPERATURES
+from koelectra_crf.analysis import calibration
+from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate, temperature_scaled
 from koelectra_crf.analysis.errors import CATEGORIES
 from koelectra_crf.cli import main
 from koelectra_crf.data import (
@@ -197,11 +199,40 @@ def test_errors_compares_models_side_by_side(model_dir, klue_file, tmp_path, cap
     assert f"| boundary | {expected_cell} | {expected_cell} |" in printed
 
 
-def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path):
-    run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
+def validation_ece(model_dir, data, temperature: float, bins: int) -> dict[str, float]:
+    """Each level's ECE of the model on `data` with its emissions divided by `temperature` (the oracle of the report's
+    `validation_ece`)."""
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    ner = KoElectraCrfTokenClassificationPipeline(
+        model=temperature_scaled(model, temperature), tokenizer=AutoTokenizer.from_pretrained(model_dir)
+    )
+    return {level: summary["ece"] for level, summary in calibrate(ner, data, bins).items()}
+
+
+def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path, capsys):
+    """A model made unsure by halving its emissions: the fit sharpens it again (T < 1) and, as that calibrates the
+    validation data better at every level, the test data is reported with it too."""
+    unsure = tmp_path / "unsure"
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    ner = KoElectraCrfTokenClassificationPipeline(
+        model=temperature_scaled(model, 2.0), tokenizer=AutoTokenizer.from_pretrained(model_dir)
+    )
+    ner.save_pretrained(unsure)
+    run("calibration", unsure, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
         "--device", "cpu", "--bins", 5)  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
     report = json.loads((tmp_path / "calibration.json").read_text())
-    assert report["num_bins"] == 5 and report["temperature"] in TEMPERATURES
+    assert report["num_bins"] == 5
+    fitted = report["fitted_temperature"]
+    steps = math.log2(fitted) * STEPS_PER_OCTAVE  # on the search's grid, inside its bounds
+    assert steps == round(steps) and -SEARCH_OCTAVES * STEPS_PER_OCTAVE < steps < 0
+    assert not report["temperature_at_search_bound"]
+    data = load_klue_ner(test_file=klue_file)["test"]
+    expected = {"T = 1": validation_ece(unsure, data, 1.0, 5), "fitted": validation_ece(unsure, data, fitted, 5)}
+    for name, eces in expected.items():
+        assert report["validation_ece"][name] == pytest.approx(eces)
+    assert all(expected["fitted"][level] < expected["T = 1"][level] for level in expected["T = 1"])
+    assert report["raised_validation_ece"] == [] and report["temperature"] == fitted
     for stage in ("before", "after"):
         for level in ("token", "entity", "entity_token_mean"):
             summary = report[stage][level]
@@ -211,9 +242,34 @@ def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_fi
         exact, mean = report[stage]["entity"], report[stage]["entity_token_mean"]
         assert exact["count"] == mean["count"] and exact["accuracy"] == mean["accuracy"]
         assert exact["mean_confidence"] != mean["mean_confidence"]
+    assert printed[0].startswith("T = 1: token ECE ") and len(printed) == 2
+    assert printed[1].startswith(f"T = {fitted:.3g} (fitted on --validation_file): token ECE ")
     # Every tagged token of every sentence is scored (the tiny tokenizer has one token per character).
     assert report["before"]["token"]["count"] == sum(len(strip_entity_marks(m)[0].replace(" ", "")) for m in MARKED)
     assert_valid_png(tmp_path / "reliability_diagram.png")
+
+
+def test_calibration_keeps_t_1_when_the_fitted_temperature_calibrates_validation_worse(
+    model_dir, klue_file, tmp_path, capsys, monkeypatch
+):
+    """A fit at the lowest temperature searched (as a model that is right and unsure gets): said to be at the bound,
+    and, as it makes the validation ECE worse, not applied."""
+    lowest = 2.0**-SEARCH_OCTAVES
+    data = load_klue_ner(test_file=klue_file)["test"]
+    before, sharpened = validation_ece(model_dir, data, 1.0, 5), validation_ece(model_dir, data, lowest, 5)
+    worse = [level for level in before if sharpened[level] > before[level]]
+    assert worse, "precondition: the sharpest temperature calibrates this model worse"
+    monkeypatch.setattr(calibration, "fit_temperature", lambda model, windows: (lowest, True))
+    run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
+        "--device", "cpu", "--bins", 5)  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    assert report["temperature"] == 1.0 and "after" not in report and report["raised_validation_ece"] == worse
+    fitted = f"the temperature fitted on --validation_file, T = {lowest:.3g},"
+    assert printed[1] == f"{fitted} is at a bound of the search (2^-8 to 2^8): the fit may lie beyond it"
+    changes = ", ".join(f"{level} {before[level]:.4f} -> {sharpened[level]:.4f}" for level in worse)
+    assert printed[2] == f"{fitted} raises the validation ECE ({changes}): not applied, T = 1 kept"
+    assert len(printed) == 3
 
 
 def test_attention_draws_heatmaps_and_shares_by_layer(model_dir, tmp_path, capsys):
