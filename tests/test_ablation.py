@@ -280,7 +280,7 @@ def test_ablation_from_an_installed_wheel_parses_every_variant(tmp_path):
     """`koelectra-crf ablation` needs no source tree: a wheel installed into a fresh venv launches the training as a
     module (`-m koelectra_crf.train`) and every variant's arguments parse there."""
     source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
-    ignored = shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
+    ignored = shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
     shutil.copytree(ROOT, source, ignore=ignored)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source]
     run_command(build, timeout=600)
