@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from koelectra_crf.alignment import char_tags_to_spans, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
@@ -45,7 +45,7 @@ def load_pipeline(model: str, device: str | None = None) -> KoElectraCrfTokenCla
     return KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=device or default_device())
 
 
-def load_model(model: str) -> tuple[torch.nn.Module, object]:
+def load_model(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model (in evaluation mode) and the tokenizer of a model folder or Hub id; a `UsageError` when `model` is
     neither a model folder nor a model the Hub gives."""
     folder = Path(model)

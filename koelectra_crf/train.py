@@ -176,12 +176,18 @@ def parse_arguments(argv: list[str]) -> tuple:
 def check_input(model_args: ModelArguments, head_args, data_args: DataArguments, training_args) -> None:
     """Refuse (`UsageError`), before any work, files that do not exist or do not make the splits training needs,
     head settings that the model's config refuses, and an upload without a repository."""
-    files = {**vars(data_args), "random_encoder_config": model_args.random_encoder_config}
-    for name, value in files.items():
-        if name.endswith(("_file", "_config")) and value is not None:
-            existing_file(f"--{name}", value)
-    given = [data_args.train_file is not None, data_args.validation_file is not None, data_args.test_file is not None]
-    if given[0] != given[1] or given[2] and not given[0]:
+    files = {
+        "--train_file": data_args.train_file,
+        "--validation_file": data_args.validation_file,
+        "--test_file": data_args.test_file,
+        "--pseudo_label_file": data_args.pseudo_label_file,
+        "--random_encoder_config": model_args.random_encoder_config,
+    }
+    for flag, path in files.items():
+        if path is not None:
+            existing_file(flag, path)
+    train, validation, test = (data_args.train_file, data_args.validation_file, data_args.test_file)
+    if (train is None) != (validation is None) or (test is not None and train is None):
         raise UsageError(
             "--train_file and --validation_file go together (and --test_file with them): give both, or none of the "
             "three to train on the Hub's klue/ner"
