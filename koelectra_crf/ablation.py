@@ -20,11 +20,10 @@ from pathlib import Path
 
 from koelectra_crf.analysis import plots
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
-from koelectra_crf.train import parse_arguments
+from koelectra_crf.train import TRAIN_RESULTS_FILE, parse_arguments
 
 TRAIN_MODULE = "koelectra_crf.train"
 RESULTS_FILE = "eval_results.json"
-TRAIN_RESULTS_FILE = "train_results.json"
 LOCK_FILE = "ablation.lock"
 
 _NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]

@@ -478,3 +478,89 @@ def _composition_runs(text: str):
             start = i
     if text:
         yield start, len(text)
+
+
+# Extended grapheme clusters (Unicode UAX #29): what a reader sees as one character, e.g. a flag (two regional
+# indicators), an emoji with a skin tone (a modifier), a family (emoji joined by U+200D ZERO WIDTH JOINER), a letter
+# with combining marks, a Hangul syllable written in jamo. Entity offsets are snapped to them. The standard library has
+# no Grapheme_Cluster_Break property, so the classes below come from the general category and a few ranges; they cover
+# the rules GB3-GB9a, GB11 and GB12-GB13. Not covered: Prepend (GB9b: a few Arabic and Indic prepended marks) and
+# Indic conjuncts (GB9c), where a boundary may remain inside such a cluster. Extended_Pictographic (GB11, which only
+# decides whether a ZERO WIDTH JOINER joins two pictographs) is approximated by the category So (other symbol), the
+# unassigned code points of the emoji planes' U+1F000-U+1FFFD, and four punctuation emoji (‼ ⁉ 〰 〽).
+_ZWJ = "\u200d"
+_EXTEND_EXTRA = {"\u200c", "\uff9e", "\uff9f"}  # ZERO WIDTH NON-JOINER, the halfwidth katakana sound marks
+_PICTOGRAPHIC_PUNCTUATION = {"\u203c", "\u2049", "\u3030", "\u303d"}
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+# GB6-GB8: the Hangul jamo classes that continue a syllable of each class.
+_HANGUL_JOINS = {"L": {"L", "V", "LV", "LVT"}, "LV": {"V", "T"}, "V": {"V", "T"}, "LVT": {"T"}, "T": {"T"}}
+
+
+def _grapheme_class(char: str) -> str:
+    """The Grapheme_Cluster_Break class of `char` as far as the rules above need it (spacing marks count as Extend)."""
+    code = ord(char)
+    if char in "\r\n":
+        return char
+    if char == _ZWJ:
+        return "ZWJ"
+    if 0x1F1E6 <= code <= 0x1F1FF:
+        return "RI"
+    category = unicodedata.category(char)
+    modifier_or_tag = 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F  # skin tones; subdivision flags' tags
+    if category in ("Mn", "Me", "Mc") or char in _EXTEND_EXTRA or modifier_or_tag:
+        return "Extend"
+    if category in _CONTROL_CATEGORIES:
+        return "Control"
+    if 0x1100 <= code <= 0x115F or 0xA960 <= code <= 0xA97C:
+        return "L"
+    if 0x1160 <= code <= 0x11A7 or 0xD7B0 <= code <= 0xD7C6:
+        return "V"
+    if 0x11A8 <= code <= 0x11FF or 0xD7CB <= code <= 0xD7FB:
+        return "T"
+    if 0xAC00 <= code <= 0xD7A3:
+        return "LV" if (code - 0xAC00) % 28 == 0 else "LVT"
+    if category == "So" or char in _PICTOGRAPHIC_PUNCTUATION or (0x1F000 <= code <= 0x1FFFD and category == "Cn"):
+        return "Pictographic"
+    return "Other"
+
+
+def is_grapheme_boundary(text: str, i: int) -> bool:
+    """Whether an extended grapheme cluster of `text` starts at offset `i` (0 <= i <= len(text); both ends are)."""
+    if i <= 0 or i >= len(text):
+        return True
+    before, after = _grapheme_class(text[i - 1]), _grapheme_class(text[i])
+    if before == "\r" and after == "\n":  # GB3
+        return False
+    if before in ("\r", "\n", "Control") or after in ("\r", "\n", "Control"):  # GB4, GB5
+        return True
+    if after in _HANGUL_JOINS.get(before, ()) or after in ("Extend", "ZWJ"):  # GB6-GB9a
+        return False
+    if before == "ZWJ" and after == "Pictographic":  # GB11: pictograph Extend* ZWJ × pictograph
+        k = i - 2
+        while k >= 0 and _grapheme_class(text[k]) == "Extend":
+            k -= 1
+        return not (k >= 0 and _grapheme_class(text[k]) == "Pictographic")
+    if before == after == "RI":  # GB12, GB13: flags pair regional indicators from the start of their run
+        k = i - 1
+        while k >= 0 and _grapheme_class(text[k]) == "RI":
+            k -= 1
+        return (i - 1 - k) % 2 == 0
+    return True
+
+
+def snap_to_graphemes(text: str, spans: list[tuple]) -> list[tuple]:
+    """`spans` (`(start, end, ...)` into `text`, sorted and disjoint) widened to whole extended grapheme clusters: a
+    start moves back and an end forward to the nearest cluster boundary, and spans that then share a cluster merge
+    into the first of them (its other fields kept). So a flag, an emoji with its skin tone, a ZWJ sequence or a
+    letter with its combining marks is never cut by an entity boundary."""
+    snapped: list[tuple] = []
+    for start, end, *rest in spans:
+        while not is_grapheme_boundary(text, start):
+            start -= 1
+        while not is_grapheme_boundary(text, end):
+            end += 1
+        if snapped and start < snapped[-1][1]:
+            snapped[-1] = (snapped[-1][0], max(end, snapped[-1][1]), *snapped[-1][2:])
+        else:
+            snapped.append((start, end, *rest))
+    return snapped

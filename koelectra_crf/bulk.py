@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from koelectra_crf.alignment import LONE_SURROGATE
 from koelectra_crf.data import is_klue_tsv, read_klue_tsv, refuse_input_as_output, utf8_required
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.usage import UsageError
 
 INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
 
@@ -82,7 +83,7 @@ def _read_lines(path: Path, input_format: str) -> Iterator[str]:
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
+                raise UsageError(f'{path}:{number}: expected a JSON object with a "text" string, got {line[:200]!r}')
             yield record["text"]
 
 
@@ -124,16 +125,16 @@ def resume(path: Path, texts: Iterable[str], truncate: bool = True) -> int:
                 break
             text = next(texts, None)
             if text is None:
-                raise ValueError(f"{path} has more lines than the {done} texts of the input")
+                raise UsageError(f"{path} has more lines than the {done} texts of the input: another input's output?")
             number = done + 1
             try:
                 record = json.loads(line)
             except ValueError:  # not JSON, or not UTF-8
                 record = None
             if not isinstance(record, dict) or not {"text", "entities"} <= record.keys():
-                raise ValueError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?")
+                raise UsageError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?")
             if record["text"] != text:
-                raise ValueError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
+                raise UsageError(f"{path}:{number}: its text is not the input's text {number}: another input's output?")
             done, complete = done + 1, complete + len(line)
     if truncate and complete < path.stat().st_size:
         with open(path, "r+b") as file:

@@ -14,6 +14,7 @@
 
 MODEL is a model folder or a Hub id; for predict, evaluate, errors and benchmark also an ONNX export (CPU only).
 The data is a KLUE NER TSV file, or the Hub `klue` validation split when no `--test_file` is given.
+Input a command refuses is one line on stderr, exit status 2; KOELECTRA_CRF_DEBUG=1 shows its traceback.
 """
 
 import argparse
@@ -21,19 +22,34 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving, spacing
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
 from koelectra_crf.data import is_klue_tsv, load_klue_split
-from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing, load_pipeline, predict_dataset
+from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing, load_model, load_pipeline, predict_dataset
 from koelectra_crf.threads import choose_cpu_threads
+from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
+
+FILE_ARGUMENTS = ("input", "test_file", "validation_file", "config")
+"""Arguments that name a file to read: checked before any command starts."""
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or Hub id")
-    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+    parser.add_argument("--device", type=_device, help="e.g. cpu, cuda, cuda:1 (default: the GPU when there is one)")
+
+
+def _device(name: str) -> str:
+    """`--device`: a torch device name, and a CUDA device only where there is one."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name!r}: this machine has no CUDA GPU (use --device cpu)")
+    return name
 
 
 def _batch_size_argument(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +88,7 @@ def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="koelectra-crf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
     benchmark_parser.add_argument("model", help="model folder or Hub id")
     benchmark_parser.add_argument(
-        "--devices", nargs="+", default=speed.benchmark_devices(), help="(default: the CPU, and the GPU if any)"
+        "--devices",
+        nargs="+",
+        type=_device,
+        default=speed.benchmark_devices(),
+        help="(default: the CPU, and the GPU if any)",
     )
     benchmark_parser.add_argument(
         "--input",
@@ -266,7 +286,11 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _pseudo_label(args: argparse.Namespace) -> None:
     if args.thresholds and not is_klue_tsv(args.input):
-        raise SystemExit(f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file")
+        raise UsageError(
+            f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file (give one, or leave "
+            "out --thresholds)"
+        )
+    pseudo_label.check_output(args.input, args.output)  # before the model loads
     counts = pseudo_label.pseudo_label(
         _load_pipeline(args.model, args.device), args.input, args.output, args.batch_size
     )
@@ -281,8 +305,14 @@ def _pseudo_label(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
-    folder = serving.export_onnx(model, AutoTokenizer.from_pretrained(args.model), args.output, args.quantize)
+    if Path(args.model).is_dir() and args.output.exists() and args.output.samefile(args.model):
+        raise UsageError(
+            f"--output {args.output} is the model's own folder: an export writes config.json and the tokenizer over "
+            f"the model's; choose a new folder (e.g. --output {args.output.with_name(args.output.name + '-onnx')})"
+        )
+    serving.check_export_folder(args.output)  # before the model loads
+    model, tokenizer = load_model(args.model)
+    folder = serving.export_onnx(model, tokenizer, args.output, args.quantize)
     info = json.loads((folder / serving.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
     megabytes = (folder / serving.ONNX_FILE).stat().st_size / 2**20
     print(f"{folder / serving.ONNX_FILE}: {megabytes:.1f} MB, largest logit difference from PyTorch on a sample "
@@ -290,8 +320,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    ner = _load_pipeline(args.model, args.device, respace=args.respace)
     data = load_klue_split(args.test_file, args.max_sentences)
+    ner = _load_pipeline(args.model, args.device, respace=args.respace)
     if not args.spacing:
         metrics, predictions = evaluate_dataset(ner, data, args.batch_size)
         report.write_evaluation(metrics, predictions, args.output_dir)
@@ -327,20 +357,34 @@ def _errors(args: argparse.Namespace) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> None:
-    ner = _load_pipeline(args.model, args.device)
+    data = load_klue_split(args.test_file, args.max_sentences)
     validation = load_klue_split(args.validation_file) if args.validation_file else None
     report = calibration.write_calibration(
-        ner,
-        load_klue_split(args.test_file, args.max_sentences),
+        _load_pipeline(args.model, args.device),
+        data,
         args.output_dir,
         args.bins,
         args.batch_size,
         validation,
     )
-    temperatures = {"before": 1.0, "after": report["temperature"]}
-    for stage in ("before", "after") if "after" in report else ("before",):
-        scores = ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
-        print(f"T = {temperatures[stage]:.3g}: {scores} ({args.bins} equal-width bins)")
+
+    def scores(stage: str) -> str:
+        return ", ".join(f"{level} ECE {summary['ece']:.4f}" for level, summary in report[stage].items())
+
+    print(f"T = 1: {scores('before')} ({args.bins} equal-width bins)")
+    if validation is None:
+        return
+    fitted = f"the temperature fitted on --validation_file, T = {report['fitted_temperature']:.3g},"
+    if report["temperature_at_search_bound"]:
+        octaves = calibration.SEARCH_OCTAVES
+        print(f"{fitted} is at a bound of the search (2^-{octaves} to 2^{octaves}): the fit may lie beyond it")
+    if report["raised_validation_ece"]:
+        ece = report["validation_ece"]
+        raised = ", ".join(f"{level} {ece['T = 1'][level]:.4f} -> {ece['fitted'][level]:.4f}"
+                           for level in report["raised_validation_ece"])  # fmt: skip
+        print(f"{fitted} raises the validation ECE ({raised}): not applied, T = 1 kept")
+    elif "after" in report:
+        print(f"T = {report['temperature']:.3g} (fitted on --validation_file): {scores('after')}")
 
 
 def _attention(args: argparse.Namespace) -> None:
@@ -392,7 +436,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `koelectra-crf` console script."""
+    """Entry point of the `koelectra-crf` console script. Input that it refuses (`usage.UsageError`) ends it with one
+    line on stderr and exit status 2."""
     parser = build_parser()
     # `adapt` passes the flags it does not know on to the training (`adapt.main` checks them).
     args, unknown = parser.parse_known_args(argv)
@@ -403,7 +448,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
     if args.command == "predict" and args.output and (args.texts or not args.input):
         parser.error("predict: --output tags the file given by --input (and no TEXT arguments)")
-    COMMANDS[args.command](args)
+    with refusing(f"{parser.prog} {args.command}"):
+        for name in FILE_ARGUMENTS:
+            if getattr(args, name, None) is not None:
+                existing_file(f"--{name}", getattr(args, name))
+        COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

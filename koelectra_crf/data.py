@@ -8,15 +8,20 @@ different label orders (KLUE-baseline's in the TSV path, the Hub's alphabetical 
 
 import re
 import unicodedata
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
+from huggingface_hub import constants
 
 from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, unit_labels
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
+from koelectra_crf.usage import UsageError
 
 HUB_DATASET = ("klue", "ner")
 """The Hub dataset used when no file is given (KLUE v1; `klue` is an alias of `klue/klue`)."""
@@ -29,7 +34,7 @@ _MARK = re.compile(rf"<([^<>]+):({'|'.join(ENTITY_TYPES)})>")
 _HEADER_PREFIX = "## "
 
 
-class KlueFormatError(ValueError):
+class KlueFormatError(UsageError):
     """A KLUE NER TSV file that does not follow the v1.1 format; the message starts with `path:line:`."""
 
 
@@ -97,7 +102,7 @@ def is_klue_tsv(path: str | Path) -> bool:
 def refuse_input_as_output(input_path: str | Path, output: Path) -> None:
     """Raise when `output` is the file `input_path` (or a link to it): a command writing there would lose its input."""
     if output.exists() and output.samefile(input_path):
-        raise ValueError(f"--output {output} is the input file: choose another --output")
+        raise UsageError(f"--output {output} is the input file: choose another --output")
 
 
 def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
@@ -130,9 +135,9 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
 
     Returns one dict per sentence with `guid`, `sentence` (marks removed), `tokens` (the characters) and
     `ner_tags` (tag names). Raises [`KlueFormatError`] naming the file (and line) for a file that is not UTF-8
-    (a UTF-8 byte order mark is fine), holds no sentence, or has a line without a tab, a tag outside the 13 KLUE
-    tags, a field that is not one character, or characters that do not join to the header's text. Ill-formed
-    BIO (an `I-X` after `O`) is kept as is and counted in a warning.
+    (a UTF-8 byte order mark is fine), holds no sentence, or has a character line that is not two tab-separated
+    columns, has an empty character or more than one, or a tag outside the 13 KLUE tags, or characters that do not
+    join to the header's text. Ill-formed BIO (an `I-X` after `O`) is kept as is and counted in a warning.
 
     Sentences come back in Unicode NFC, the form the pipeline gives the model: a file in decomposed Hangul
     (NFD: one line per jamo) is composed, each composed character taking the tag of its first character (an
@@ -183,15 +188,22 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
                     elif sentences:
                         raise KlueFormatError(f"{path}:{line_no}: sentence header without a tab: {line!r}")
                 continue
-            char, tab, tag = line.partition("\t")
-            if not tab:
-                raise KlueFormatError(f"{path}:{line_no}: expected 'CHAR<tab>TAG', found no tab: {line!r}")
+            columns = line.split("\t")
+            if len(columns) != 2:
+                raise KlueFormatError(
+                    f"{path}:{line_no}: expected 2 tab-separated columns 'CHAR<tab>TAG', found {len(columns)}: {line!r}"
+                )
+            char, tag = columns
             if header is None:
                 raise KlueFormatError(f"{path}:{line_no}: character line outside a sentence: {line!r}")
+            if not char:
+                raise KlueFormatError(
+                    f"{path}:{line_no}: empty character before the tab (a space is written as ' '): {line!r}"
+                )
             if len(char) != 1:
-                raise KlueFormatError(f"{path}:{line_no}: expected one character, found {char!r}")
+                raise KlueFormatError(f"{path}:{line_no}: expected one character before the tab, found {char!r}")
             if tag not in label_set:
-                raise KlueFormatError(f"{path}:{line_no}: tag {tag!r} is not one of {KLUE_LABELS}")
+                raise KlueFormatError(f"{path}:{line_no}: unknown tag {tag!r}: the tags are {', '.join(KLUE_LABELS)}")
             tokens.append(char)
             tags.append(tag)
     if tokens:  # the last sentence need not end with a blank line
@@ -217,7 +229,7 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
 
 
 @contextmanager
-def utf8_required(path: str | Path, error: type[ValueError] = ValueError):
+def utf8_required(path: str | Path, error: type[UsageError] = UsageError):
     """Turn a decoding error while reading the text file `path` into an `error` that names the file and line and
     says how to convert it (Korean text often comes in CP949)."""
     try:
@@ -308,19 +320,21 @@ def load_klue_ner(
     train_file: str | Path | None = None,
     validation_file: str | Path | None = None,
     test_file: str | Path | None = None,
+    file_flags: str = "--train_file and --validation_file",
 ) -> DatasetDict:
     """Load KLUE NER as a `DatasetDict` with the features `guid`, `sentence`, `tokens`, `ner_tags`.
 
     With files: parse them ([`read_klue_tsv`]) into the splits `train`, `validation`, `test` (only those
     given); `ner_tags` then use `KLUE_LABELS` order. Without files: `load_dataset("klue", "ner")` from the
     Hub (KLUE v1), normalised by [`normalize_hub_split`]; its tags keep the Hub's alphabetical order. Read the
-    order with [`label_names`] and convert with [`tags_to_ids`], never assume it.
+    order with [`label_names`] and convert with [`tags_to_ids`], never assume it. When the Hub cannot give it
+    (offline, or unreachable), a `UsageError` says so at once and names `file_flags`, the command's flags for files.
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     files = {split: path for split, path in files.items() if path is not None}
     if files:
         return DatasetDict({split: _tsv_split(path) for split, path in files.items()})
-    hub = load_dataset(*HUB_DATASET)
+    hub = _load_hub_dataset(file_flags)
     return DatasetDict({split: normalize_hub_split(part, split) for split, part in hub.items()})
 
 
@@ -339,6 +353,36 @@ def sentence_windows(sentences: list[list[str]], tags: list[list[str]], tokenize
             windows.append(window)
         rows.append(windows)
     return rows
+
+
+def _load_hub_dataset(file_flags: str) -> DatasetDict:
+    """`load_dataset(*HUB_DATASET)`, or a `UsageError` naming `file_flags` when the Hub cannot give it."""
+    name, instead = "/".join(HUB_DATASET), f"give the data as KLUE NER TSV files with {file_flags}"
+    if not datasets.config.HF_HUB_OFFLINE:
+        # One short request first: datasets would retry a dead connection for about 30 s before giving up.
+        reason = hub_unreachable()
+        if reason is not None:
+            raise UsageError(
+                f"the Hub ({constants.ENDPOINT}) cannot be reached to download {name} ({reason}): {instead}, or set "
+                "HF_DATASETS_OFFLINE=1 to use a copy downloaded before"
+            )
+    try:
+        return load_dataset(*HUB_DATASET)
+    except ConnectionError as error:  # offline mode, and no copy in the cache
+        offline = "the Hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)"
+        raise UsageError(f"{name} is not in the local cache and {offline}: {instead}") from error
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub (`huggingface_hub.constants.ENDPOINT`) does not answer one request within `timeout` seconds (no
+    route, no name, refused, too slow), or None when it answers: any HTTP status is an answer."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except OSError as error:  # URLError (its reason: the socket's error) or a timeout
+        return str(getattr(error, "reason", error))
+    return None
 
 
 def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
@@ -366,7 +410,7 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
 def load_klue_split(file: str | Path | None = None, max_sentences: int | None = None) -> Dataset:
     """A KLUE NER TSV file, or the Hub `klue` validation split when no file is given; optionally its first
     `max_sentences` sentences."""
-    dataset = load_klue_ner(test_file=file)["test"] if file else load_klue_ner()["validation"]
+    dataset = load_klue_ner(test_file=file)["test"] if file else load_klue_ner(file_flags="--test_file")["validation"]
     if max_sentences is not None:
         dataset = dataset.select(range(min(max_sentences, len(dataset))))
     return dataset

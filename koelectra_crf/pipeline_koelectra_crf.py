@@ -8,7 +8,10 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
   text in Unicode NFC (decomposed Hangul composed, `alignment.nfc_with_offsets`), the offsets stay the input's;
 - texts longer than `config.max_length` tokens are tagged whole, through overlapping windows (nothing is cut);
 - entity spans always follow the character tags: a Korean particle glued to a name (서울시**에서**) stays outside
-  the entity, so the word-based strategies cannot widen an entity to the whole space-separated word;
+  the entity, so the word-based strategies cannot widen an entity to the whole space-separated word; but they never
+  cut a grapheme cluster (a flag, an emoji with its skin tone or ZWJ sequence, a letter with its combining marks):
+  an entity widens to the whole cluster (`alignment.snap_to_graphemes`), and with `aggregation_strategy="none"` the
+  units of one cluster are one entry;
 - an entity's `score` (every aggregating strategy: `simple`, `first`, `average`, `max` give the same spans and
   scores) is the probability the CRF puts on exactly that entity: B-X at its first unit, I-X through its last, no
   I-X right after it (`LinearChainCRF.entity_probabilities`), not a mean of per-token scores;
@@ -38,6 +41,7 @@ from .alignment import (
     kiwi_space,
     nfc_with_offsets,
     respaced_with_offsets,
+    snap_to_graphemes,
     unit_tags_to_char_tags,
 )
 from .crf import IGNORE_INDEX
@@ -214,15 +218,17 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
 
         if aggregation_strategy == AggregationStrategy.NONE:
             # One entry per unit (token or character); `index` is the position of its token in the model's input.
+            # The units of one grapheme cluster (a flag's two code points, say) are one entry: the first one's.
             positions = [len(encoded.prefix_ids) + k for k in encoded.unit_tokens(tag_unit)]
-            units = zip(tags, scores, unit_spans, positions, strict=True)
+            units = snap_to_graphemes(text, [(start, end, u) for u, (start, end) in enumerate(unit_spans)])
             entities = [
-                {"entity": tag, "score": score, "index": position, **original(start, end)}
-                for tag, score, (start, end), position in units
-                if tag not in ignore_labels
+                {"entity": tags[u], "score": scores[u], "index": positions[u], **original(start, end)}
+                for start, end, u in units
+                if tags[u] not in ignore_labels
             ]
         else:
             spans = char_tags_to_spans(unit_tags_to_char_tags(text, unit_spans, tags))
+            spans = snap_to_graphemes(text, spans)  # no entity boundary inside a grapheme cluster
             spans = [span for span in spans if span[2] not in ignore_labels]
             probabilities = self._entity_probabilities(emissions, unit_spans, spans)
             entities = [

@@ -36,6 +36,7 @@ from koelectra_crf.data import (
 )
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.usage import UsageError
 
 CONFIDENCE_SUFFIX = ".confidence.jsonl"
 HEADER = "## pseudo-labelled by koelectra-crf pseudo-label\n"
@@ -63,14 +64,14 @@ def _representable(text: str) -> bool:
     return not any(char in text for char in "\t\n\r") and strip_entity_marks(text)[0] == text
 
 
-def _check_output(input_path: Path, output: Path) -> None:
+def check_output(input_path: Path, output: Path) -> None:
     """Refuse to write over the input or over a file that is not an earlier pseudo-labelled file (a labelled KLUE
     file, say): replacing it would lose it."""
     refuse_input_as_output(input_path, output)
     if output.exists():
         with open(output, encoding="utf-8", errors="replace") as file:
             if file.readline() != HEADER:
-                raise ValueError(f"--output {output} exists and is not a pseudo-labelled file: choose another --output")
+                raise UsageError(f"--output {output} exists and is not a pseudo-labelled file: choose another --output")
 
 
 def pseudo_label(
@@ -78,7 +79,7 @@ def pseudo_label(
 ) -> dict[str, int]:
     """Write the pseudo-labelled TSV `output` and its confidences (`confidence_path(output)`); return how many
     sentences were written and skipped."""
-    _check_output(Path(input_path), Path(output))
+    check_output(Path(input_path), Path(output))
     counts = {"written": 0, "skipped": 0}
 
     def representable() -> Iterator[tuple[str, str]]:
@@ -116,7 +117,7 @@ def read_confidences(path: str | Path, confidence: str = "sequence_probability")
     """Each sentence's `confidence` (a key of the `.confidence.jsonl` beside the pseudo-labelled file `path`), by
     guid."""
     if confidence not in CONFIDENCES:
-        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+        raise UsageError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
     with open(confidence_path(Path(path)), encoding="utf-8") as file:
         return {record["guid"]: record[confidence] for record in map(json.loads, file)}
 
@@ -145,7 +146,7 @@ def kept_quality(
     predicted = read_klue_tsv(pseudo_labelled)
     missing = [sentence["guid"] for sentence in predicted if sentence["guid"] not in gold]
     if missing:
-        raise ValueError(f"{len(missing)} pseudo-labelled sentences are not in {gold_file} (first: {missing[0]!r})")
+        raise UsageError(f"{len(missing)} pseudo-labelled sentences are not in {gold_file} (first: {missing[0]!r})")
     rows = []
     for threshold in thresholds:
         kept = [sentence for sentence in predicted if confidences[sentence["guid"]] >= threshold]

@@ -40,6 +40,7 @@ from koelectra_crf.crf import LinearChainCRF
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.tagger import EmissionTagger, build_crf, default_tag_mask
+from koelectra_crf.usage import UsageError
 
 ONNX_FILE = "model.onnx"
 CRF_FILE = "crf.safetensors"
@@ -161,11 +162,7 @@ def export_onnx(
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
     output_dir = Path(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_onnx_folder(output_dir):
-        raise ValueError(
-            f"{output_dir} is not empty and holds no earlier export: an export writes config.json and the tokenizer, "
-            "which would replace a model folder's own; choose a new or empty folder"
-        )
+    check_export_folder(output_dir)
     if model.training or any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float().eval()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +265,16 @@ def _declare_output_shape(graph, length_axis: str) -> None:
     del graph.graph.value_info[:]
     batch, length, _ = graph.graph.output[0].type.tensor_type.shape.dim
     batch.dim_param, length.dim_param = "batch", length_axis
+
+
+def check_export_folder(output_dir: Path) -> None:
+    """A `UsageError` unless `output_dir` is new, empty, or an earlier export: an export writes config.json and the
+    tokenizer, which would replace a model folder's own."""
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_onnx_folder(output_dir):
+        raise UsageError(
+            f"--output {output_dir} is not empty and holds no earlier export: an export writes config.json and the "
+            "tokenizer, which would replace a model folder's own; choose a new or empty folder"
+        )
 
 
 def is_onnx_folder(path: str | Path) -> bool:

@@ -8,7 +8,8 @@ overrides them. Every `TrainingArguments` flag works, plus the recipe's own (`--
 `--head_learning_rate`, `--early_stopping_patience`) and every setting of the model's head, named and defaulted
 as in `KoElectraCrfConfig` (`--use_bilstm`, `--max_length`, `--crf_constrain_training`, ...). The output folder
 holds a model that loads with `trust_remote_code=True`, its tokenizer, `eval_results.json`, the evaluation
-predictions and a model card (README.md).
+predictions and a model card (README.md). Input it refuses (a flag value, a missing or malformed file, an output
+folder that holds a previous run) ends it with one line on stderr and exit status 2 (`usage.refusing`).
 """
 
 import dataclasses
@@ -38,7 +39,7 @@ from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction
-from koelectra_crf.pseudo_label import load_pseudo_labelled
+from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
 from koelectra_crf.spacing import (
     DEFAULT_INSERT_RATE,
     DEFAULT_REMOVE_RATE,
@@ -48,6 +49,7 @@ from koelectra_crf.spacing import (
 )
 from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
+from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
 
 logger = logging.getLogger(__name__)
 # `--push_to_hub` uploads the model folder, not the checkpoints, logs and training state next to it.
@@ -56,6 +58,8 @@ NOT_UPLOADED_FILES = {"train_results.json", "all_results.json", "trainer_state.j
                       "upload_manifest.json"}  # fmt: skip
 RESUME_LAST = ("last", "true")
 """`--resume_from_checkpoint` values that mean the latest `checkpoint-N` in `--output_dir`."""
+TRAIN_RESULTS_FILE = "train_results.json"
+"""Written in `--output_dir` once training has ended: a run whose folder holds it has nothing left to resume."""
 # What `--overwrite_output_dir` deletes of the previous run: what the new run would not replace but mix with its own
 # (old checkpoints would be resumed from or rotated, the Trainer merges into all_results.json, a test split's files
 # would outlive it). The rest (model, tokenizer, card) is replaced as the new run writes it.
@@ -164,24 +168,78 @@ class OutputArguments:
 ARGUMENT_CLASSES = (ModelArguments, HeadArguments, DataArguments, NerTrainingArguments, OutputArguments)
 
 
+class _ArgumentParser(OneLineErrors, HfArgumentParser):
+    """HfArgumentParser whose errors (an unknown flag, a bad value) are one line."""
+
+
 def parse_arguments(argv: list[str]) -> tuple:
     """HfArgumentParser over the argument dataclasses (model, head, data, training, card);
-    `--config FILE.json` gives defaults that flags override."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    `--config FILE.json` gives defaults that flags override. Refuses (`UsageError`) a preset that is missing, not a
+    JSON object or holds unknown settings, and flags that do not go together (`TrainingArguments`' own checks)."""
+    parser = _ArgumentParser(ARGUMENT_CLASSES)
     parser.add_argument("--config", help="JSON preset: defaults for any of the flags below, which override it")
     # TrainingArguments documents a path only; `checkpoint_to_resume` also takes `last`/`true`.
     resume = parser._option_string_actions["--resume_from_checkpoint"]
     resume.help = f"A checkpoint-N folder to resume from, or {'/'.join(RESUME_LAST)} for the latest in --output_dir."
     if "--config" in argv:
         position = argv.index("--config")
-        preset = json.loads(Path(argv[position + 1]).read_text(encoding="utf-8"))
+        if argv.count("--config") > 1:
+            raise UsageError("--config is given more than once: give one preset (flags override its settings)")
+        if position + 1 == len(argv):
+            parser.error("argument --config: expected one argument")
+        preset_file = existing_file("--config", argv[position + 1])
+        try:
+            preset = json.loads(preset_file.read_text(encoding="utf-8"))
+        except ValueError as error:  # not JSON, or not UTF-8
+            raise UsageError(f"--config {preset_file}: not a JSON file ({error})") from None
+        if not isinstance(preset, dict):
+            raise UsageError(f"--config {preset_file}: expected a JSON object of settings, not {type(preset).__name__}")
         unknown = set(preset) - {action.dest for action in parser._actions} | ({"config"} & set(preset))
         if unknown:
-            raise ValueError(f"{argv[position + 1]}: unknown settings {sorted(unknown)}")
+            raise UsageError(f"--config {preset_file}: unknown settings {sorted(unknown)} (`--help` lists them)")
         parser.set_defaults(**preset)
         argv = argv[:position] + argv[position + 2 :]
-    *arguments, _ = parser.parse_args_into_dataclasses(args=argv)  # the last: a namespace with `config`
+    try:
+        # The last two: a namespace with `config`, and what no flag took.
+        *arguments, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # settings that do not go together (TrainingArguments' checks)
+        raise UsageError(str(error)) from error
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (`--help` lists the flags)")
     return tuple(arguments)
+
+
+def check_input(model_args: ModelArguments, head_args, data_args: DataArguments, training_args) -> None:
+    """Refuse (`UsageError`), before any work, files that do not exist or do not make the splits training needs,
+    head settings that the model's config refuses, and an upload without a repository."""
+    files = {
+        "--train_file": data_args.train_file,
+        "--validation_file": data_args.validation_file,
+        "--test_file": data_args.test_file,
+        "--pseudo_label_file": data_args.pseudo_label_file,
+        "--random_encoder_config": model_args.random_encoder_config,
+    }
+    for flag, path in files.items():
+        if path is not None:
+            existing_file(flag, path)
+    train, validation, test = (data_args.train_file, data_args.validation_file, data_args.test_file)
+    if (train is None) != (validation is None) or (test is not None and train is None):
+        raise UsageError(
+            "--train_file and --validation_file go together (and --test_file with them): give both, or none of the "
+            "three to train on the Hub's klue/ner"
+        )
+    try:
+        KoElectraCrfConfig(**dataclasses.asdict(head_args))
+    except ValueError as error:
+        raise UsageError(f"{error} (see `--help` for the head's settings)") from None
+    pseudo = data_args.pseudo_label_file
+    if pseudo is not None and not confidence_path(Path(pseudo)).is_file():
+        raise UsageError(
+            f"--pseudo_label_file {pseudo}: its confidences ({confidence_path(Path(pseudo))}) are missing; "
+            "`koelectra-crf pseudo-label` writes both"
+        )
+    if training_args.push_to_hub and training_args.hub_model_id is None:
+        raise UsageError("--push_to_hub needs --hub_model_id (the repository to upload to, e.g. YOU/koelectra-crf)")
 
 
 def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_size: int):
@@ -223,7 +281,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sys.argv[1:] if argv is None else argv
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_input(model_args, head_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint is not None and (output_dir / TRAIN_RESULTS_FILE).is_file():
+        logger.warning(
+            "%s holds a run whose training has ended (%s): nothing to resume, nothing changed. To train it again, "
+            "start afresh there with --overwrite_output_dir true (without --resume_from_checkpoint), or choose "
+            "another --output_dir.",
+            output_dir,
+            TRAIN_RESULTS_FILE,
+        )
+        results = output_dir / "eval_results.json"
+        return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     # Before any work: a run that would lose or mix with a previous one stops here.
     overwrite = output_args.overwrite_output_dir
     checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, overwrite)
@@ -247,10 +316,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         logger.info("self-training: %d pseudo-labelled sentences join %d labelled ones", len(pseudo), len(raw["train"]))
         raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
-    )
-    model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
+        )
+        model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+    except OSError as error:  # what transformers raises for a model, encoder or tokenizer it cannot find or read
+        flags = (
+            [f"--model_name_or_path {model_args.model_name_or_path}"]
+            if model_args.model_name_or_path
+            else [f"--encoder_name_or_path {model_args.encoder_name_or_path}"]
+        )
+        if model_args.tokenizer_name_or_path:
+            flags.append(f"--tokenizer_name_or_path {model_args.tokenizer_name_or_path}")
+        reason = str(error).splitlines()[0]
+        raise UsageError(f"{' / '.join(flags)}: cannot be loaded ({reason}); give a folder or a Hub id") from error
     use_special_tokens_of(tokenizer, model)
     choose_cpu_threads(model, processes=training_args.world_size)
     if training_args.device.type == "cpu":  # pinned memory only helps copies to a GPU (torch warns about it)
@@ -310,24 +390,28 @@ def checkpoint_to_resume(output_dir: Path, resume_from_checkpoint: str | None, o
 
     `resume_from_checkpoint` is a checkpoint folder, or `last`/`true` for the latest `checkpoint-N` in
     `output_dir`. Without it, a non-empty `output_dir` holds a previous run: refused unless `overwrite`.
-    Raises ValueError with what to do instead.
+    Raises `UsageError` with what to do instead.
     """
     if resume_from_checkpoint is not None:
         if resume_from_checkpoint.lower() in RESUME_LAST:
             last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
             if last is None:
-                raise ValueError(
+                raise UsageError(
                     f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder "
-                    "to resume from"
+                    "to resume from (a run saves them with --save_strategy); leave out --resume_from_checkpoint to "
+                    "train from the start"
                 )
             return last
         if not Path(resume_from_checkpoint).is_dir():
-            raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder")
+            raise UsageError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder (give a checkpoint-N "
+                f"folder, or {'/'.join(RESUME_LAST)} for the latest in --output_dir)"
+            )
         return resume_from_checkpoint
     previous = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
     if previous and not overwrite:
         shown = ", ".join(previous[:5]) + (", ..." if len(previous) > 5 else "")
-        raise ValueError(
+        raise UsageError(
             f"--output_dir {output_dir} is not empty ({shown}): it holds a previous run. Continue it with "
             "--resume_from_checkpoint last (its latest checkpoint-N), replace it with --overwrite_output_dir true "
             "(its checkpoints and results are deleted), or choose another --output_dir."
@@ -357,13 +441,18 @@ def upload(folder: Path, repo_id: str | None, dry_run: bool) -> list[str]:
         logger.info("push dry run: would upload %d files to %s: %s", len(files), repo_id, files)
         (folder / "upload_manifest.json").write_text(json.dumps(files, indent=1), encoding="utf-8")
         return files
-    if repo_id is None:
-        raise ValueError("--push_to_hub needs --hub_model_id")
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=files)
     return files
 
 
+def script_main() -> None:
+    """`training/run.py` and `python -m koelectra_crf.train`: `main` with refused input as one line on stderr and exit
+    status 2 (`usage.refusing`)."""
+    with refusing(Path(sys.argv[0]).name):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    script_main()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import run_command
 from test_analysis import assert_valid_png
 
 from koelectra_crf.ablation import (
@@ -279,29 +280,33 @@ def test_ablation_from_an_installed_wheel_parses_every_variant(tmp_path):
     """`koelectra-crf ablation` needs no source tree: a wheel installed into a fresh venv launches the training as a
     module (`-m koelectra_crf.train`) and every variant's arguments parse there."""
     source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
-    ignored = shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
+    ignored = shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
     shutil.copytree(ROOT, source, ignore=ignored)
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
-    subprocess.run([*build, str(source)], check=True, capture_output=True, timeout=600)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source]
+    run_command(build, timeout=600)
     (wheel,) = tmp_path.glob("koelectra_crf-*.whl")
     venv = tmp_path / "venv"
-    # The venv sees this interpreter's torch, transformers, ...; koelectra_crf itself comes from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    run_command([sys.executable, "-m", "venv", venv], timeout=300)
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True, timeout=600)  # fmt: skip
+    run_command([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], timeout=600)
+    # The venv sees this interpreter's torch, transformers, ...: the folders it imports installed packages from, in a
+    # venv or not (`venv --system-site-packages` would give the base interpreter's, not an outer venv's). The .pth
+    # lines only extend sys.path (their own .pth files, such as this checkout's editable install, are not read), after
+    # the venv's own site-packages: koelectra_crf comes from the wheel.
+    (inner_site_packages,) = (venv / "lib").glob("python3*/site-packages")
+    outer = [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages")]
+    (inner_site_packages / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     work = tmp_path / "elsewhere"  # not the source tree
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": ""}
-    located = subprocess.run([python, "-c", "import koelectra_crf; print(koelectra_crf.__file__)"], cwd=work, env=env,
-                             capture_output=True, text=True, check=True)  # fmt: skip
+    located = run_command([python, "-c", "import koelectra_crf; print(koelectra_crf.__file__)"], cwd=work, env=env,
+                          timeout=300)  # fmt: skip
     assert Path(located.stdout.strip()).is_relative_to(venv)
-    completed = subprocess.run(
+    completed = run_command(
         [venv / "bin" / "koelectra-crf", "ablation", "--check", "--config", ROOT / PRESETS[0], "--output_dir", "runs",
          "--seeds", "2", "--", "--num_train_epochs", "1"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+        cwd=work, env=env, timeout=600,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
     commands = completed.stdout.splitlines()
     assert len(commands) == 2 * len(VARIANTS)
     assert all(command.startswith(f"{python} -m koelectra_crf.train --config ") for command in commands)

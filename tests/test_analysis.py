@@ -11,6 +11,7 @@ from tiny import tiny_model
 from koelectra_crf.alignment import spans_to_char_tags
 from koelectra_crf.analysis.attention import attention_to_entities, entity_token_mask
 from koelectra_crf.analysis.calibration import (
+    SEARCH_OCTAVES,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -166,7 +167,24 @@ def test_fit_temperature_recovers_the_temperature_of_the_data():
     emissions = 3 * torch.randn(8_000, model.config.num_labels, generator=generator)
     gold = torch.multinomial((emissions / 2).softmax(-1), 1, generator=generator).squeeze(-1)
     windows = list(zip(emissions.split(40), gold.split(40), strict=True))
-    assert abs(math.log2(fit_temperature(model, windows)) - 1) <= 1.5 / 12
+    temperature, at_bound = fit_temperature(model, windows)
+    assert abs(math.log2(temperature) - 1) <= 1.5 / 12 and not at_bound
+
+
+def test_fit_temperature_says_when_the_fit_is_at_a_bound_of_the_search():
+    """Gold always the highest emission: the sharper the better, down to the lowest temperature searched; always the
+    lowest: the flatter the better, up to the highest. With the CRF (whose transitions are not scaled), gold the
+    Viterbi path at the lowest temperature: that temperature again."""
+    model = tiny_model(10, use_crf=False)
+    emissions = 3 * torch.randn(2_000, model.config.num_labels, generator=torch.Generator().manual_seed(0))
+    for gold, bound in ((emissions.argmax(-1), -SEARCH_OCTAVES), (emissions.argmin(-1), SEARCH_OCTAVES)):
+        windows = list(zip(emissions.split(40), gold.split(40), strict=True))
+        assert fit_temperature(model, windows) == (2.0**bound, True)
+    crf_model = tiny_model(10)
+    sharpest = 2.0**SEARCH_OCTAVES
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    windows = [(window, crf_model.decode(window[None] * sharpest, mask)[0]) for window in emissions.split(40)]
+    assert fit_temperature(crf_model, windows) == (2.0**-SEARCH_OCTAVES, True)
 
 
 def test_temperature_scaled_model_divides_the_emissions_of_a_copy():

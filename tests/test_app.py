@@ -137,6 +137,7 @@ def served_app(model_folder, tmp_path):
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+        print(f"--- output of {command} ---\n{log.read_text()}")  # shown by pytest if the test fails
 
 
 # The page's entities, read from the DOM: the text (labels are CSS, not text) and one <mark> per entity.

@@ -3,13 +3,14 @@ and several processes writing the output of one."""
 
 import json
 import os
-import shutil
-import subprocess
+import re
 import sys
 import tracemalloc
 
 import pytest
 import torch
+from processes import run_command
+from test_cli import refusal
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
@@ -75,7 +76,7 @@ def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_
         list(read_texts(inputs / "texts.txt", "jsonl"))
 
 
-def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path):
+def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path, capsys):
     folder, _ = saved
     complete = tmp_path / "outputs" / "complete.jsonl"  # its folder is made
     predict(folder, "--input", inputs / "texts.txt", "--output", complete, "--batch_size", 1)
@@ -92,17 +93,18 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path)
 
     other = tmp_path / "other.txt"
     other.write_text("\n".join(reversed(TEXTS)) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="another input's output"):
-        predict(folder, "--input", other, "--output", stopped)
+    refused = refusal(capsys, "predict", folder, "--input", other, "--output", stopped, alone=False)
+    assert refused.endswith(f"{stopped}:1: its text is not the input's text 1: another input's output?")
     jsonl = (inputs / "texts.jsonl").read_bytes()
-    with pytest.raises(ValueError, match="is the input file"):
-        predict(folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl")
+    refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl",
+                      alone=False)  # fmt: skip
+    assert refused.endswith(f"--output {inputs / 'texts.jsonl'} is the input file: choose another --output")
     assert (inputs / "texts.jsonl").read_bytes() == jsonl
     notes = tmp_path / "notes.txt"  # not an output of predict (a copy of the JSONL input, say): refused, left as it was
     for content in (b"my notes\n", b'["a list"]\n', b"\xff\n", jsonl):
         notes.write_bytes(content + b"half a line")
-        with pytest.raises(ValueError, match=rf"{notes}:1: not an output line .*another file\?"):
-            predict(folder, "--input", inputs / "texts.txt", "--output", notes)
+        refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.txt", "--output", notes, alone=False)
+        assert re.fullmatch(rf"koelectra-crf predict: error: {notes}:1: not an output line .*another file\?", refused)
         assert notes.read_bytes() == content + b"half a line"
 
 
@@ -195,20 +197,17 @@ def test_two_processes_write_the_output_of_one_byte_for_byte(saved, inputs, tmp_
     arguments = ["-m", "koelectra_crf", "predict", str(folder), "--input", str(inputs / "texts.jsonl"), "--batch_size",
                  "1", "--output"]  # fmt: skip
     single = tmp_path / "single.jsonl"
-    completed = subprocess.run([sys.executable, *arguments, str(single)], capture_output=True, text=True, env=env,
-                               timeout=300)  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_command([sys.executable, *arguments, single], env=env, timeout=300)
     reference = single.read_bytes()
     assert len(reference.splitlines()) == len(TEXTS)
 
     double = tmp_path / "double.jsonl"
     double.write_bytes(b"".join(reference.splitlines(keepends=True)[:2]) + b'{"text": "')  # stopped on line 3
     # On a machine without GPU `--multi_gpu` is the launcher that starts the processes (`--cpu` starts one).
-    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]  # fmt: skip
-    completed = subprocess.run([*launch, *arguments, str(double)], capture_output=True, text=True, env=env,
-                               timeout=600)  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29517"]  # fmt: skip
+    completed = run_command([*launch, *arguments, double], env=env, timeout=600)
     assert "tagging (process 0 of 2)" in completed.stderr
     assert double.read_bytes() == reference
     assert sorted(path.name for path in tmp_path.iterdir()) == ["double.jsonl", "single.jsonl"]  # parts removed

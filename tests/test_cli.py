@@ -2,21 +2,27 @@
 
 import io
 import json
+import math
 import os
 import pty
 import select
 import subprocess
 import sys
+import time
 
+import datasets
+import huggingface_hub
 import pytest
 import torch
+from processes import run_command
 from test_analysis import assert_valid_png
 from tiny import character_tokenizer, tiny_model
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import NerDataCollator, spans_to_char_tags
-from koelectra_crf.analysis.calibration import TEMPERATURES
+from koelectra_crf.analysis import calibration
+from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate, temperature_scaled
 from koelectra_crf.analysis.errors import CATEGORIES
 from koelectra_crf.cli import main
 from koelectra_crf.data import (
@@ -28,6 +34,7 @@ from koelectra_crf.data import (
 )
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pseudo_label import CONFIDENCES, confidence_path, klue_block, load_pseudo_labelled
+from koelectra_crf.usage import DEBUG_VARIABLE, UsageError
 
 MARKED = [
     "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
@@ -74,6 +81,18 @@ def reference_pipeline(model_dir):
 
 def run(*args) -> None:
     main([str(a) for a in args])
+
+
+def refusal(capsys, *args, alone: bool = True) -> str:
+    """The one line with which `koelectra-crf ARGS` refuses its input: the last on stderr, exit status 2, no traceback;
+    `alone`: the only output (refused before any work: no progress bar of a model loading)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(*args)
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr and stderr.endswith("\n"), stderr
+    assert len(stderr.splitlines()) == 1 or not alone, stderr
+    return stderr.splitlines()[-1]
 
 
 def test_evaluate_writes_klue_metrics_charts_and_predictions(model_dir, klue_file, reference_pipeline, tmp_path):
@@ -124,12 +143,14 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
     check(capsys.readouterr().out)
 
 
-def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline):
+def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline, tmp_path):
     """A text typed at a terminal is tagged as soon as its line is entered, not once a batch of texts has come."""
     texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
     terminal, stdin = pty.openpty()
     command = [sys.executable, "-m", "koelectra_crf", "predict", str(model_dir), "--device", "cpu", "--batch_size", "8"]
-    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=errors)
     os.close(stdin)
     try:
         for text, entities in zip(texts, reference_pipeline(texts, aggregation_strategy="simple"), strict=True):
@@ -143,6 +164,7 @@ def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipe
     finally:
         process.kill()
         os.close(terminal)
+        print(f"--- stderr of {command} ---\n{stderr.read_text()}")  # shown by pytest if the test fails
 
 
 def test_errors_writes_categories_and_examples(model_dir, klue_file, tmp_path):
@@ -176,11 +198,40 @@ def test_errors_compares_models_side_by_side(model_dir, klue_file, tmp_path, cap
     assert f"| boundary | {expected_cell} | {expected_cell} |" in printed
 
 
-def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path):
-    run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
+def validation_ece(model_dir, data, temperature: float, bins: int) -> dict[str, float]:
+    """Each level's ECE of the model on `data` with its emissions divided by `temperature` (the oracle of the report's
+    `validation_ece`)."""
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    ner = KoElectraCrfTokenClassificationPipeline(
+        model=temperature_scaled(model, temperature), tokenizer=AutoTokenizer.from_pretrained(model_dir)
+    )
+    return {level: summary["ece"] for level, summary in calibrate(ner, data, bins).items()}
+
+
+def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_file, tmp_path, capsys):
+    """A model made unsure by halving its emissions: the fit sharpens it again (T < 1) and, as that calibrates the
+    validation data better at every level, the test data is reported with it too."""
+    unsure = tmp_path / "unsure"
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    ner = KoElectraCrfTokenClassificationPipeline(
+        model=temperature_scaled(model, 2.0), tokenizer=AutoTokenizer.from_pretrained(model_dir)
+    )
+    ner.save_pretrained(unsure)
+    run("calibration", unsure, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
         "--device", "cpu", "--bins", 5)  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
     report = json.loads((tmp_path / "calibration.json").read_text())
-    assert report["num_bins"] == 5 and report["temperature"] in TEMPERATURES
+    assert report["num_bins"] == 5
+    fitted = report["fitted_temperature"]
+    steps = math.log2(fitted) * STEPS_PER_OCTAVE  # on the search's grid, inside its bounds
+    assert steps == round(steps) and -SEARCH_OCTAVES * STEPS_PER_OCTAVE < steps < 0
+    assert not report["temperature_at_search_bound"]
+    data = load_klue_ner(test_file=klue_file)["test"]
+    expected = {"T = 1": validation_ece(unsure, data, 1.0, 5), "fitted": validation_ece(unsure, data, fitted, 5)}
+    for name, eces in expected.items():
+        assert report["validation_ece"][name] == pytest.approx(eces)
+    assert all(expected["fitted"][level] < expected["T = 1"][level] for level in expected["T = 1"])
+    assert report["raised_validation_ece"] == [] and report["temperature"] == fitted
     for stage in ("before", "after"):
         for level in ("token", "entity", "entity_token_mean"):
             summary = report[stage][level]
@@ -190,12 +241,37 @@ def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_fi
         exact, mean = report[stage]["entity"], report[stage]["entity_token_mean"]
         assert exact["count"] == mean["count"] and exact["accuracy"] == mean["accuracy"]
         assert exact["mean_confidence"] != mean["mean_confidence"]
+    assert printed[0].startswith("T = 1: token ECE ") and len(printed) == 2
+    assert printed[1].startswith(f"T = {fitted:.3g} (fitted on --validation_file): token ECE ")
     # Every tagged token of every sentence is scored (the tiny tokenizer has one token per character).
     assert report["before"]["token"]["count"] == sum(len(strip_entity_marks(m)[0].replace(" ", "")) for m in MARKED)
     assert_valid_png(tmp_path / "reliability_diagram.png")
 
 
-def test_attention_draws_heatmaps_and_shares_by_layer(model_dir, tmp_path):
+def test_calibration_keeps_t_1_when_the_fitted_temperature_calibrates_validation_worse(
+    model_dir, klue_file, tmp_path, capsys, monkeypatch
+):
+    """A fit at the lowest temperature searched (as a model that is right and unsure gets): said to be at the bound,
+    and, as it makes the validation ECE worse, not applied."""
+    lowest = 2.0**-SEARCH_OCTAVES
+    data = load_klue_ner(test_file=klue_file)["test"]
+    before, sharpened = validation_ece(model_dir, data, 1.0, 5), validation_ece(model_dir, data, lowest, 5)
+    worse = [level for level in before if sharpened[level] > before[level]]
+    assert worse, "precondition: the sharpest temperature calibrates this model worse"
+    monkeypatch.setattr(calibration, "fit_temperature", lambda model, windows: (lowest, True))
+    run("calibration", model_dir, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
+        "--device", "cpu", "--bins", 5)  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    assert report["temperature"] == 1.0 and "after" not in report and report["raised_validation_ece"] == worse
+    fitted = f"the temperature fitted on --validation_file, T = {lowest:.3g},"
+    assert printed[1] == f"{fitted} is at a bound of the search (2^-8 to 2^8): the fit may lie beyond it"
+    changes = ", ".join(f"{level} {before[level]:.4f} -> {sharpened[level]:.4f}" for level in worse)
+    assert printed[2] == f"{fitted} raises the validation ECE ({changes}): not applied, T = 1 kept"
+    assert len(printed) == 3
+
+
+def test_attention_draws_heatmaps_and_shares_by_layer(model_dir, tmp_path, capsys):
     run("attention", model_dir, "<김철수:PS>는 <서울:LC>에서 사과를 샀다.", "--layers", 0, -1, "--heads", 1,
         "--output_dir", tmp_path, "--device", "cpu")  # fmt: skip
     report = json.loads((tmp_path / "attention.json").read_text())
@@ -206,8 +282,9 @@ def test_attention_draws_heatmaps_and_shares_by_layer(model_dir, tmp_path):
     assert report["share_if_uniform"] == pytest.approx(5 / len(report["tokens"]))
     assert_valid_png(tmp_path / "attention_heatmaps.png")
     assert_valid_png(tmp_path / "attention_to_entities.png")
-    with pytest.raises(ValueError, match="2 heads"):
-        run("attention", model_dir, "김철수", "--heads", 2, "--output_dir", tmp_path, "--device", "cpu")
+    line = refusal(capsys, "attention", model_dir, "김철수", "--heads", 2, "--output_dir", tmp_path, alone=False)
+    assert line.startswith("koelectra-crf attention: error: the model has 2 layers and 2 heads")
+    assert line.endswith("--layers takes -2 to 1, --heads 0 to 1")
 
 
 def test_benchmark_writes_json_and_table(model_dir, tmp_path, capsys):
@@ -257,13 +334,13 @@ def test_pseudo_labels_of_a_labelled_file_are_scored_where_each_threshold_keeps_
     assert 0 < rows[1]["kept"] < rows[0]["kept"] == len(gold) and rows[2]["kept"] == 0
 
     (tmp_path / "raw.txt").write_text("김철수는 서울에서\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="not a labelled KLUE TSV file"):
-        main(["pseudo-label", str(model_dir), "--input", str(tmp_path / "raw.txt"), "--output",
-              str(tmp_path / "raw.tsv"), "--thresholds", "0.5"])  # fmt: skip
+    line = refusal(capsys, "pseudo-label", model_dir, "--input", tmp_path / "raw.txt", "--output", tmp_path / "raw.tsv",
+                   "--thresholds", 0.5)  # fmt: skip
+    assert "not a labelled KLUE TSV file" in line
 
 
 def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(
-    model_dir, klue_file, reference_pipeline, tmp_path
+    model_dir, klue_file, reference_pipeline, tmp_path, capsys
 ):
     texts = [strip_entity_marks(m)[0] for m in MARKED]
     lines = [f"id-{i}\t{text}" for i, text in enumerate(texts)] + ["", texts[0], "a\tb\tc", "<서울:LC>에서"]
@@ -276,9 +353,9 @@ def test_pseudo_label_writes_klue_tsv_that_reads_back_with_confidences(
     assert pseudo.read_bytes() == first  # an earlier pseudo-labelled file is replaced
     gold = tmp_path / "gold.tsv"  # anything else is not, nor the input
     gold.write_bytes(klue_file.read_bytes())
-    for source, refusal in ((tmp_path / "raw.tsv", "exists and is not a pseudo-labelled file"), (gold, "is the input")):
-        with pytest.raises(ValueError, match=refusal):
-            main(["pseudo-label", str(model_dir), "--input", str(source), "--output", str(gold), "--device", "cpu"])
+    for source, reason in ((tmp_path / "raw.tsv", "exists and is not a pseudo-labelled file"), (gold, "is the input")):
+        line = refusal(capsys, "pseudo-label", model_dir, "--input", source, "--output", gold, "--device", "cpu")
+        assert reason in line
     assert gold.read_bytes() == klue_file.read_bytes()
     records = read_klue_tsv(pseudo)
     kept = [*texts, texts[0]]  # blank line dropped; a tab inside the text, or a mark, cannot be written as KLUE TSV
@@ -355,3 +432,68 @@ def test_predict_respaces_with_kiwi_when_asked(model_dir, reference_pipeline, ca
         assert [{**e, "score": 0} for e in line["entities"]] == [{**e, "score": 0} for e in entities]
         assert all(e["word"] == line["text"][e["start"] : e["end"]] for e in line["entities"])
     assert expected != reference_pipeline(texts, aggregation_strategy="simple")  # precondition: re-spacing matters
+
+
+def test_every_refusal_is_one_line_naming_the_problem_and_exit_status_2(model_dir, klue_file, tmp_path, capsys):
+    """Input a command refuses is one line on stderr that names what is wrong and what to do, exit status 2, no
+    traceback; before the model loads where the input can be checked without it."""
+    three_columns = tmp_path / "three-columns.tsv"
+    three_columns.write_text("## g1\t김철수\n김\tB-PS\n철\tI-PS\textra\n수\tI-PS\n", encoding="utf-8")
+    export = tmp_path / "export"
+    (export / "notes").mkdir(parents=True)
+    refusals = {
+        ("evaluate", model_dir, "--test_file", tmp_path / "missing.tsv"): (
+            f"koelectra-crf evaluate: error: --test_file {tmp_path / 'missing.tsv'}: does not exist"
+        ),
+        ("evaluate", model_dir, "--test_file", three_columns): (
+            f"{three_columns}:3: expected 2 tab-separated columns 'CHAR<tab>TAG', found 3"
+        ),
+        ("evaluate", model_dir, "--test_file", klue_file, "--batch_size", "eight"): (
+            "argument --batch_size: invalid int value: 'eight' (`koelectra-crf evaluate --help` lists the options)"
+        ),
+        ("evaluate", model_dir, "--test_file", klue_file, "--device", "gpu"): "argument --device: 'gpu' is not a",
+        ("errors", tmp_path / "no-model", "--test_file", klue_file): f"{tmp_path / 'no-model'} is no folder here, nor",
+        ("calibration", tmp_path, "--test_file", klue_file): "is a folder without config.json, not a model folder",
+        ("export", model_dir, "--output", model_dir): (
+            f"--output {model_dir} is the model's own folder: an export writes config.json and the tokenizer over "
+            f"the model's; choose a new folder (e.g. --output {model_dir}-onnx)"
+        ),
+        ("export", model_dir, "--output", export): f"--output {export} is not empty and holds no earlier export",
+        ("predict", model_dir, "--input", tmp_path / "texts.txt"): f"--input {tmp_path / 'texts.txt'}: does not exist",
+        ("ablation", "--output_dir", tmp_path, "--config", tmp_path / "preset.json"): "--config",
+    }
+    for args, expected in refusals.items():
+        line = refusal(capsys, *args)
+        assert line.startswith(f"koelectra-crf {args[0]}: error: ") and expected in line, (args, line)
+    assert sorted(path.name for path in export.iterdir()) == ["notes"]
+
+
+def test_a_refusal_shows_its_traceback_with_the_debug_variable(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(DEBUG_VARIABLE, "1")
+    with pytest.raises(UsageError, match="is the model's own folder"):
+        run("export", model_dir, "--output", model_dir)
+
+
+def test_evaluate_offline_without_test_file_says_to_give_one_at_once(model_dir, tmp_path, capsys, monkeypatch):
+    """Offline (the tests' HF_DATASETS_OFFLINE=1), with nothing cached: no retries, the flag that gives the data."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    line = refusal(capsys, "evaluate", model_dir, "--output_dir", tmp_path / "out")
+    assert time.monotonic() - start < 10
+    assert line == (
+        "koelectra-crf evaluate: error: klue/ner is not in the local cache and the Hub is offline (HF_HUB_OFFLINE or "
+        "HF_DATASETS_OFFLINE): give the data as KLUE NER TSV files with --test_file"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_console_command_refuses_in_one_line_of_stderr(model_dir, tmp_path):
+    """The installed entry point (`python -m koelectra_crf`), as a user runs it: nothing else on stderr."""
+    completed = run_command(
+        [sys.executable, "-m", "koelectra_crf", "evaluate", model_dir, "--test_file", tmp_path / "missing.tsv"],
+        status=2, timeout=300,
+    )  # fmt: skip
+    expected = f"--test_file {tmp_path / 'missing.tsv'}: does not exist; give the path of an existing file"
+    assert completed.stderr == f"koelectra-crf evaluate: error: {expected}\n"
+    assert completed.stdout == ""

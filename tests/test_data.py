@@ -172,9 +172,11 @@ def test_small_file_parses(tmp_path):
 @pytest.mark.parametrize(
     ("body", "line", "message"),
     [
-        ("## g1\tAB\nA\tO\nB O\n", 8, "no tab"),
-        ("## g1\tAB\nA\tO\nB\tB-XX\n", 8, "'B-XX' is not one of"),
-        ("## g1\tAB\nA\tO\nB\tb-ps\n", 8, "'b-ps' is not one of"),
+        ("## g1\tAB\nA\tO\nB O\n", 8, "expected 2 tab-separated columns 'CHAR<tab>TAG', found 1: 'B O'"),
+        ("## g1\tAB\nA\tO\nB\tI-OG\textra\n", 8, "expected 2 tab-separated columns 'CHAR<tab>TAG', found 3"),
+        ("## g1\tAB\nA\tO\nB\tB-XX\n", 8, "unknown tag 'B-XX': the tags are B-PS, I-PS, B-LC"),
+        ("## g1\tAB\nA\tO\nB\tb-ps\n", 8, "unknown tag 'b-ps'"),
+        ("## g1\tA B\nA\tO\n\tO\nB\tO\n", 8, "empty character before the tab (a space is written as ' ')"),
         ("## g1\t<AB:PS>\nA\tB-PS\nC\tI-PS\n\n", 6, "join to 'AC'"),
         ("## g1\tA\nA\tO\n\n## g2\tB\n\n## g3\tC\nC\tO\n", 9, "without characters"),
         ("## g1\tA\nA\tO\n\n## g2 B\nB\tO\n", 9, "without a tab"),

@@ -2,7 +2,6 @@
 
 import json
 import re
-import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_path
+from processes import run_command
 from tiny import TINY_TEXT, character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import (
     AutoModelForTokenClassification,
@@ -350,8 +350,7 @@ print(json.dumps({"unchanged_logging": before == after,
 
 
 def test_importing_the_package_changes_only_the_token_classification_entry():
-    completed = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed = run_command([sys.executable, "-c", IMPORT_CHECK], timeout=300)
     assert "already registered" not in completed.stderr
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result == {"unchanged_logging": True, "entry": "TokenClassificationDispatch"}

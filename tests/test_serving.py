@@ -3,13 +3,13 @@ commands that take an export folder, and the Inference Endpoints handler of a sa
 
 import json
 import os
-import subprocess
 import sys
 
 import onnx
 import pytest
 import torch
 from conftest import shared_path
+from processes import run_command
 from tiny import TINY_TEXT, character_tokenizer, run_as_hub_user, tiny_model
 from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_imports
@@ -17,6 +17,7 @@ from transformers.dynamic_module_utils import get_imports
 from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.cli import main
 from koelectra_crf.data import read_klue_tsv
+from koelectra_crf.evaluation import load_pipeline
 from koelectra_crf.serving import EXPORT_INFO_FILE, KoElectraCrfOnnxModel, export_onnx, load_onnx_pipeline
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
@@ -140,14 +141,18 @@ def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tm
         export_onnx(reference.model, reference.tokenizer, tmp_path / "other", quantize="int4")
 
 
-def test_an_export_replaces_an_export_and_nothing_else(saved, tmp_path):
+def test_an_export_replaces_an_export_and_nothing_else(saved, tmp_path, capsys):
     folder, reference = saved
     before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "config.json").write_text("{}")
-    for target in (folder, tmp_path / "notes"):  # the model's own folder; a folder of other files
-        with pytest.raises(ValueError, match="is not empty and holds no earlier export"):
+    refusals = {folder: "is the model's own folder", tmp_path / "notes": "is not empty and holds no earlier export"}
+    for target, reason in refusals.items():
+        with pytest.raises(SystemExit):
             main(["export", str(folder), "--output", str(target)])
+        assert f"koelectra-crf export: error: --output {target} {reason}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is not empty and holds no earlier export"):
+        export_onnx(reference.model, reference.tokenizer, folder)
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
     assert (tmp_path / "notes" / "config.json").read_text() == "{}"
     main(["export", str(folder), "--output", str(tmp_path / "onnx"), "--quantize", "int8"])
@@ -168,11 +173,10 @@ print(json.dumps(ner(json.loads(sys.argv[2]), aggregation_strategy="simple")))
 
 def test_an_export_loads_without_the_training_dependencies(saved, exported, tmp_path):
     _, reference = saved
-    completed = subprocess.run(
-        [sys.executable, "-c", NO_TRAINING_PACKAGES, str(exported), json.dumps(TEXTS)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    completed = run_command(
+        [sys.executable, "-c", NO_TRAINING_PACKAGES, exported, json.dumps(TEXTS)],
+        cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
     entities = json.loads(completed.stdout.strip().splitlines()[-1])
     assert_same_output(entities, reference(TEXTS, aggregation_strategy="simple"))
 
@@ -184,8 +188,8 @@ def test_predict_takes_an_export_folder(saved, exported, tmp_path, capsys):
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["text"] for line in lines] == TEXTS[:2]
     assert_same_output([line["entities"] for line in lines], reference(TEXTS[:2], aggregation_strategy="simple"))
-    with pytest.raises(ValueError, match="runs on the CPU"):
-        main(["predict", str(exported), "김철수", "--device", "cuda"])
+    with pytest.raises(ValueError, match="runs on the CPU"):  # (the command line refuses a GPU it lacks before)
+        load_pipeline(str(exported), "cuda")
 
 
 HANDLER_CALLS = """

@@ -1,11 +1,11 @@
 """CPU threads: chosen by the entry points for the model and the machine, never by importing the package."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
+from processes import run_command
 from tiny import character_tokenizer, tiny_model
 
 from koelectra_crf import threads
@@ -54,6 +54,5 @@ print(json.dumps(torch.get_num_threads()))
 
 
 def test_importing_the_package_leaves_threads_alone():
-    completed = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed = run_command([sys.executable, "-c", IMPORT_CHECK], timeout=300)
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == 2

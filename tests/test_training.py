@@ -2,18 +2,23 @@
 
 import copy
 import json
+import logging
 import math
 import shutil
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import pytest
 import torch
 from conftest import shared_path
 from datasets import concatenate_datasets
 from huggingface_hub import ModelCard
+from processes import run_command
 from safetensors.torch import load_file
 from tiny import character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import AutoTokenizer, ElectraTokenizerFast, Trainer, pipeline
@@ -37,13 +42,9 @@ SMOKE = ["training/run.py", "--config", "training/configs/smoke.json", "--report
 def train_smoke(
     output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)
 ) -> subprocess.CompletedProcess:
-    """Run the smoke preset with `overrides` (its output and log in the result); fail the test if it fails."""
-    completed = subprocess.run(
-        [*launcher, *SMOKE, "--output_dir", str(output_dir), *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return completed
+    """Run the smoke preset with `overrides` (its output and log in the result); fail the test, showing the output,
+    if it fails."""
+    return run_command([*launcher, *SMOKE, "--output_dir", output_dir, *overrides], cwd=ROOT, timeout=600)
 
 
 def run_training(output_dir: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> dict:
@@ -288,14 +289,13 @@ def test_optimizer_groups_carry_two_learning_rates(tmp_path):
 def test_two_processes_match_one(tmp_path, smoke_run):
     """DDP over 2 CPU processes with the per-process batch halved sees the same global batches."""
     single = json.loads((smoke_run / "eval_results.json").read_text())
-    accelerate = shutil.which("accelerate")
-    assert accelerate is not None
     # On a machine without GPU, `--multi_gpu` is the launcher that starts two processes (`--cpu` starts one), and
-    # `--use_cpu` makes them join one process group on the CPU (gloo).
+    # `--use_cpu` makes them join one process group on the CPU (gloo). (`accelerate launch`, run by this interpreter:
+    # the `accelerate` script is on PATH only in an activated venv.)
     double = run_training(
         tmp_path, "--per_device_train_batch_size", "8", "--use_cpu", "true",
-        launcher=(accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no"),
+        launcher=(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
     )  # fmt: skip
     # Same data, schedule and global batch; dropout masks and reduction order differ: within 10 F1 points.
     assert abs(double["eval_entity_f1"] - single["eval_entity_f1"]) <= 10
@@ -398,6 +398,88 @@ def test_a_previous_run_is_refused_before_any_work(tmp_path):
         train.main(smoke_arguments(tmp_path / "empty", "--resume_from_checkpoint", "last"))
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(smoke_run, tmp_path, caplog):
+    finished = tmp_path / "finished"
+    shutil.copytree(smoke_run, finished)
+    assert any(path.name.startswith("checkpoint-") for path in finished.iterdir())  # something to resume from
+
+    def contents() -> dict[str, bytes]:
+        return {str(path.relative_to(finished)): path.read_bytes() for path in finished.rglob("*") if path.is_file()}
+
+    before = contents()
+    for resume in ("last", str(max(finished.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1])))):
+        with caplog.at_level(logging.WARNING, logger="koelectra_crf.train"):
+            results = train.main(smoke_arguments(finished, "--resume_from_checkpoint", resume))
+        assert f"{finished} holds a run whose training has ended (train_results.json): nothing to resume" in caplog.text
+        assert results == json.loads((smoke_run / "eval_results.json").read_text())
+        assert contents() == before  # weights, results, card, checkpoints: byte for byte
+
+
+def refused_training(capsys, monkeypatch, *args) -> str:
+    """The one line on stderr with which `training/run.py ARGS` refuses its input (exit status 2, no traceback)."""
+    monkeypatch.setattr(sys, "argv", ["run.py", *map(str, args)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train.script_main()
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("run.py: error: ")
+    return stderr.rstrip("\n")
+
+
+def test_training_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    bad_preset = tmp_path / "preset.json"
+    bad_preset.write_text('{"learning_rate": 0.1, "no_such_setting": 1}')
+    three_columns = tmp_path / "train.tsv"
+    three_columns.write_text("## g1\t김철수\n김\tB-PS\n철\tI-PS\textra\n", encoding="utf-8")
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "model.safetensors").write_text("a finished model")
+    refusals = {
+        ("--config", tmp_path / "missing.json"): f"--config {tmp_path / 'missing.json'}: does not exist",
+        ("--config", bad_preset): f"--config {bad_preset}: unknown settings ['no_such_setting']",
+        ("--config", bad_preset, "--config", bad_preset): "--config is given more than once",
+        ("--learning_rate", "fast"): "argument --learning_rate/--learning-rate: invalid float value: 'fast'",
+        ("--no_such_flag", "1"): "unrecognized arguments: --no_such_flag 1",
+        ("--tag_unit", "word"): "tag_unit must be one of ('token', 'character'), got 'word'",
+        ("--train_file", tmp_path / "missing.tsv"): f"--train_file {tmp_path / 'missing.tsv'}: does not exist",
+        ("--train_file", three_columns): f"{three_columns}:3: expected 2 tab-separated columns 'CHAR<tab>TAG', found 3",
+        ("--output_dir", previous): f"--output_dir {previous} is not empty (model.safetensors): it holds a previous",
+        ("--resume_from_checkpoint", tmp_path / "checkpoint-9"): "no such checkpoint folder",
+        ("--push_to_hub", "true"): "--push_to_hub needs --hub_model_id",
+    }
+    for args, expected in refusals.items():
+        out = tmp_path / "out"
+        arguments = [*args, "--output_dir", out] if "--config" in args else smoke_arguments(out, *args)
+        line = refused_training(capsys, monkeypatch, *arguments)
+        assert expected in line, (args, line)
+    assert (previous / "model.safetensors").read_text() == "a finished model"
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_without_files_when_the_hub_is_unreachable_says_to_give_them_at_once(tmp_path, capsys, monkeypatch):
+    """Not declared offline, but no route to the Hub: one failed request, not datasets' 30 s of retries."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    start = time.monotonic()
+    line = refused_training(capsys, monkeypatch, "--output_dir", tmp_path / "out", "--random_encoder_config",
+                            ROOT / "training/smoke/tiny-electra.json")  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert line.startswith("run.py: error: the Hub (http://127.0.0.1:9) cannot be reached to download klue/ner (")
+    assert line.endswith(
+        "give the data as KLUE NER TSV files with --train_file and --validation_file, or set HF_DATASETS_OFFLINE=1 to "
+        "use a copy downloaded before"
+    )
+
+
+def test_the_training_script_refuses_in_one_line_of_stderr(tmp_path):
+    """`training/run.py` as a user runs it: the refusal is all it prints."""
+    completed = run_command([sys.executable, *SMOKE, "--output_dir", tmp_path, "--stride", "999"], cwd=ROOT, status=2,
+                            timeout=300)  # fmt: skip
+    expected = "stride must be in [0, max_length - 2), got stride=999 (see `--help` for the head's settings)"
+    assert completed.stderr == f"run.py: error: {expected}\n"
+
+
 def test_overwrite_deletes_the_previous_runs_checkpoints_and_results(tmp_path):
     for name in ("checkpoint-7", "checkpoint-14"):
         (tmp_path / name).mkdir()
@@ -420,13 +502,12 @@ def test_self_training_adds_the_confident_pseudo_labels(smoke_run, tmp_path):
     threshold = sorted(c["sequence_probability"] for c in confidences)[len(confidences) // 2]
     kept = sum(c["sequence_probability"] >= threshold for c in confidences)
     assert 0 < kept < len(sentences)
-    completed = subprocess.run(
-        [sys.executable, *SMOKE, "--output_dir", str(tmp_path / "student"), "--pseudo_label_file", str(pseudo),
-         "--pseudo_label_threshold", str(threshold), "--num_train_epochs", "1", "--eval_strategy", "no",
+    completed = run_command(
+        [sys.executable, *SMOKE, "--output_dir", tmp_path / "student", "--pseudo_label_file", pseudo,
+         "--pseudo_label_threshold", threshold, "--num_train_epochs", "1", "--eval_strategy", "no",
          "--save_strategy", "no", "--load_best_model_at_end", "false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, timeout=600,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
     labelled = load_klue_ner(ROOT / "training/smoke/smoke-train.tsv")["train"]
     assert f"self-training: {kept} pseudo-labelled sentences join {len(labelled)} labelled ones" in completed.stderr
     # What was trained on: the step count of one epoch is that of the labelled plus the kept sentences' windows.

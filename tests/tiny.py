@@ -3,11 +3,11 @@ folder in a fresh process."""
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from processes import run_command
 from transformers import BertConfig, ElectraConfig, ElectraTokenizerFast
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification
@@ -84,11 +84,10 @@ def run_as_hub_user(script: str, folder: Path, payload, work_dir: Path) -> dict:
     the package (offline, its own remote-code cache, one thread); return the JSON of its last line."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules"), "PYTHONPATH": "",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    completed = subprocess.run(
-        [sys.executable, "-c", NO_PACKAGE + textwrap.dedent(script), str(folder), json.dumps(payload)],
-        capture_output=True, text=True, env=env, cwd=work_dir, timeout=300,
+    completed = run_command(
+        [sys.executable, "-c", NO_PACKAGE + textwrap.dedent(script), folder, json.dumps(payload)],
+        env=env, cwd=work_dir, timeout=300,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 

@@ -3,7 +3,7 @@
 The training itself is `koelectra_crf.train` (also `python -m koelectra_crf.train`); `--help` lists every flag.
 """
 
-from koelectra_crf.train import main
+from koelectra_crf.train import script_main
 
 if __name__ == "__main__":
-    main()
+    script_main()

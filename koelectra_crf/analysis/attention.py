@@ -12,6 +12,7 @@ import torch
 from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.evaluation import Span
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.usage import UsageError
 
 from . import plots
 
@@ -66,7 +67,10 @@ def write_attention(
     num_layers, num_heads = attentions.shape[:2]
     heads = list(range(num_heads)) if heads is None else heads
     if not all(-num_layers <= layer < num_layers for layer in layers) or not all(0 <= h < num_heads for h in heads):
-        raise ValueError(f"the model has {num_layers} layers and {num_heads} heads; asked for {layers} × {heads}")
+        raise UsageError(
+            f"the model has {num_layers} layers and {num_heads} heads; asked for layers {layers} and heads {heads}: "
+            f"--layers takes -{num_layers} to {num_layers - 1}, --heads 0 to {num_heads - 1}"
+        )
     layers = sorted({layer % num_layers for layer in layers})
     output_dir.mkdir(parents=True, exist_ok=True)
     maps = {(layer, head): attentions[layer, head].numpy() for layer in layers for head in heads}

@@ -12,8 +12,10 @@ Expected calibration error over `num_bins` equal-width bins of confidence:
 ECE = sum over bins of (n_b / N) * |accuracy_b - mean confidence_b|.
 
 Temperature scaling divides the emissions by one scalar T before the CRF, T chosen on validation data to minimise
-the negative log marginal of the gold tags. The transitions are not scaled, so the Viterbi tags (and the
-accuracy) can change as well as the confidences; both are reported before and after.
+the negative log marginal of the gold tags (searched from 2^-8 to 2^8; a T at either end is reported as such: the
+likelihood may go on rising beyond it). The transitions are not scaled, so the Viterbi tags (and the accuracy) can
+change as well as the confidences. The fitted T is kept only if it raises the validation ECE at no level; otherwise
+T = 1 stays, and the report says so. With a kept T the test data is reported before and after.
 """
 
 import copy
@@ -37,8 +39,10 @@ from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassification
 from . import plots
 
 DEFAULT_BINS = 15
-TEMPERATURES = [2.0 ** (k / 12) for k in range(-24, 25)]
-"""The temperatures tried: 0.25 to 4 in steps of 2^(1/12) (about 6%), 1 included."""
+SEARCH_OCTAVES = 8
+"""Temperatures are searched from 2^-8 to 2^8."""
+STEPS_PER_OCTAVE = 12
+"""The search's resolution: steps of 2^(1/12) (about 6%)."""
 
 
 def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS) -> list[dict]:
@@ -193,13 +197,28 @@ def gold_nll(model: KoElectraCrfForTokenClassification, batches: list[Batch], te
 
 
 def fit_temperature(
-    model: KoElectraCrfForTokenClassification,
-    windows: list[tuple[torch.Tensor, torch.Tensor]],
-    temperatures: Sequence[float] = TEMPERATURES,
-) -> float:
-    """The temperature of `temperatures` with the lowest `gold_nll` (a grid: one scalar, no optimiser to tune)."""
+    model: KoElectraCrfForTokenClassification, windows: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, bool]:
+    """The temperature with the lowest `gold_nll` on the windows, and whether it is at a bound of the search (2^-8 or
+    2^8: the NLL may go on falling beyond it).
+
+    A grid (one scalar, no optimiser to tune) in two passes: half octaves over the whole range, then steps of 2^(1/12)
+    within half an octave of the best of them.
+    """
     batches = padded_batches(windows, model.device)
-    return min(tqdm(temperatures, desc="fitting temperature"), key=lambda t: gold_nll(model, batches, t))
+    bound = SEARCH_OCTAVES * STEPS_PER_OCTAVE  # temperatures are 2 ** (k / STEPS_PER_OCTAVE) for k in [-bound, bound]
+    half_octave = STEPS_PER_OCTAVE // 2
+    nll = {}
+
+    def best(exponents: range) -> int:
+        for k in tqdm(exponents, desc="fitting temperature", leave=False):
+            if k not in nll:
+                nll[k] = gold_nll(model, batches, 2.0 ** (k / STEPS_PER_OCTAVE))
+        return min(exponents, key=nll.__getitem__)
+
+    coarse = best(range(-bound, bound + 1, half_octave))
+    fine = best(range(max(coarse - half_octave + 1, -bound), min(coarse + half_octave, bound + 1)))
+    return 2.0 ** (fine / STEPS_PER_OCTAVE), abs(fine) == bound
 
 
 def temperature_scaled(model: KoElectraCrfForTokenClassification, temperature: float):
@@ -222,8 +241,14 @@ def write_calibration(
     batch_size: int = 8,
     validation: Dataset | None = None,
 ) -> dict:
-    """Write `calibration.json` and `reliability_diagram.png`; with `validation`, also fit a temperature on it
-    and report the test data again with the scaled emissions (`after`)."""
+    """Write `calibration.json` and `reliability_diagram.png`; with `validation`, also fit a temperature on it.
+
+    The report holds `before` (the test data at T = 1) and, with `validation`: `fitted_temperature`,
+    `temperature_at_search_bound`, `validation_ece` (each level's ECE on the validation data at T = 1 and at the
+    fitted T), `raised_validation_ece` (the levels whose validation ECE the fitted T raises), `temperature` (the
+    fitted T when it raises none, else 1.0: a T that calibrates the validation data worse is not applied) and, for a
+    T other than 1, `after` (the test data with the scaled emissions).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "num_bins": num_bins,
@@ -234,15 +259,26 @@ def write_calibration(
     panels = {level: {"T = 1": summary["bins"]} for level, summary in report["before"].items()}
     if validation is not None:
         windows = gold_windows(ner.model, ner.tokenizer, validation, batch_size)
-        temperature = fit_temperature(ner.model, windows)
+        fitted, at_bound = fit_temperature(ner.model, windows)
         scaled = KoElectraCrfTokenClassificationPipeline(
-            model=temperature_scaled(ner.model, temperature), tokenizer=ner.tokenizer, device=ner.device
+            model=temperature_scaled(ner.model, fitted), tokenizer=ner.tokenizer, device=ner.device
         )
-        report["temperature"] = temperature
-        report["temperature_at_grid_edge"] = temperature in (TEMPERATURES[0], TEMPERATURES[-1])
-        report["after"] = calibrate(scaled, dataset, num_bins, batch_size)
-        for level, summary in report["after"].items():
-            panels[level][f"T = {temperature:.2f}"] = summary["bins"]
+        validation_ece = {}
+        for name, pipeline in (("T = 1", ner), ("fitted", scaled)):
+            summaries = calibrate(pipeline, validation, num_bins, batch_size)
+            validation_ece[name] = {level: summary["ece"] for level, summary in summaries.items()}
+        raised = [level for level, ece in validation_ece["fitted"].items() if ece > validation_ece["T = 1"][level]]
+        report.update(
+            fitted_temperature=fitted,
+            temperature_at_search_bound=at_bound,
+            validation_ece=validation_ece,
+            raised_validation_ece=raised,
+            temperature=1.0 if raised else fitted,
+        )
+        if report["temperature"] != 1.0:
+            report["after"] = calibrate(scaled, dataset, num_bins, batch_size)
+            for level, summary in report["after"].items():
+                panels[level][f"T = {fitted:.2f}"] = summary["bins"]
     (output_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     plots.reliability_diagram(output_dir / "reliability_diagram.png", panels, num_bins)
     return report

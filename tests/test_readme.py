@@ -1,0 +1,67 @@
+"""The README's quick start and evaluation commands, run as written from where it says to run them: the repository
+root (a copy of it, so that `outputs/` of the checkout is left alone)."""
+
+import ast
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from processes import run_command
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+RUNNER = """
+import ast, json, sys
+tree = ast.parse(sys.stdin.read())
+*statements, last = tree.body
+exec(compile(ast.Module(statements, type_ignores=[]), "README", "exec"))
+print(json.dumps(eval(compile(ast.Expression(last.value), "README", "eval")), ensure_ascii=False))
+"""
+"""Runs a Python snippet (from stdin) and prints its last expression's value as JSON, as an interactive session
+would show it."""
+
+
+def code_blocks(section: str, language: str) -> list[str]:
+    """The ```language blocks of the README section whose heading starts with `section`."""
+    text = README.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
+@pytest.mark.slow
+def test_quick_start_and_evaluation_commands_run_as_written(tmp_path):
+    root = tmp_path / "koelectra-crf"
+    ignored = shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__", "*_cache")
+    shutil.copytree(ROOT, root, ignore=ignored)
+    # The commands as a user of this environment types them: `python` and `koelectra-crf` are its own.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+    (train,) = code_blocks("Quick start", "bash")
+    run_command(["bash", "-c", train], cwd=root, env=env, timeout=600)
+    assert (root / "outputs" / "smoke" / "model.safetensors").is_file()
+
+    (snippet,) = code_blocks("Quick start", "python")
+    entities = json.loads(
+        run_command([sys.executable, "-c", RUNNER], input=snippet, cwd=root, env=env, timeout=300).stdout
+    )
+    text = ast.literal_eval(re.search(r"ner\((\".*?\"),", snippet).group(1))
+    shown = ast.literal_eval(re.search(r"# \[(\{.*?\})", snippet).group(1))  # the first entity the README shows
+    assert {key: entities[0][key] for key in ("entity_group", "word", "start", "end")} == {
+        key: shown[key] for key in ("entity_group", "word", "start", "end")
+    }
+    assert all(entity["word"] == text[entity["start"] : entity["end"]] for entity in entities)
+
+    evaluate, predict = code_blocks("Evaluation", "bash")[0].strip().splitlines()
+    run_command(["bash", "-c", evaluate], cwd=root, env=env, timeout=300)
+    metrics = json.loads((root / "outputs" / "eval" / "metrics.json").read_text())
+    assert (
+        metrics["entity_f1"]
+        == json.loads((root / "outputs" / "smoke" / "eval_results.json").read_text())["eval_entity_f1"]
+    )
+    (line,) = run_command(["bash", "-c", predict], cwd=root, env=env, timeout=300).stdout.splitlines()
+    assert json.loads(line)["text"] == "김민준 씨는 어제 서울에 갔다."
