@@ -81,7 +81,10 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(encoder, tmp_pa
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
 
 
-def test_a_previous_run_is_refused(encoder, tmp_path):
+def test_a_previous_run_is_refused(encoder, tmp_path, capsys):
     adapt(encoder, tmp_path, tmp_path / "run", "--max_steps", "1")
-    with pytest.raises(ValueError, match="is not empty"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         adapt(encoder, tmp_path, tmp_path / "run", "--max_steps", "1")
+    assert refused.value.code == 2
+    assert "koelectra-crf adapt: error: --output_dir" in capsys.readouterr().err
