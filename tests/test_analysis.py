@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_model
+from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
+from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import spans_to_char_tags
 from koelectra_crf.analysis.attention import attention_to_entities, entity_token_mask
 from koelectra_crf.analysis.calibration import (
     SEARCH_OCTAVES,
+    at_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
-    temperature_scaled,
 )
 from koelectra_crf.analysis.errors import classify_entities, error_analysis, errors_markdown
 from koelectra_crf.analysis.report import char_confusion_matrix
@@ -183,18 +184,31 @@ def test_fit_temperature_says_when_the_fit_is_at_a_bound_of_the_search():
     crf_model = tiny_model(10)
     sharpest = 2.0**SEARCH_OCTAVES
     mask = torch.ones(1, 40, dtype=torch.bool)
-    windows = [(window, crf_model.decode(window[None] * sharpest, mask)[0]) for window in emissions.split(40)]
+    windows = [(window, crf_model.tagger.decode(window[None] * sharpest, mask)[0]) for window in emissions.split(40)]
     assert fit_temperature(crf_model, windows) == (2.0**-SEARCH_OCTAVES, True)
 
 
-def test_temperature_scaled_model_divides_the_emissions_of_a_copy():
+def test_a_temperature_divides_the_emissions_everywhere_and_leaves_the_model_as_it_was(tmp_path):
+    """Calibration sets the tagger's temperature (no copy of the model): tags and probabilities are those of the
+    emissions divided by T, within the block only; the weights never change."""
     torch.manual_seed(0)
-    model = tiny_model(30, tag_unit="token")
-    inputs = {"input_ids": torch.randint(5, 30, (2, 9))}
-    with torch.no_grad():
-        logits = model(**inputs).logits
-        torch.testing.assert_close(temperature_scaled(model, 2.5)(**inputs).logits, logits / 2.5)
-        assert torch.equal(model(**inputs).logits, logits)
+    tokenizer = character_tokenizer(tmp_path)
+    model = tiny_model(tokenizer.vocab_size, tag_unit="character")
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    emissions = torch.randn(2, 7, model.config.num_labels)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    before = ner(TINY_TEXT, aggregation_strategy="none")
+    with at_temperature(ner, 0.25):
+        tagger = model.tagger
+        torch.testing.assert_close(
+            tagger.tag_probabilities(emissions, mask), model.crf.marginals(emissions / 0.25, mask)
+        )
+        assert torch.equal(tagger.decode(emissions, mask), model.crf.decode(emissions / 0.25, mask))
+        sharper = ner(TINY_TEXT, aggregation_strategy="none")
+    assert model.tagger.temperature == 1.0 and ner(TINY_TEXT, aggregation_strategy="none") == before
+    assert [e["score"] for e in sharper] != [e["score"] for e in before]
+    assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
 
 
 def test_attention_share_to_entity_tokens():

@@ -22,7 +22,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import NerDataCollator, spans_to_char_tags
 from koelectra_crf.analysis import calibration
-from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate, temperature_scaled
+from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate
 from koelectra_crf.analysis.errors import CATEGORIES
 from koelectra_crf.cli import main
 from koelectra_crf.data import (
@@ -202,9 +202,10 @@ def validation_ece(model_dir, data, temperature: float, bins: int) -> dict[str, 
     """Each level's ECE of the model on `data` with its emissions divided by `temperature` (the oracle of the report's
     `validation_ece`)."""
     model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
-    ner = KoElectraCrfTokenClassificationPipeline(
-        model=temperature_scaled(model, temperature), tokenizer=AutoTokenizer.from_pretrained(model_dir)
-    )
+    with torch.no_grad():  # emissions are linear in the classifier: dividing it divides them
+        model.classifier.weight.div_(temperature)
+        model.classifier.bias.div_(temperature)
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
     return {level: summary["ece"] for level, summary in calibrate(ner, data, bins).items()}
 
 
@@ -213,10 +214,12 @@ def test_calibration_reports_ece_before_and_after_temperature(model_dir, klue_fi
     validation data better at every level, the test data is reported with it too."""
     unsure = tmp_path / "unsure"
     model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
-    ner = KoElectraCrfTokenClassificationPipeline(
-        model=temperature_scaled(model, 2.0), tokenizer=AutoTokenizer.from_pretrained(model_dir)
-    )
-    ner.save_pretrained(unsure)
+    with torch.no_grad():  # emissions halved: the classifier halved
+        model.classifier.weight.div_(2.0)
+        model.classifier.bias.div_(2.0)
+    KoElectraCrfTokenClassificationPipeline(
+        model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir)
+    ).save_pretrained(unsure)
     run("calibration", unsure, "--test_file", klue_file, "--validation_file", klue_file, "--output_dir", tmp_path,
         "--device", "cpu", "--bins", 5)  # fmt: skip
     printed = capsys.readouterr().out.splitlines()

@@ -18,9 +18,9 @@ change as well as the confidences. The fitted T is kept only if it raises the va
 T = 1 stays, and the report says so. With a kept T the test data is reported before and after.
 """
 
-import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from koelectra_crf.data import tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
+from koelectra_crf.tagger import EmissionTagger
 
 from . import plots
 
@@ -189,7 +190,7 @@ def gold_nll(model: KoElectraCrfForTokenClassification, batches: list[Batch], te
     total, count = 0.0, 0
     for emissions, gold, mask in batches:
         with torch.no_grad():
-            probabilities = model.tag_probabilities(emissions / temperature, mask)
+            probabilities = EmissionTagger(model.crf, temperature).tag_probabilities(emissions, mask)
         gold_probabilities = probabilities.gather(-1, gold.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
         total -= gold_probabilities.clamp_min(1e-12).log().sum().item()
         count += int(mask.sum())
@@ -221,16 +222,16 @@ def fit_temperature(
     return 2.0 ** (fine / STEPS_PER_OCTAVE), abs(fine) == bound
 
 
-def temperature_scaled(model: KoElectraCrfForTokenClassification, temperature: float):
-    """A copy of `model` whose emissions are divided by `temperature`.
-
-    Emissions are linear in the classifier (one pass at inference), so dividing its weight and bias divides them.
-    """
-    scaled = copy.deepcopy(model)
-    with torch.no_grad():
-        scaled.classifier.weight.div_(temperature)
-        scaled.classifier.bias.div_(temperature)
-    return scaled
+@contextmanager
+def at_temperature(ner: KoElectraCrfTokenClassificationPipeline, temperature: float) -> Iterator[None]:
+    """Within the block, the pipeline's model tags with its emissions divided by `temperature` (its tagger's
+    temperature; the model's weights are not touched)."""
+    tagger = ner.model.tagger
+    previous, tagger.temperature = tagger.temperature, temperature
+    try:
+        yield
+    finally:
+        tagger.temperature = previous
 
 
 def write_calibration(
@@ -260,12 +261,10 @@ def write_calibration(
     if validation is not None:
         windows = gold_windows(ner.model, ner.tokenizer, validation, batch_size)
         fitted, at_bound = fit_temperature(ner.model, windows)
-        scaled = KoElectraCrfTokenClassificationPipeline(
-            model=temperature_scaled(ner.model, fitted), tokenizer=ner.tokenizer, device=ner.device
-        )
         validation_ece = {}
-        for name, pipeline in (("T = 1", ner), ("fitted", scaled)):
-            summaries = calibrate(pipeline, validation, num_bins, batch_size)
+        for name, temperature in (("T = 1", 1.0), ("fitted", fitted)):
+            with at_temperature(ner, temperature):
+                summaries = calibrate(ner, validation, num_bins, batch_size)
             validation_ece[name] = {level: summary["ece"] for level, summary in summaries.items()}
         raised = [level for level, ece in validation_ece["fitted"].items() if ece > validation_ece["T = 1"][level]]
         report.update(
@@ -276,7 +275,8 @@ def write_calibration(
             temperature=1.0 if raised else fitted,
         )
         if report["temperature"] != 1.0:
-            report["after"] = calibrate(scaled, dataset, num_bins, batch_size)
+            with at_temperature(ner, fitted):
+                report["after"] = calibrate(ner, dataset, num_bins, batch_size)
             for level, summary in report["after"].items():
                 panels[level][f"T = {fitted:.2f}"] = summary["bins"]
     (output_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
