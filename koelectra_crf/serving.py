@@ -23,9 +23,15 @@ export as an ONNX Loop that runs node by node, for a small share of the time; an
 touches the transition scores.
 """
 
+import contextlib
 import copy
+import io
 import json
+import logging
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -175,20 +181,21 @@ def export_onnx(
     _forget_lstm_kernels()
     with tempfile.TemporaryDirectory() as work:
         exported = Path(work, ONNX_FILE)
-        torch.onnx.export(
-            EmissionGraph(model).eval(),
-            (),
-            exported,
-            kwargs=inputs,
-            input_names=list(inputs),
-            output_names=["logits"],
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            external_data=False,
-            # Opset 23 has `Attention`: the encoder's scaled-dot-product attention becomes one node that
-            # onnxruntime (>= 1.23) runs as one kernel, instead of a dozen nodes with guards against masked rows.
-            opset_version=ATTENTION_OPSET,
-        )
+        with _exporters_notes_silenced():
+            torch.onnx.export(
+                EmissionGraph(model).eval(),
+                (),
+                exported,
+                kwargs=inputs,
+                input_names=list(inputs),
+                output_names=["logits"],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+                # Opset 23 has `Attention`: the encoder's scaled-dot-product attention becomes one node that
+                # onnxruntime (>= 1.23) runs as one kernel, instead of a dozen nodes with guards against masked rows.
+                opset_version=ATTENTION_OPSET,
+            )
         graph = onnx.load(exported)
         _declare_output_shape(graph, "characters" if model.config.tag_unit == "character" else "length")
         onnx.save(graph, exported)
@@ -230,6 +237,33 @@ def export_onnx(
     if quantize is None and difference > 1e-3:
         raise RuntimeError(f"the exported graph's logits differ from PyTorch's by {difference:.3g} on the sample")
     return output_dir
+
+
+# What torch's exporter says on every export of this model that a user can do nothing about: its own deprecations,
+# the LSTM weights it reads as attributes, axes named twice because they share a size, torchvision's absence (it
+# registers torchvision's ops when it can), and its progress lines.
+EXPORTER_NOTES = (
+    r"_check_is_size will be removed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The tensor attributes .*_flat_weights.* were assigned during export",
+    r"# The axis name: \w+ will not be used",
+)
+
+
+@contextmanager
+def _exporters_notes_silenced() -> Iterator[None]:
+    """Within the block, the warnings of `EXPORTER_NOTES` and torch.onnx's info logging are not shown; every other
+    warning is."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            for note in EXPORTER_NOTES:
+                warnings.filterwarnings("ignore", message=note)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def feed_forward_outputs(graph, model: KoElectraCrfForTokenClassification) -> list[str]:

@@ -245,3 +245,18 @@ def test_onnx_gives_the_pytorch_entities_on_klue_validation_with_the_e5_encoder(
     results = ner(texts, aggregation_strategy="simple", batch_size=16)
     assert sum(map(len, expected)) > 500
     assert_same_output(results, expected, tolerance=1e-3)
+
+
+def test_an_export_says_only_what_it_wrote(saved, tmp_path, capfd):
+    """None of torch's exporter notes a user can do nothing about (deprecations, LSTM weights as attributes, shared
+    axis names, torchvision's absence, progress lines): one line on what was written."""
+    import warnings
+
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["export", str(saved[0]), "--output", str(tmp_path / "onnx")])
+    printed = capfd.readouterr()
+    assert [str(warning.message) for warning in caught] == []
+    assert printed.out.strip().splitlines() == [printed.out.strip()] and "largest logit difference" in printed.out
+    assert "torch.onnx" not in printed.out + printed.err and "torchvision" not in printed.err
