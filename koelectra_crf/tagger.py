@@ -100,7 +100,8 @@ class EmissionTagger:
         probabilities P(tags | text) (B, k), conditioned on `allowed_tags` (B, T, K) if given
         (`LinearChainCRF.k_best`: exact k-best Viterbi). Without a CRF the tags are independent, which is a CRF with
         all start, transition and end scores 0 over the log-softmax. A row with fewer than k allowed sequences fills
-        the rest with probability 0.
+        the rest with tags -100 everywhere and probability 0 (a sequence that exists may also have probability 0:
+        below float32's smallest number, as on a long text).
 
         Raises:
             ValueError: when `allowed_tags` leave a row no tag sequence at all (contradictory constraints).
@@ -119,7 +120,7 @@ class EmissionTagger:
         tags, log_probabilities = crf.k_best(emissions, tag_mask, k)
         if not torch.isfinite(log_probabilities[:, 0]).all():
             raise ValueError("the constraints allow no tag sequence: they contradict each other or the BIO scheme")
-        return tags, log_probabilities.exp()
+        return tags.masked_fill(log_probabilities.isneginf().unsqueeze(-1), IGNORE_INDEX), log_probabilities.exp()
 
     def tag_probabilities(
         self, emissions: torch.Tensor, tag_mask: torch.Tensor, allowed_tags: torch.Tensor | None = None

@@ -59,7 +59,9 @@ def test_k_best_and_probabilities_under_constraints_equal_enumeration(use_crf):
         torch.testing.assert_close(probabilities[b].double(), expected, rtol=1e-4, atol=1e-6)
         for r in range(k):
             path = tags[b, r][mask[b]]
-            if probabilities[b, r] > 0 and path.numel():
+            if r >= (log_p > float("-inf")).sum():  # no such sequence
+                assert (tags[b, r] == -100).all()
+            elif path.numel():
                 index = (paths == path).all(1).nonzero().item()
                 torch.testing.assert_close(probabilities[b, r].double(), log_p[index].exp(), rtol=1e-4, atol=1e-6)
         if paths.size(1):
