@@ -181,7 +181,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                     surface, tab, label = line.rpartition("\t")
                     if not tab or not surface.strip():
                         raise ValueError(f"{path}: line {number} is not 'surface<TAB>type': {line!r}")
-                    lexicon[surface] = label.strip()
+                    lexicon[surface.strip()] = label.strip()
         if not isinstance(lexicon, dict):
             raise ValueError(f"lexicon must be a mapping of surface forms to types or a file, got {type(lexicon)}")
         types = {label[2:] for label in self.model.config.label_names if label != "O"}
@@ -306,8 +306,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         for tag_ids, probability in zip(tags[0].tolist(), probabilities[0].tolist(), strict=True):
             if analyses and all(tag == IGNORE_INDEX for tag in tag_ids):  # the text has fewer analyses than top_k
                 break
-            scores = marginals.gather(-1, torch.tensor(tag_ids, device=marginals.device)[:, None])[:, 0].tolist() \
-                if with_scores else None  # fmt: skip
+            scores = marginals[torch.arange(len(tag_ids)), tag_ids].tolist() if with_scores else None
             entities = self._entities(encoded, char_spans, sentence, emissions, tag_ids, scores, aggregation_strategy,
                                       ignore_labels, allowed_tags)  # fmt: skip
             analysis = {"entities": entities, "probability": probability}
