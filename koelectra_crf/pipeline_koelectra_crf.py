@@ -296,7 +296,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if lexicon_mode == "soft":
                 emissions = emissions + self._lexicon_bonus(emissions, unit_spans, matches)
             else:  # a match whose edges cut a unit (a token glued to a particle) cannot be an entity: left out
-                constraints += [match for match in matches if _aligned(unit_spans, match)]
+                starts = [start for start, _ in unit_spans]
+                constraints += [match for match in matches if _aligned(unit_spans, starts, match)]
         allowed_tags = self._allowed_tags(emissions, unit_spans, constraints, len(sentence))
         tagger, tag_mask = self.model.tagger, torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
         tags, probabilities = tagger.k_best(emissions, tag_mask, top_k or 1, allowed_tags)
@@ -384,7 +385,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return None
         label_names = self.model.config.label_names
         allowed = torch.ones(len(unit_spans), len(label_names), dtype=torch.bool)
-        starts = [start for start, _ in unit_spans]
+        starts, ends = [start for start, _ in unit_spans], [end for _, end in unit_spans]
         is_begin, is_inside = (torch.tensor([name.startswith(prefix) for name in label_names]) for prefix in "BI")
         is_outside = ~(is_begin | is_inside)
 
@@ -393,10 +394,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if end > length:
                 raise ValueError(f"constraint {constraint} is out of range: the text has {length} characters")
             if label in NO_ENTITY:
-                overlapping = [u for u, (s, e) in enumerate(unit_spans) if s < end and e > start]
-                allowed[overlapping] &= is_outside
+                # The units overlapping [start, end): sorted and disjoint, their ends are sorted too.
+                allowed[bisect_right(ends, start) : bisect_left(starts, end)] &= is_outside
             else:
-                if not _aligned(unit_spans, (start, end)):
+                if not _aligned(unit_spans, starts, (start, end)):
                     raise ValueError(
                         f"constraint {constraint} does not start and end at the edges of the model's units (a "
                         f"{self.model.config.tag_unit} unit of the text): an entity there cannot be represented"
@@ -528,10 +529,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             yield from self(chunk, **kwargs)
 
 
-def _aligned(unit_spans: list[tuple[int, int]], span: tuple) -> bool:
-    """Whether the units (`unit_spans`, sorted) that start inside `span` (start, end, ...) begin at its start and end at
-    its end: whether an entity can be exactly there."""
-    starts = [start for start, _ in unit_spans]
+def _aligned(unit_spans: list[tuple[int, int]], starts: list[int], span: tuple) -> bool:
+    """Whether the units (`unit_spans`, sorted, `starts` their first offsets) that start inside `span` (start, end, ...)
+    begin at its start and end at its end: whether an entity can be exactly there."""
     first, stop = bisect_left(starts, span[0]), bisect_left(starts, span[1])
     return first < stop and unit_spans[first][0] == span[0] and unit_spans[stop - 1][1] == span[1]
 
