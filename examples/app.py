@@ -1,4 +1,5 @@
-"""Gradio demo of a koelectra-crf model: Korean text in, named entities highlighted by type.
+"""Gradio demo of a koelectra-crf model: Korean text in, named entities highlighted by type, the next most probable
+analyses with their probabilities, and re-tagging with one entity fixed by the user.
 
     python examples/app.py --model PATH_OR_HUB_ID [--port 7860] [--host 0.0.0.0] [--share]
 
@@ -35,6 +36,10 @@ TYPE_NAMES = {
     "QT": ("수량", "quantity", "#fdffb6"),
 }
 UNKNOWN_TYPE_COLOUR = "#e0e0e0"
+ALTERNATIVES = 3
+"""Analyses listed with their probabilities: the best one (highlighted) and the next most probable ones."""
+NO_ENTITY = "O"
+"""The choice of the fix's type that means "no entity here"."""
 
 # Written for this demo (fictional news): persons, organisations, locations, dates, times and quantities.
 EXAMPLES = [
@@ -100,21 +105,47 @@ def entities_html(text: str, entities: list[dict]) -> str:
     return f'<div class="ner-output" data-count="{len(entities)}">{"".join(parts)}</div>'
 
 
-def analyze(text: str | None, ner) -> tuple[str, list[list], str]:
-    """Tag `text` with the pipeline `ner`: (highlighted HTML, table rows, message for the page)."""
+def alternatives_html(analyses: list[dict]) -> str:
+    """The analyses (best first), each with its probability P(tags | text) and its entities."""
+    items = []
+    for rank, analysis in enumerate(analyses, 1):
+        found = ", ".join(f"{e['word']} ({e['entity_group']})" for e in analysis["entities"]) or "no entities"
+        items.append(
+            f'<li data-rank="{rank}" data-probability="{analysis["probability"]!r}">'
+            f"P = {analysis['probability']:.3f}: {html.escape(found)}</li>"
+        )
+    return f'<ol class="ner-alternatives">{"".join(items)}</ol>'
+
+
+def analyze(text: str | None, ner, fixed: list[dict] | None = None) -> tuple[str, list[list], str, str]:
+    """Tag `text` with the pipeline `ner`, under the `fixed` entities (pipeline constraints) if any: (highlighted
+    HTML of the best analysis, its table rows, message for the page, the `ALTERNATIVES` best analyses)."""
     text = text or ""
     if len(text) > MAX_CHARACTERS:
         message = (
             f"⚠️ The text has {len(text):,} characters; this demo tags at most {MAX_CHARACTERS:,}. "
             f"Nothing was tagged: split the text into parts of at most {MAX_CHARACTERS:,} characters."
         )
-        return "", [], message
+        return "", [], message, ""
     if not text.strip():
-        return "", [], ""
-    entities = ner(text, aggregation_strategy="simple")
+        return "", [], "", ""
+    try:
+        analyses = ner(text, aggregation_strategy="simple", top_k=ALTERNATIVES, constraints=fixed or None)
+    except ValueError as error:  # a fix out of the text, or one no tag sequence can hold
+        return "", [], f"⚠️ {error}", ""
+    entities = analyses[0]["entities"]
     rows = [[e["entity_group"], e["word"], e["start"], e["end"], round(e["score"], 3)] for e in entities]
     message = f"{len(entities)} entities in {len(text):,} characters."
-    return entities_html(text, entities), rows, message
+    if fixed:
+        message += " Re-tagged with " + ", ".join(f"{text[f['start'] : f['end']]} = {f['label']}" for f in fixed) + "."
+    return entities_html(text, entities), rows, message, alternatives_html(analyses)
+
+
+def fix_and_analyze(text: str | None, start, end, label: str | None, ner) -> tuple[str, list[list], str, str]:
+    """Re-tag `text` with the characters [start, end) fixed as one entity of type `label` (or as no entity)."""
+    if start is None or end is None or not label:
+        return analyze(text, ner)
+    return analyze(text, ner, [{"start": int(start), "end": int(end), "label": label}])
 
 
 def build_demo(ner) -> gr.Blocks:
@@ -124,8 +155,8 @@ def build_demo(ner) -> gr.Blocks:
         gr.Markdown(
             "# Korean named-entity recognition (개체명 인식)\n"
             f"Encoder + BiLSTM + CRF, model `{ner.model.name_or_path}`. Spans are the CRF's Viterbi path; "
-            f"confidence is the mean marginal probability of an entity's tokens. Up to {MAX_CHARACTERS:,} characters; "
-            "long texts are tagged whole."
+            f"confidence is the CRF's probability of the entity. Up to {MAX_CHARACTERS:,} characters; long texts "
+            "are tagged whole. Below the entities: the most probable analyses, and re-tagging with one entity fixed."
         )
         text = gr.Textbox(
             label="Text (한국어)", lines=5, max_lines=20, elem_id="text-input",
@@ -137,9 +168,21 @@ def build_demo(ner) -> gr.Blocks:
         highlighted = gr.HTML(css_template=OUTPUT_CSS, js_on_load=None, elem_id="entities")
         message = gr.Markdown(elem_id="message")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Entities (개체)", interactive=False, elem_id="table")
+        gr.Markdown(f"### The {ALTERNATIVES} most probable analyses (가장 확률 높은 분석)")
+        alternatives = gr.HTML(elem_id="alternatives")
+        gr.Markdown("### Fix one entity and re-tag the rest (개체 고정 후 재분석): character offsets, end exclusive")
+        with gr.Row():
+            start = gr.Number(label="start", precision=0, elem_id="fix-start")
+            end = gr.Number(label="end", precision=0, elem_id="fix-end")
+            label = gr.Radio([*types, NO_ENTITY], label="type (O: no entity)", elem_id="fix-type")
+        fix = gr.Button("Re-tag (재분석)", elem_id="fix-button")
+        outputs = [highlighted, table, message, alternatives]
         gr.on(
-            [button.click, text.submit], lambda t: analyze(t, ner), inputs=text,
-            outputs=[highlighted, table, message], api_name="analyze",
+            [button.click, text.submit], lambda t: analyze(t, ner), inputs=text, outputs=outputs, api_name="analyze",
+        )  # fmt: skip
+        fix.click(
+            lambda t, s, e, lab: fix_and_analyze(t, s, e, lab, ner), inputs=[text, start, end, label],
+            outputs=outputs, api_name="fix",
         )  # fmt: skip
     return demo
 

@@ -93,10 +93,12 @@ def count_texts(path: str | Path, input_format: str = "auto") -> int:
 
 
 def output_line(text: str, entities: list[dict]) -> str:
-    """The output line of one text, newline included. Characters are written as they are, except lone surrogates
+    """The output line of one text, newline included: its `entities`, or with `top_k` its `analyses` (each
+    `{"entities", "probability"}`). Characters are written as they are, except lone surrogates
     (which a JSONL input can hold as `\\ud800` escapes, and UTF-8 cannot): escaped the same way, so that the line
     reads back as the input's text."""
-    line = json.dumps({"text": text, "entities": entities}, ensure_ascii=False)
+    key = "analyses" if entities and "probability" in entities[0] else "entities"
+    line = json.dumps({"text": text, key: entities}, ensure_ascii=False)
     return LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", line) + "\n"
 
 

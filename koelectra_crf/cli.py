@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _batch_size_argument(predict)
     _respace_argument(predict)
+    predict.add_argument(
+        "--top_k", type=_positive_int,
+        help="the K most probable analyses of each text, each with its probability P(tags | text): the line's "
+        '"analyses" instead of "entities"',
+    )  # fmt: skip
+    predict.add_argument(
+        "--lexicon", type=Path,
+        help="user lexicon: a JSON mapping or lines 'surface<TAB>type'; its longest matches are tagged with its type",
+    )  # fmt: skip
+    predict.add_argument(
+        "--lexicon_mode", choices=("hard", "soft"), default="hard",
+        help="hard: each match must be an entity of its type; soft: a bonus to its tags that the model may overrule",
+    )  # fmt: skip
 
     export = commands.add_parser("export", help="ONNX graph (encoder + BiLSTM + emissions) for onnxruntime")
     export.add_argument("model", help="model folder or Hub id")
@@ -251,23 +264,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_pipeline(
-    model: str, device: str | None, processes: int = 1, respace: bool = False
+    model: str, device: str | None, processes: int = 1, respace: bool = False, **pipeline_kwargs
 ) -> KoElectraCrfTokenClassificationPipeline:
     """The model's pipeline, with CPU threads chosen for it (`threads.choose_cpu_threads`, sharing the cores among
-    `processes`; OMP_NUM_THREADS wins); `respace`: it re-spaces every text with Kiwi first."""
-    ner = load_pipeline(model, device, respace=respace)
+    `processes`; OMP_NUM_THREADS wins); `respace`: it re-spaces every text with Kiwi first; `pipeline_kwargs` (e.g.
+    `top_k`, `lexicon`) are its defaults for every call."""
+    ner = load_pipeline(model, device, respace=respace, **pipeline_kwargs)
     if not isinstance(ner.model, serving.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
         choose_cpu_threads(ner.model, processes)
     return ner
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _predict(args: argparse.Namespace) -> None:
+    control = {"top_k": args.top_k}
+    if args.lexicon is not None:
+        control.update(lexicon=existing_file("--lexicon", args.lexicon), lexicon_mode=args.lexicon_mode)
+    control = {name: value for name, value in control.items() if value is not None}
     if args.output:
         state = bulk.process_state(args.device)
         device = args.device
         if device is None and state.device.type != "cpu" and not serving.is_onnx_folder(args.model):
             device = str(state.device)  # each process its own GPU
-        ner = _load_pipeline(args.model, device, state.num_processes, args.respace)
+        ner = _load_pipeline(args.model, device, state.num_processes, args.respace, **control)
         bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
         return
     batch_size = args.batch_size
@@ -279,7 +303,7 @@ def _predict(args: argparse.Namespace) -> None:
         texts, total = (line.rstrip("\n") for line in sys.stdin if line.strip()), None
         if sys.stdin.isatty():  # typed in: answer each text as it is entered, not once a batch of them is
             batch_size = 1
-    ner = _load_pipeline(args.model, args.device, respace=args.respace)
+    ner = _load_pipeline(args.model, args.device, respace=args.respace, **control)
     for line in tqdm(bulk.tagged_lines(ner, texts, batch_size), total=total, desc="tagging", unit="text"):
         print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
 

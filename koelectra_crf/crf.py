@@ -45,7 +45,8 @@ that multiply the per-step transition matrices pairwise in the log semiring (:fu
 :meth:`LinearChainCRF._algorithms`, picks the set as the constructor argument ``implementation`` (kept as the
 attribute :attr:`LinearChainCRF.implementation`) says: ``"auto"`` (the default: the reference on CPU, the parallel
 variants on any other device), ``"sequential"`` (the reference) or ``"parallel"``. The tests hold both sets to
-brute-force enumeration and pytorch-crf, and the parallel variants to the reference functions.
+brute-force enumeration and pytorch-crf, and the parallel variants to the reference functions. The k best sequences
+(:meth:`~LinearChainCRF.k_best`, :func:`_k_best_viterbi`: Viterbi keeping k prefixes per tag) have the loop only.
 
 All computation happens in float32, with autocast disabled, whatever the dtype of the emissions or the
 parameters.
@@ -266,6 +267,46 @@ class LinearChainCRF(nn.Module):
             best = self._algorithms(em.device).viterbi(em, lengths, start, transitions, end)
             best = best.masked_fill(~mask_c, IGNORE_INDEX)
             return torch.empty_like(best).scatter_(1, order, best)
+
+    @torch.no_grad()
+    def k_best(self, emissions: Tensor, mask: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` most likely tag sequences of each row and their log-probabilities (exact k-best Viterbi,
+        :func:`_k_best_viterbi`), respecting the constraints.
+
+        ``log P(y | x) = score(y) - log Z``, both under the constraints, as :meth:`sequence_probability` sees them
+        (``log Z`` with :data:`CONSTRAINT_PENALTY`, the paths with ``-inf`` on disallowed moves, as in
+        :meth:`decode`). The first sequence is :meth:`decode`'s (up to ties). A row with fewer than ``k`` allowed
+        sequences fills the rest with log-probability ``-inf`` (its tags there are not meaningful). Always the
+        loop over time, on every device: there is no parallel variant.
+
+        Args:
+            emissions: ``(B, T, K)`` float.
+            mask: ``(B, T)`` bool or ``None``.
+            k: the number of sequences, at least 1.
+
+        Returns:
+            ``tags`` ``(B, k, T)`` long, best first, ``-100`` at masked positions, and their log-probabilities
+            ``(B, k)`` float32, non-increasing; a row without unmasked positions has its one empty sequence
+            (log-probability 0) first.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        mask = self._check(emissions, mask)
+        batch_size, length, _ = emissions.shape
+        if length == 0:
+            tags = torch.full((batch_size, k, 0), IGNORE_INDEX, dtype=torch.long, device=emissions.device)
+            empty = torch.full((batch_size, k), float("-inf"), device=emissions.device)
+            return tags, empty.index_fill(1, mask.new_zeros(1, dtype=torch.long), 0.0)
+        with _autocast_disabled(emissions.device):
+            em, mask_c, lengths, order = _left_align(emissions, mask)
+            tags, scores = _k_best_viterbi(em, lengths, *self._scores(constrained=True, penalty=float("-inf")), k)
+            log_z = self._log_z(em, lengths, *self._scores(constrained=True))
+            # A row without unmasked positions has one sequence, the empty one, of score 0.
+            empty = torch.full((k,), float("-inf"), device=em.device).index_fill(0, lengths.new_zeros(1), 0.0)
+            scores = torch.where((lengths == 0).unsqueeze(1), empty, scores)
+            tags = tags.masked_fill(~mask_c.unsqueeze(1), IGNORE_INDEX)
+            tags = torch.empty_like(tags).scatter_(2, order.unsqueeze(1).expand_as(tags), tags)
+            return tags, scores - log_z.unsqueeze(1)
 
     def marginals(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Posterior marginals ``P(y_t = k | x)`` by the forward-backward algorithm, respecting the constraints.
@@ -527,6 +568,46 @@ def _viterbi(em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, en
     pointers = torch.stack(pointer_list) if pointer_list else scores.new_empty(0, batch_size, num_tags).long()
     # Short blocks: on a CPU fewer, smaller rounds of pointer doubling win (see _trace_back).
     return _best_paths(scores, pointers, lengths, end, block=_TRACE_BACK_BLOCK)
+
+
+def _k_best_viterbi(
+    em: Tensor, lengths: Tensor, start: Tensor, transitions: Tensor, end: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` best tag sequences ``(B, k, T)`` and their scores ``(B, k)``, best first, as a loop over time
+    (values past a row's end are not meaningful; missing sequences score ``-inf``).
+
+    Viterbi keeps, for each tag ``j``, the best prefix ending in ``y_t = j``; the k best whole sequences may share
+    a tag at ``t`` and differ before it, so here each tag keeps its ``k`` best prefixes, ``v_t(j, r)`` for ranks
+    ``r = 0..k-1``. A prefix of rank ``r`` ending in ``j`` at ``t`` extends one of the ``k`` best prefixes ending in
+    some ``i`` at ``t-1`` (any prefix is the extension of its own prefix, and replacing that by a better one of the
+    same last tag gives a better prefix), so the ``k`` best are among those ``K k`` extensions::
+
+        v_0(j, 0) = s[j] + e[0, j],   v_0(j, r > 0) = -inf
+        v_t(j, .) = top-k over (i, r') of (v_{t-1}(i, r') + A[i, j]) + e[t, j],  p_t(j, r) = the (i, r') taken
+
+    and the k best sequences end in the top-k over ``(j, r)`` of ``v_{n-1}(j, r) + f[j]``, read backwards along
+    ``p``. Exact: no pruning beyond what cannot reach the top k. ``O(n K^2 k log k)``. Past a row's end the
+    back-pointers are the identity (``p_t(j, r) = (j, r)``), so all rows are traced back together from ``T-1``.
+    """
+    batch_size, length, num_tags = em.shape
+    # Candidates and states are flattened as (tag, rank) -> tag * k + rank.
+    score = torch.full((batch_size, num_tags, k), float("-inf"), device=em.device)
+    score[:, :, 0] = start + em[:, 0]
+    identity = torch.arange(num_tags * k, device=em.device).view(num_tags, k)
+    pointers = []
+    for t in range(1, length):
+        # [b, j, i * k + r'] = v_{t-1}(i, r') + A[i, j]
+        candidates = (score.unsqueeze(2) + transitions.unsqueeze(-1)).permute(0, 2, 1, 3)
+        best, pointer = candidates.reshape(batch_size, num_tags, num_tags * k).topk(k, dim=2)
+        in_sequence = (t < lengths).view(batch_size, 1, 1)
+        score = torch.where(in_sequence, best + em[:, t].unsqueeze(2), score)
+        pointers.append(torch.where(in_sequence, pointer, identity))
+    final, state = (score + end.unsqueeze(1)).reshape(batch_size, num_tags * k).topk(k, dim=1)  # (B, k) each
+    tags = [state // k]
+    for pointer in reversed(pointers):
+        state = pointer.reshape(batch_size, num_tags * k).gather(1, state)
+        tags.append(state // k)
+    return torch.stack(tags[::-1], dim=2), final
 
 
 def _viterbi_candidates(scores: Tensor, transitions_to: Tensor) -> Tensor:

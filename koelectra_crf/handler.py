@@ -9,8 +9,14 @@ folder, and calls it with each request's JSON:
 It answers with the CRF pipeline's output: a list of entities for one text, one list per text for a list of texts.
 `parameters` are the pipeline's: `aggregation_strategy` ("simple" unless given, as the Hub's token-classification
 API answers; "none" for one entry per token), `ignore_labels`, `stride`, and `respace` (true: re-space each text with
-Kiwi before tagging, for text with missing or wrong spaces; needs `pip install kiwipiepy` on the server). Needs only
-torch and transformers otherwise: the folder carries the model's and the pipeline's code.
+Kiwi before tagging, for text with missing or wrong spaces; needs `pip install kiwipiepy` on the server), and the CRF's
+controls: `top_k` (the k most probable analyses, each `{"entities": [...], "probability": p}`), `constraints` (for one
+text: `[{"start": 0, "end": 4, "label": "OG"}]`, a type, "ANY" or "O") and `lexicon` (`{"삼성전자": "OG"}`) with
+`lexicon_mode` ("hard" or "soft"):
+
+    {"inputs": "삼성전자 주가가 올랐다.", "parameters": {"top_k": 3, "lexicon": {"삼성전자": "OG"}}}
+
+Needs only torch and transformers otherwise: the folder carries the model's and the pipeline's code.
 """
 
 from typing import Any

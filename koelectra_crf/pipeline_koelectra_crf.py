@@ -20,14 +20,26 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
   caller's;
 - `return_sequence_probability=True` makes each text's result `{"entities": [...], "sequence_probability": p}`,
   p = P(decoded tags | text) (`LinearChainCRF.sequence_probability`), e.g. to keep only confident pseudo-labels;
+- `top_k=k` returns the k most probable analyses of each text, best first, each `{"entities": [...],
+  "probability": P(tags | text)}` (exact k-best Viterbi, `LinearChainCRF.k_best`); fewer where the text has fewer;
+- `constraints=[{"start": 0, "end": 4, "label": "OG"}, ...]` (character offsets of one text) re-tags the text under
+  them: `label` a type (the span is exactly one entity of that type), `"ANY"` (exactly one entity, of any type) or
+  `"O"` (no entity starts, ends or lies there). Decoding is exact Viterbi over the constrained lattice, and every
+  probability and score is conditioned on the constraints (each analysis lists them under `"conditioned_on"`);
+  contradictory or out-of-range constraints are a ValueError;
+- `lexicon={"삼성전자": "OG", ...}` (or a file: JSON mapping, or lines `surface<TAB>type`) marks the longest matches in
+  each text (left to right, whole grapheme clusters): `lexicon_mode="hard"` (the default) makes each match a
+  constraint, `"soft"` adds `LEXICON_BONUS` to the emission scores of its tags, which the CRF may overrule;
 - with `batch_size` > 1, texts are batched in order of their number of tokens (a list whole, an iterator
   `batch_size` × `SORTED_BATCHES` texts at a time), so that a batch pads its windows little; results come back in
   the caller's order, an iterator's still streaming.
 """
 
+import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import islice
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -38,6 +50,7 @@ from .alignment import (
     EncodedText,
     char_tags_to_spans,
     encode_texts,
+    is_grapheme_boundary,
     kiwi_space,
     nfc_with_offsets,
     respaced_with_offsets,
@@ -49,6 +62,11 @@ from .crf import IGNORE_INDEX
 TASK = "token-classification"
 # Batches an iterator's texts are sorted among: more pad less, fewer keep its results streaming sooner.
 SORTED_BATCHES = 16
+# Added by `lexicon_mode="soft"` to the emission scores of a lexicon match's tags (B-X, then I-X): the CRF keeps them
+# unless the rest of the evidence outweighs it.
+LEXICON_BONUS = 4.0
+# Constraint labels beside the entity types: exactly one entity of any type; no entity.
+ANY_ENTITY, NO_ENTITY = "ANY", ("O", "NONE")
 
 
 class _Text(NamedTuple):
@@ -86,6 +104,10 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         stride=None,
         return_sequence_probability=None,
         respace=None,
+        top_k=None,
+        constraints=None,
+        lexicon=None,
+        lexicon_mode=None,
         **unsupported,
     ):
         # Offsets come from the tokenizer, windows from the model's config (`stride` overrides its stride).
@@ -120,7 +142,53 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             postprocess_params["ignore_labels"] = ignore_labels
         if return_sequence_probability is not None:
             postprocess_params["return_sequence_probability"] = bool(return_sequence_probability)
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive int (the number of analyses), got {top_k!r}")
+            postprocess_params["top_k"] = top_k
+        if constraints is not None:
+            postprocess_params["constraints"] = [self._checked_constraint(c) for c in constraints]
+        if lexicon is not None:
+            postprocess_params["lexicon"] = self._read_lexicon(lexicon)
+        if lexicon_mode is not None:
+            if lexicon_mode not in ("hard", "soft"):
+                raise ValueError(f"lexicon_mode must be 'hard' or 'soft', got {lexicon_mode!r}")
+            postprocess_params["lexicon_mode"] = lexicon_mode
         return preprocess_params, forward_params, postprocess_params
+
+    def _checked_constraint(self, constraint) -> tuple[int, int, str]:
+        """`(start, end, label)` of a constraint `{"start": int, "end": int, "label": type | "ANY" | "O"}`."""
+        types = {label[2:] for label in self.model.config.label_names if label != "O"}
+        if not isinstance(constraint, dict) or set(constraint) != {"start", "end", "label"}:
+            raise ValueError(f'a constraint is {{"start": int, "end": int, "label": str}}, got {constraint!r}')
+        start, end, label = constraint["start"], constraint["end"], constraint["label"]
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in (start, end)) or not 0 <= start < end:
+            raise ValueError(f"a constraint needs character offsets 0 <= start < end, got {constraint!r}")
+        if label not in types and label != ANY_ENTITY and label not in NO_ENTITY:
+            choices = sorted(types) + [ANY_ENTITY, *NO_ENTITY]
+            raise ValueError(f"a constraint's label must be one of {choices}, got {label!r}")
+        return start, end, label
+
+    def _read_lexicon(self, lexicon) -> dict[str, str]:
+        """The lexicon `{surface form: type}`, from a mapping or a file (JSON mapping, or `surface<TAB>type` lines)."""
+        if isinstance(lexicon, str | Path):
+            path, lexicon = Path(lexicon), {}
+            content = path.read_text(encoding="utf-8")
+            if path.suffix == ".json":
+                lexicon = json.loads(content)
+            for number, line in enumerate([] if path.suffix == ".json" else content.splitlines(), 1):
+                if line.strip():
+                    surface, tab, label = line.rpartition("\t")
+                    if not tab or not surface.strip():
+                        raise ValueError(f"{path}: line {number} is not 'surface<TAB>type': {line!r}")
+                    lexicon[surface.strip()] = label.strip()
+        if not isinstance(lexicon, dict):
+            raise ValueError(f"lexicon must be a mapping of surface forms to types or a file, got {type(lexicon)}")
+        types = {label[2:] for label in self.model.config.label_names if label != "O"}
+        unknown = sorted({label for label in lexicon.values() if label not in types})
+        if unknown:
+            raise ValueError(f"the lexicon's types {unknown} are not the model's ({sorted(types)})")
+        return {surface: label for surface, label in lexicon.items() if surface.strip()}
 
     def preprocess(self, sentence: str | _Text, stride: int | None = None, respace: bool = False, **_):
         # A list's texts come read already (`__call__` reads them to sort them); any other text is read here.
@@ -198,10 +266,76 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         aggregation_strategy=AggregationStrategy.NONE,
         ignore_labels=None,
         return_sequence_probability: bool = False,
+        top_k: int | None = None,
+        constraints: list[tuple[int, int, str]] | None = None,
+        lexicon: dict[str, str] | None = None,
+        lexicon_mode: str = "hard",
     ):
-        ignore_labels = ["O"] if ignore_labels is None else ignore_labels
         sentence, encoded, char_spans = (all_outputs[0][key] for key in ("sentence", "encoded", "original_spans"))
-        text = encoded.text  # the NFC text the tokens are aligned with; `char_spans` (if any) lead back to `sentence`
+        tag_unit = self.model.config.tag_unit
+        with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
+        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
+        # Units as spans of the caller's string (`char_spans`, if any, lead from the NFC text back to `sentence`).
+        unit_spans = encoded.unit_spans(tag_unit)
+        if char_spans is not None:
+            unit_spans = [(char_spans[start][0], char_spans[end - 1][1]) for start, end in unit_spans]
+        controlled = top_k is not None or constraints or lexicon
+        if not controlled:
+            entities = self._entities(encoded, char_spans, sentence, emissions, tag_ids, scores, aggregation_strategy,
+                                      ignore_labels)  # fmt: skip
+            if not return_sequence_probability:
+                return entities
+            tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+            decoded = torch.tensor([tag_ids], device=emissions.device)
+            probability = self.model.tagger.sequence_probability(emissions, decoded, tag_mask)[0].item()
+            return {"entities": entities, "sequence_probability": probability}
+
+        constraints = list(constraints or [])
+        if lexicon:
+            matches = lexicon_matches(sentence, lexicon)
+            if lexicon_mode == "soft":
+                emissions = emissions + self._lexicon_bonus(emissions, unit_spans, matches)
+            else:  # a match whose edges cut a unit (a token glued to a particle) cannot be an entity: left out
+                starts = [start for start, _ in unit_spans]
+                constraints += [match for match in matches if _aligned(unit_spans, starts, match)]
+        allowed_tags = self._allowed_tags(emissions, unit_spans, constraints, len(sentence))
+        tagger, tag_mask = self.model.tagger, torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        tags, probabilities = tagger.k_best(emissions, tag_mask, top_k or 1, allowed_tags)
+        marginals = tagger.tag_probabilities(emissions, tag_mask, allowed_tags)[0] if with_scores else None
+        conditioned_on = [{"start": start, "end": end, "label": label} for start, end, label in constraints]
+        analyses = []
+        for tag_ids, probability in zip(tags[0].tolist(), probabilities[0].tolist(), strict=True):
+            if analyses and all(tag == IGNORE_INDEX for tag in tag_ids):  # the text has fewer analyses than top_k
+                break
+            scores = marginals[torch.arange(len(tag_ids)), tag_ids].tolist() if with_scores else None
+            entities = self._entities(encoded, char_spans, sentence, emissions, tag_ids, scores, aggregation_strategy,
+                                      ignore_labels, allowed_tags)  # fmt: skip
+            analysis = {"entities": entities, "probability": probability}
+            analyses.append({**analysis, "conditioned_on": conditioned_on} if conditioned_on else analysis)
+        if top_k is not None:
+            return analyses
+        if return_sequence_probability:
+            best = analyses[0]
+            return {"entities": best["entities"], "sequence_probability": best["probability"],
+                    **({"conditioned_on": conditioned_on} if conditioned_on else {})}  # fmt: skip
+        return analyses[0]["entities"]
+
+    def _entities(
+        self,
+        encoded: EncodedText,
+        char_spans: list[tuple[int, int]] | None,
+        sentence: str,
+        emissions: torch.Tensor,
+        tag_ids: list[int],
+        scores: list[float] | None,
+        aggregation_strategy=AggregationStrategy.NONE,
+        ignore_labels=None,
+        allowed_tags: torch.Tensor | None = None,
+    ) -> list[dict]:
+        """The output entries of one analysis (tag ids of the text's units, with `scores` for the strategy "none")
+        of the text `encoded` (its NFC form; `char_spans`, if any, lead back to `sentence`)."""
+        ignore_labels = ["O"] if ignore_labels is None else ignore_labels
+        text = encoded.text
 
         def original(start: int, end: int) -> dict:
             """`word`, `start`, `end` in `sentence` of the characters [start, end) of `text`."""
@@ -210,8 +344,6 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return {"word": sentence[start:end], "start": start, "end": end}
 
         tag_unit = self.model.config.tag_unit
-        with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
-        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
         id2label = self.model.config.id2label  # (once: a config attribute read goes through transformers' hooks)
         tags = [id2label[t] for t in tag_ids]
         unit_spans = encoded.unit_spans(tag_unit)
@@ -221,32 +353,89 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             # The units of one grapheme cluster (a flag's two code points, say) are one entry: the first one's.
             positions = [len(encoded.prefix_ids) + k for k in encoded.unit_tokens(tag_unit)]
             units = snap_to_graphemes(text, [(start, end, u) for u, (start, end) in enumerate(unit_spans)])
-            entities = [
+            return [
                 {"entity": tags[u], "score": scores[u], "index": positions[u], **original(start, end)}
                 for start, end, u in units
                 if tags[u] not in ignore_labels
             ]
-        else:
-            spans = char_tags_to_spans(unit_tags_to_char_tags(text, unit_spans, tags))
-            spans = snap_to_graphemes(text, spans)  # no entity boundary inside a grapheme cluster
-            spans = [span for span in spans if span[2] not in ignore_labels]
-            probabilities = self._entity_probabilities(emissions, unit_spans, spans)
-            entities = [
-                {"entity_group": label_type, "score": probability, **original(start, end)}
-                for (start, end, label_type), probability in zip(spans, probabilities, strict=True)
-            ]
-        if not return_sequence_probability:
-            return entities
-        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
-        decoded = torch.tensor([tag_ids], device=emissions.device)
-        probability = self.model.tagger.sequence_probability(emissions, decoded, tag_mask)[0].item()
-        return {"entities": entities, "sequence_probability": probability}
+        spans = char_tags_to_spans(unit_tags_to_char_tags(text, unit_spans, tags))
+        spans = snap_to_graphemes(text, spans)  # no entity boundary inside a grapheme cluster
+        spans = [span for span in spans if span[2] not in ignore_labels]
+        probabilities = self._entity_probabilities(emissions, unit_spans, spans, allowed_tags)
+        return [
+            {"entity_group": label_type, "score": probability, **original(start, end)}
+            for (start, end, label_type), probability in zip(spans, probabilities, strict=True)
+        ]
+
+    def _allowed_tags(
+        self,
+        emissions: torch.Tensor,
+        unit_spans: list[tuple[int, int]],
+        constraints: list[tuple[int, int, str]],
+        length: int,
+    ) -> torch.Tensor | None:
+        """The tags each unit may take (1, U, K) under `constraints` (start, end, label) in offsets of the caller's
+        text of `length` characters, whose units span `unit_spans`; None without constraints.
+
+        A constrained entity covers the units that start inside its span, which must begin at its start and end at its
+        end: B-X at the first (any B- for "ANY"), I-X through the last (any I-), and no I- right after it (BIO allows
+        no other type's I- there, so this is "no I-X"). "O" leaves only O to every unit that overlaps the span.
+        """
+        if not constraints:
+            return None
+        label_names = self.model.config.label_names
+        allowed = torch.ones(len(unit_spans), len(label_names), dtype=torch.bool)
+        starts, ends = [start for start, _ in unit_spans], [end for _, end in unit_spans]
+        is_begin, is_inside = (torch.tensor([name.startswith(prefix) for name in label_names]) for prefix in "BI")
+        is_outside = ~(is_begin | is_inside)
+
+        for start, end, label in constraints:
+            constraint = {"start": start, "end": end, "label": label}
+            if end > length:
+                raise ValueError(f"constraint {constraint} is out of range: the text has {length} characters")
+            if label in NO_ENTITY:
+                # The units overlapping [start, end): sorted and disjoint, their ends are sorted too.
+                allowed[bisect_right(ends, start) : bisect_left(starts, end)] &= is_outside
+            else:
+                if not _aligned(unit_spans, starts, (start, end)):
+                    raise ValueError(
+                        f"constraint {constraint} does not start and end at the edges of the model's units (a "
+                        f"{self.model.config.tag_unit} unit of the text): an entity there cannot be represented"
+                    )
+                first, stop = bisect_left(starts, start), bisect_left(starts, end)
+                of_type = ~is_outside if label == ANY_ENTITY else torch.tensor([n[2:] == label for n in label_names])
+                allowed[first] &= is_begin & of_type
+                allowed[first + 1 : stop] &= is_inside & of_type
+                if stop < len(unit_spans):
+                    allowed[stop] &= ~(is_inside & of_type)
+            if not allowed.any(-1).all():
+                raise ValueError(f"constraint {constraint} contradicts the constraints before it")
+        return allowed.unsqueeze(0).to(emissions.device)
+
+    def _lexicon_bonus(
+        self, emissions: torch.Tensor, unit_spans: list[tuple[int, int]], matches: list[tuple[int, int, str]]
+    ) -> torch.Tensor:
+        """`LEXICON_BONUS` (1, U, K) on the tags of the lexicon `matches` (B-X at a match's first unit, I-X on the
+        others), for the units that start inside each match."""
+        bonus = torch.zeros_like(emissions)
+        starts, label2id = [start for start, _ in unit_spans], self.model.config.label2id
+        for start, end, label in matches:
+            first, stop = bisect_left(starts, start), bisect_left(starts, end)
+            if first < stop:
+                bonus[0, first, label2id[f"B-{label}"]] += LEXICON_BONUS
+                bonus[0, first + 1 : stop, label2id[f"I-{label}"]] += LEXICON_BONUS
+        return bonus
 
     def _entity_probabilities(
-        self, emissions: torch.Tensor, unit_spans: list[tuple[int, int]], spans: list[tuple[int, int, str]]
+        self,
+        emissions: torch.Tensor,
+        unit_spans: list[tuple[int, int]],
+        spans: list[tuple[int, int, str]],
+        allowed_tags: torch.Tensor | None = None,
     ) -> list[float]:
         """The model's probability of each entity (character span and type), from the emissions (1, U, K) of the
-        text's units: an entity covers the units that start inside its span."""
+        text's units, conditioned on `allowed_tags` (1, U, K) if given: an entity covers the units that start inside
+        its span."""
         unit_starts = [start for start, _ in unit_spans]
         label2id = self.model.config.label2id
         rows = [
@@ -257,7 +446,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             return []
         tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
         unit_rows = torch.tensor(rows, device=emissions.device)
-        return self.model.tagger.entity_probabilities(emissions, tag_mask, unit_rows).tolist()
+        return self.model.tagger.entity_probabilities(emissions, tag_mask, unit_rows, allowed_tags).tolist()
 
     def _unit_predictions(
         self, all_outputs, encoded: EncodedText, tag_unit: str, with_scores: bool = True
@@ -309,6 +498,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         iterator of lists, in order); see the module docstring for how this differs from the built-in pipeline."""
         if isinstance(inputs, list) and not inputs:
             raise ValueError("At least one input is required: got an empty list of texts")
+        if kwargs.get("constraints") is not None and not isinstance(inputs, str):
+            raise ValueError("constraints are character offsets of one text: pass them with a single string")
         batch_size = kwargs.get("batch_size") or self._batch_size or 1
         if isinstance(inputs, Iterator):
             if batch_size == 1:  # (transformers streams generators, not other iterators)
@@ -336,3 +527,27 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by tokens)."""
         while chunk := list(islice(texts, chunk_size)):
             yield from self(chunk, **kwargs)
+
+
+def _aligned(unit_spans: list[tuple[int, int]], starts: list[int], span: tuple) -> bool:
+    """Whether the units (`unit_spans`, sorted, `starts` their first offsets) that start inside `span` (start, end, ...)
+    begin at its start and end at its end: whether an entity can be exactly there."""
+    first, stop = bisect_left(starts, span[0]), bisect_left(starts, span[1])
+    return first < stop and unit_spans[first][0] == span[0] and unit_spans[stop - 1][1] == span[1]
+
+
+def lexicon_matches(text: str, lexicon: dict[str, str]) -> list[tuple[int, int, str]]:
+    """The lexicon's matches (start, end, type) in `text`, left to right, the longest at each offset, not overlapping,
+    each beginning and ending at a grapheme cluster boundary (so a match never cuts a flag or a syllable's marks)."""
+    lengths = sorted({len(surface) for surface in lexicon}, reverse=True)
+    matches, i = [], 0
+    while i < len(text):
+        for length in (length for length in lengths if i + length <= len(text)):
+            surface = text[i : i + length]
+            if surface in lexicon and is_grapheme_boundary(text, i) and is_grapheme_boundary(text, i + length):
+                matches.append((i, i + length, lexicon[surface]))
+                i += length
+                break
+        else:
+            i += 1
+    return matches

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Markup characters check that the page shows the text, not HTML made from it.
 SENTENCE = '김철수는 2024년 3월 1일 오전 9시에 서울에서 <삼성전자> & "사과" 3개를 샀다.'
+FIX_START = SENTENCE.index("서울")  # the browser test fixes "서울" as OG
 
 
 def load_app():
@@ -62,7 +63,11 @@ def test_analyze_shows_the_pipeline_entities_of_long_texts(app, ner):
     text = " ".join([SENTENCE] * 8)  # ~400 characters: a dozen windows of the model's 32 tokens
     assert len(text) > 10 * ner.model.config.max_length
     expected = ner(text, aggregation_strategy="simple")
-    highlighted, rows, message = app.analyze(text, ner)
+    highlighted, rows, message, alternatives = app.analyze(text, ner)
+    analyses = ner(text, aggregation_strategy="simple", top_k=app.ALTERNATIVES)
+    assert alternatives.count("<li ") == len(analyses) == app.ALTERNATIVES
+    for rank, analysis in enumerate(analyses, 1):
+        assert f'<li data-rank="{rank}" data-probability="{analysis["probability"]!r}">' in alternatives
     assert len(expected) > 0 and max(e["end"] for e in expected) > len(text) - 10  # tagged to the end
     assert [(row[0], row[2], row[3], row[1]) for row in rows] == spans(expected)
     assert [row[4] for row in rows] == [round(e["score"], 3) for e in expected]
@@ -75,13 +80,27 @@ def test_empty_and_over_cap_input_give_no_entities_and_no_crash(app, ner):
     def must_not_run(*_, **__):
         raise AssertionError("the pipeline must not run on text over the cap")
 
-    assert app.analyze("", ner) == ("", [], "")
-    assert app.analyze(None, ner) == ("", [], "")
-    assert app.analyze(" \n\t", ner) == ("", [], "")
+    assert app.analyze("", ner) == ("", [], "", "")
+    assert app.analyze(None, ner) == ("", [], "", "")
+    assert app.analyze(" \n\t", ner) == ("", [], "", "")
     too_long = "가" * (app.MAX_CHARACTERS + 1)
-    highlighted, rows, message = app.analyze(too_long, must_not_run)
-    assert (highlighted, rows) == ("", [])
+    highlighted, rows, message, alternatives = app.analyze(too_long, must_not_run)
+    assert (highlighted, rows, alternatives) == ("", [], "")
     assert f"{app.MAX_CHARACTERS + 1:,} characters" in message and f"at most {app.MAX_CHARACTERS:,}" in message
+
+
+def test_fixing_an_entity_re_tags_the_rest_under_it(app, ner):
+    start = SENTENCE.index("서울")
+    fixed = [{"start": start, "end": start + 2, "label": "OG"}]
+    highlighted, rows, message, alternatives = app.fix_and_analyze(SENTENCE, start, start + 2, "OG", ner)
+    expected = ner(SENTENCE, aggregation_strategy="simple", top_k=app.ALTERNATIVES, constraints=fixed)
+    assert [(row[0], row[2], row[3], row[1]) for row in rows] == spans(expected[0]["entities"])
+    assert ["OG", "서울", start, start + 2] in [row[:4] for row in rows]
+    assert message.endswith("Re-tagged with 서울 = OG.")
+    assert alternatives.count("<li ") == len(expected)
+    assert app.fix_and_analyze(SENTENCE, None, None, None, ner) == app.analyze(SENTENCE, ner)  # nothing to fix
+    highlighted, rows, message, alternatives = app.fix_and_analyze(SENTENCE, 0, 999, "PS", ner)
+    assert (highlighted, rows, alternatives) == ("", [], "") and message.startswith("⚠️") and "out of range" in message
 
 
 def test_types_come_from_the_model_labels(app, ner):
@@ -150,6 +169,7 @@ return {
   scores: marks.map(m => Number(m.dataset.score)),
   legend: document.querySelector('#legend').textContent,
   message: document.querySelector('#message').textContent.trim(),
+  probabilities: [...document.querySelectorAll('#alternatives li')].map(li => Number(li.dataset.probability)),
 };
 """
 
@@ -174,6 +194,13 @@ def test_page_in_chromium_highlights_the_pipeline_entities(served_app, ner, app,
         driver.find_element(By.CSS_SELECTOR, "#analyze-button").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#entities .ner-output"))
         page = driver.execute_script(READ_ENTITIES)
+        # Fix "서울" as an organisation and re-tag.
+        driver.find_element(By.CSS_SELECTOR, "#fix-start input").send_keys(str(FIX_START))
+        driver.find_element(By.CSS_SELECTOR, "#fix-end input").send_keys(str(FIX_START + 2))
+        driver.find_element(By.XPATH, "//*[@id='fix-type']//label[normalize-space()='OG']").click()
+        driver.find_element(By.CSS_SELECTOR, "#fix-button").click()
+        wait.until(lambda d: "Re-tagged" in d.find_element(By.CSS_SELECTOR, "#message").text)
+        fixed_page = driver.execute_script(READ_ENTITIES)
         screenshot = tmp_path / "app.png"
         assert driver.save_screenshot(str(screenshot))
     finally:
@@ -191,6 +218,13 @@ def test_page_in_chromium_highlights_the_pipeline_entities(served_app, ner, app,
     assert page["message"] == f"{len(expected)} entities in {len(SENTENCE):,} characters."
     for entity_type in app.entity_types(ner.model.config.id2label):
         assert f"{entity_type} {app.TYPE_NAMES[entity_type][0]}" in page["legend"]
+    analyses = ner(SENTENCE, aggregation_strategy="simple", top_k=app.ALTERNATIVES)
+    assert page["probabilities"] == pytest.approx([a["probability"] for a in analyses], rel=1e-5)
+    fixed = ner(SENTENCE, aggregation_strategy="simple", top_k=app.ALTERNATIVES,
+                constraints=[{"start": FIX_START, "end": FIX_START + 2, "label": "OG"}])  # fmt: skip
+    assert [tuple(entity) for entity in fixed_page["entities"]] == spans(fixed[0]["entities"])
+    assert ("OG", FIX_START, FIX_START + 2, "서울") in [tuple(entity) for entity in fixed_page["entities"]]
+    assert fixed_page["probabilities"] == pytest.approx([a["probability"] for a in fixed], rel=1e-5)
 
     from PIL import Image  # a dependency of gradio
 

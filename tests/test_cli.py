@@ -143,6 +143,27 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
     check(capsys.readouterr().out)
 
 
+def test_predict_gives_the_k_best_analyses_and_applies_a_lexicon(model_dir, reference_pipeline, tmp_path, capsys):
+    texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
+    (tmp_path / "lexicon.tsv").write_text("서울\tOG\n이재용\tPS\n", encoding="utf-8")
+    for mode in ("hard", "soft"):
+        run("predict", model_dir, *texts, "--device", "cpu", "--top_k", "3", "--lexicon", tmp_path / "lexicon.tsv",
+            "--lexicon_mode", mode)  # fmt: skip
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        expected = reference_pipeline(texts, aggregation_strategy="simple", top_k=3,
+                                      lexicon={"서울": "OG", "이재용": "PS"}, lexicon_mode=mode)  # fmt: skip
+        assert [line["text"] for line in lines] == texts
+        for line, analyses in zip(lines, expected, strict=True):
+            assert [a["probability"] for a in line["analyses"]] == pytest.approx(
+                [a["probability"] for a in analyses], rel=1e-3
+            )
+            assert [[(e["start"], e["end"], e["entity_group"]) for e in a["entities"]] for a in line["analyses"]] == [
+                [(e["start"], e["end"], e["entity_group"]) for e in a["entities"]] for a in analyses
+            ]
+    hard = reference_pipeline(texts, aggregation_strategy="simple", top_k=1, lexicon=tmp_path / "lexicon.tsv")
+    assert ("OG", 5, 7) in [(e["entity_group"], e["start"], e["end"]) for e in hard[0][0]["entities"]]
+
+
 def test_predict_answers_each_line_typed_at_a_terminal(model_dir, reference_pipeline, tmp_path):
     """A text typed at a terminal is tagged as soon as its line is entered, not once a batch of texts has come."""
     texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
@@ -463,6 +484,14 @@ def test_every_refusal_is_one_line_naming_the_problem_and_exit_status_2(model_di
         ),
         ("export", model_dir, "--output", export): f"--output {export} is not empty and holds no earlier export",
         ("predict", model_dir, "--input", tmp_path / "texts.txt"): f"--input {tmp_path / 'texts.txt'}: does not exist",
+        (
+            "predict",
+            model_dir,
+            "김",
+            "--lexicon",
+            tmp_path / "l.tsv",
+        ): f"--lexicon {tmp_path / 'l.tsv'}: does not exist",
+        ("predict", model_dir, "김", "--top_k", "0"): "argument --top_k: must be a positive integer, got '0'",
         ("ablation", "--output_dir", tmp_path, "--config", tmp_path / "preset.json"): "--config",
     }
     for args, expected in refusals.items():

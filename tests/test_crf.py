@@ -858,3 +858,49 @@ def test_state_dict_holds_only_the_parameters():
     bare = LinearChainCRF(13)
     assert bare.allowed_start is None and bare.allowed_transitions is None and bare.allowed_end is None
     assert (bare.transitions.abs() <= 0.1).all()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# k best sequences
+
+
+@pytest.mark.parametrize("labels", [None, ["I-Y", "B-X", "O", "I-X", "B-Y"]])
+def test_k_best_equals_brute_force_enumeration(implementation, labels):
+    """The k best sequences and log P(y | x) of each row are the top k of all K^n sequences (masks of every kind,
+    BIO constraints or none), and the first one is decode's."""
+    torch.manual_seed(1)
+    num_tags = 3 if labels is None else len(labels)
+    allowed = None if labels is None else bio_constraints(labels)
+    names = ("allowed_start", "allowed_transitions", "allowed_end")
+    kwargs = {} if allowed is None else dict(zip(names, allowed, strict=True))
+    crf = random_crf(num_tags, scale=1.5, implementation=implementation, **kwargs)
+    mask = BRUTE_FORCE_MASKS[:, :4]
+    emissions = torch.randn(*mask.shape, num_tags) * 2
+    params = crf.start_transitions, crf.transitions, crf.end_transitions
+    k = 7
+    tags, log_probabilities = crf.k_best(emissions, mask, k)
+    assert tags.shape == (mask.size(0), k, mask.size(1)) and log_probabilities.shape == (mask.size(0), k)
+    assert tags[:, 0].tolist() == crf.decode(emissions, mask).tolist()
+    for b in range(mask.size(0)):
+        paths, scores = path_scores(emissions[b][mask[b]], *params, allowed=allowed)
+        log_z = scores.logsumexp(0)
+        expected = (scores - log_z).sort(descending=True).values[:k]
+        expected = torch.cat([expected, expected.new_full((k - expected.numel(),), float("-inf"))])
+        torch.testing.assert_close(log_probabilities[b].double(), expected, rtol=1e-4, atol=1e-4)
+        found = []
+        for r in range(k):
+            assert (tags[b, r][~mask[b]] == -100).all()
+            if log_probabilities[b, r] == float("-inf"):
+                continue
+            path = tags[b, r][mask[b]]
+            index = (paths == path).all(1).nonzero().item() if path.numel() else 0
+            found.append(index)
+            torch.testing.assert_close(log_probabilities[b, r].double(), scores[index] - log_z, rtol=1e-4, atol=1e-4)
+        assert len(set(found)) == len(found)  # k distinct sequences
+
+
+def test_k_best_rejects_a_bad_k():
+    crf = random_crf(3)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            crf.k_best(torch.randn(1, 2, 3), None, k)

@@ -1,6 +1,8 @@
 """The CRF pipeline: character offsets, windows, aggregation, labels by name, and loading from a Hub folder."""
 
+import copy
 import json
+import math
 import re
 import sys
 import unicodedata
@@ -22,9 +24,11 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 import koelectra_crf
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf import pipeline_koelectra_crf as pipeline_module
 from koelectra_crf.alignment import encode_texts, nfc_with_offsets, unit_labels
 from koelectra_crf.data import strip_entity_marks
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfOutput
+from koelectra_crf.pipeline_koelectra_crf import lexicon_matches
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
 REMOTE_FILES = {"configuration_koelectra_crf.py", "modeling_koelectra_crf.py", "crf.py", "pipeline_koelectra_crf.py",
@@ -560,3 +564,167 @@ def test_each_unit_takes_its_emissions_from_the_window_where_it_has_most_context
         )
         assert int(row[0]) == encoded.token_ids[best[0]]
         assert int(row[1]) == len(encoded.prefix_ids) + k - best[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference-time control: the k best analyses, constraints, a lexicon (#34)
+
+
+def unit_tag_ids(ner, text: str, entities: list[dict]) -> torch.Tensor:
+    """The tag ids (1, U) of the text's units that give `entities` (aggregated): B-X on an entity's first unit, I-X on
+    the others, O elsewhere; an independent route back from the output to the tags."""
+    config = ner.model.config
+    (encoded,) = encode_texts([text], ner.tokenizer, config.tokenization)
+    tags = []
+    for start, _ in encoded.unit_spans(config.tag_unit):
+        entity = next((e for e in entities if e["start"] <= start < e["end"]), None)
+        tags.append("O" if entity is None else f"{'B' if start == entity['start'] else 'I'}-{entity['entity_group']}")
+    return torch.tensor([[config.label2id[tag] for tag in tags]])
+
+
+def crf_log_probability(ner, emissions: torch.Tensor, tags: torch.Tensor, restricted=None) -> float:
+    """log P(tags | text) in float64 by the forward algorithm, the log-partition over valid BIO sequences, and with
+    `restricted` emissions (a forced span's other tags at -1e4) conditioned on the restriction."""
+    crf = copy.deepcopy(ner.model.crf).double()
+    crf.constrain_training = True
+    emissions = emissions.double()
+    log_p = crf.log_likelihood(emissions, tags).item()
+    if restricted is not None:
+        log_p += crf.log_partition(emissions).item() - crf.log_partition(restricted.double()).item()
+    return log_p
+
+
+def test_top_k_gives_the_k_most_probable_analyses_in_order(tiny_pipeline):
+    """Each analysis's probability is P(its tags | text) (the forward algorithm on the stitched emissions, not the
+    k-best recursion), in non-increasing order, all analyses distinct, the first one the ordinary output."""
+    for text in (TINY_TEXT, TINY_TEXT * 3):
+        analyses = tiny_pipeline(text, aggregation_strategy="simple", top_k=4)
+        assert len(analyses) == 4 and all(set(a) == {"entities", "probability"} for a in analyses)
+        assert analyses[0]["entities"] == tiny_pipeline(text, aggregation_strategy="simple")
+        probabilities = [a["probability"] for a in analyses]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert len({json.dumps(a["entities"]) for a in analyses}) == 4
+        emissions = stitched_emissions(tiny_pipeline, text)
+        for analysis in analyses:
+            assert all(e["word"] == text[e["start"] : e["end"]] for e in analysis["entities"])
+            tags = unit_tag_ids(tiny_pipeline, text, analysis["entities"])
+            expected = math.exp(crf_log_probability(tiny_pipeline, emissions, tags))
+            assert analysis["probability"] == pytest.approx(expected, rel=1e-3, abs=1e-30)
+    assert tiny_pipeline([TINY_TEXT, "서울"], top_k=2)[1][0]["probability"] > 0
+    for top_k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="top_k must be a positive int"):
+            tiny_pipeline(TINY_TEXT, top_k=top_k)
+
+
+def test_constraints_force_and_forbid_entities_and_condition_the_probability(tiny_pipeline):
+    text = TINY_TEXT
+    i = text.index("삼성전자")
+    forced = {"start": i, "end": i + 4, "label": "PS"}
+    result = tiny_pipeline(text, aggregation_strategy="simple", constraints=[forced], return_sequence_probability=True)
+    assert result["conditioned_on"] == [forced]
+    assert {"entity_group": "PS", "word": "삼성전자", "start": i, "end": i + 4} in [
+        {key: e[key] for key in ("entity_group", "word", "start", "end")} for e in result["entities"]
+    ]
+    # Oracle: P(tags | text) / P(the forced entity | text), the latter from the emissions restricted to it.
+    emissions = stitched_emissions(tiny_pipeline, text)
+    label2id = tiny_pipeline.model.config.label2id
+    restricted = emissions.clone()
+    for u, tag in zip(range(i - 6, i - 2), ["B-PS", "I-PS", "I-PS", "I-PS"], strict=True):  # 4 units, 6 spaces before
+        restricted[0, u, [k for k in range(restricted.shape[-1]) if k != label2id[tag]]] = -1e4
+    restricted[0, i - 2, label2id["I-PS"]] = -1e4
+    tags = unit_tag_ids(tiny_pipeline, text, result["entities"])
+    expected = math.exp(crf_log_probability(tiny_pipeline, emissions, tags, restricted))
+    assert result["sequence_probability"] == pytest.approx(expected, rel=1e-3)
+
+    anything = tiny_pipeline(text, aggregation_strategy="simple", constraints=[{**forced, "label": "ANY"}])
+    assert [(e["start"], e["end"]) for e in anything if e["start"] < i + 4 and e["end"] > i] == [(i, i + 4)]
+    for label in ("O", "NONE"):
+        nothing = tiny_pipeline(text, aggregation_strategy="none", constraints=[{"start": 0, "end": 9, "label": label}])
+        assert nothing and all(e["start"] >= 9 for e in nothing)
+
+
+def test_constraints_apply_to_the_stitched_text_and_the_callers_offsets(tiny_pipeline):
+    """Through the windows of a long text, and in the offsets of a text that is not NFC."""
+    long_text = TINY_TEXT * 3
+    i = 2 * len(TINY_TEXT) + TINY_TEXT.index("서울")
+    for analysis in tiny_pipeline(long_text, aggregation_strategy="first", top_k=2,
+                                  constraints=[{"start": i, "end": i + 2, "label": "OG"}]):  # fmt: skip
+        assert {"entity_group": "OG", "word": "서울", "start": i, "end": i + 2} in [
+            {key: e[key] for key in ("entity_group", "word", "start", "end")} for e in analysis["entities"]
+        ]
+    decomposed = unicodedata.normalize("NFD", TINY_TEXT)
+    start = decomposed.index(unicodedata.normalize("NFD", "삼성전자"))
+    end = start + len(unicodedata.normalize("NFD", "삼성전자"))
+    entities = tiny_pipeline(decomposed, aggregation_strategy="simple",
+                             constraints=[{"start": start, "end": end, "label": "DT"}])  # fmt: skip
+    assert ("DT", start, end, decomposed[start:end]) in [
+        (e["entity_group"], e["start"], e["end"], e["word"]) for e in entities
+    ]
+
+
+def test_character_units_take_constraints_inside_a_word(tmp_path):
+    tokenizer = character_tokenizer(tmp_path / "tokenizer")
+    model = tiny_model(tokenizer.vocab_size, max_length=32, stride=8, tag_unit="character")
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    i = TINY_TEXT.index("서울")  # "서울에서": the entity ends inside the word, before its particle
+    entities = ner(
+        TINY_TEXT * 2, aggregation_strategy="simple", constraints=[{"start": i, "end": i + 2, "label": "LC"}]
+    )
+    assert ("LC", i, i + 2) in [(e["entity_group"], e["start"], e["end"]) for e in entities]
+
+
+@pytest.mark.parametrize(
+    "constraints,message",
+    [
+        ([{"start": 0, "end": 999, "label": "PS"}], "out of range"),
+        ([{"start": 3, "end": 3, "label": "PS"}], "0 <= start < end"),
+        ([{"start": 0, "end": 3, "label": "XX"}], "label must be one of"),
+        ([{"start": 0, "end": 3}], "a constraint is"),
+        ([{"start": 0, "end": 3, "label": "PS"}, {"start": 0, "end": 3, "label": "OG"}], "contradicts"),
+        ([{"start": 0, "end": 3, "label": "PS"}, {"start": 2, "end": 5, "label": "O"}], "contradicts"),
+        ([{"start": 4, "end": 7, "label": "LC"}], "edges of the model's units"),  # starts at a space
+        ([{"start": 0, "end": 2, "label": "PS"}, {"start": 2, "end": 3, "label": "ANY"}], None),  # two entities: fine
+    ],
+)
+def test_bad_constraints_are_clear_errors(tiny_pipeline, constraints, message):
+    if message is None:
+        entities = tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", constraints=constraints)
+        assert [(e["start"], e["end"]) for e in entities[:2]] == [(0, 2), (2, 3)]
+        return
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", constraints=constraints)
+
+
+def test_constraints_need_one_text(tiny_pipeline):
+    with pytest.raises(ValueError, match="pass them with a single string"):
+        tiny_pipeline([TINY_TEXT], constraints=[{"start": 0, "end": 2, "label": "PS"}])
+
+
+def test_lexicon_matches_are_the_longest_at_grapheme_boundaries():
+    lexicon = {"삼성": "OG", "삼성전자": "OG", "🇷🇺": "LC", "e": "PS"}
+    assert lexicon_matches("삼성전자와 삼성", lexicon) == [(0, 4, "OG"), (6, 8, "OG")]
+    assert lexicon_matches("🇰🇷🇺🇸", lexicon) == []  # 🇷🇺 would cut two flags
+    assert lexicon_matches("e\u0301 e", lexicon) == [(3, 4, "PS")]  # not the e of é
+
+
+def test_lexicon_hard_soft_and_from_files(tiny_pipeline, tmp_path, monkeypatch):
+    lexicon = {"삼성전자": "OG", "서울": "LC"}
+    (tmp_path / "lexicon.tsv").write_text("삼성전자\tOG\n\n서울\tLC\n", encoding="utf-8")
+    (tmp_path / "lexicon.json").write_text(json.dumps(lexicon, ensure_ascii=False), encoding="utf-8")
+    i, j = TINY_TEXT.index("삼성전자"), TINY_TEXT.index("서울")
+    expected = {("OG", i, i + 4), ("LC", j, j + 2)}
+    hard = tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", lexicon=lexicon)
+    assert expected <= {(e["entity_group"], e["start"], e["end"]) for e in hard}
+    for source in (tmp_path / "lexicon.tsv", str(tmp_path / "lexicon.json")):
+        assert tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", lexicon=source) == hard
+    plain = tiny_pipeline(TINY_TEXT, aggregation_strategy="simple")
+    monkeypatch.setattr(pipeline_module, "LEXICON_BONUS", 0.0)  # no bonus: the model's own analysis
+    assert tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", lexicon=lexicon, lexicon_mode="soft") == plain
+    monkeypatch.setattr(pipeline_module, "LEXICON_BONUS", 50.0)  # an overwhelming bonus: the lexicon's analysis
+    soft = tiny_pipeline(TINY_TEXT, aggregation_strategy="simple", lexicon=lexicon, lexicon_mode="soft")
+    assert expected <= {(e["entity_group"], e["start"], e["end"]) for e in soft}
+    (tmp_path / "bad.tsv").write_text("삼성전자 OG\n", encoding="utf-8")
+    for kwargs, message in (({"lexicon": {"삼성": "XX"}}, "not the model's"), ({"lexicon_mode": "x"}, "lexicon_mode"),
+                            ({"lexicon": tmp_path / "bad.tsv"}, "line 1 is not")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            tiny_pipeline(TINY_TEXT, **kwargs)

@@ -65,3 +65,33 @@ def test_quick_start_and_evaluation_commands_run_as_written(tmp_path):
     )
     (line,) = run_command(["bash", "-c", predict], cwd=root, env=env, timeout=300).stdout.splitlines()
     assert json.loads(line)["text"] == "김민준 씨는 어제 서울에 갔다."
+
+
+def test_the_alternatives_example_runs_as_written(tmp_path):
+    """The README's k-best / constraints / lexicon example, with a tiny model in place of the Hub one: every call
+    runs, and the constrained call holds "삼성전자" as OG and no entity in "주식"."""
+    import torch
+    from tiny import character_tokenizer, tiny_model
+
+    from koelectra_crf import KoElectraCrfTokenClassificationPipeline
+
+    (snippet,) = code_blocks("Alternatives", "python")
+    first, *rest = snippet.splitlines()
+    assert first.startswith("ner = pipeline(")
+    text = ast.literal_eval(re.search(r"^text = (\".*\")$", snippet, re.MULTILINE).group(1))
+    torch.manual_seed(0)
+    tokenizer = character_tokenizer(tmp_path, text)
+    ner = KoElectraCrfTokenClassificationPipeline(model=tiny_model(tokenizer.vocab_size), tokenizer=tokenizer)
+    calls = []
+    namespace = {"ner": lambda *args, **kwargs: calls.append(ner(*args, **kwargs))}
+    exec("\n".join(rest), namespace)
+    top_3, (constrained,), lexicon = calls
+    assert len(top_3) == 3 and [a["probability"] for a in top_3] == sorted(
+        (a["probability"] for a in top_3), reverse=True
+    )
+    entities = [(e["entity_group"], e["start"], e["end"], e["word"]) for e in constrained["entities"]]
+    assert ("OG", 5, 9, "삼성전자") in entities and not [e for e in entities if e[1] < 12 and e[2] > 10]
+    assert constrained["conditioned_on"] == namespace["fixed"]
+    assert all(e["word"] == text[e["start"] : e["end"]] for e in lexicon) and {"entity_group", "score"} <= set(
+        lexicon[0]
+    )

@@ -79,6 +79,22 @@ def test_onnx_pipeline_gives_the_pytorch_pipelines_output(saved, exported, batch
         assert_same_output(ner(TEXTS, aggregation_strategy=strategy, batch_size=batch_size), expected)
 
 
+# A forced entity and a lexicon for the CRF's controls (#34): "김철수" as OG, "서울" from the lexicon.
+CONSTRAINTS = [{"start": 0, "end": 3, "label": "OG"}]
+LEXICON = {"서울": "LC"}
+
+
+def test_onnx_models_take_the_crfs_controls(saved, exported):
+    """The k best analyses under constraints and a lexicon: the ONNX model's tagger is the PyTorch model's."""
+    _, reference = saved
+    ner = load_onnx_pipeline(exported)
+    kwargs = {"aggregation_strategy": "simple", "top_k": 3, "constraints": CONSTRAINTS, "lexicon": LEXICON}
+    results, expected = ner(TINY_TEXT, **kwargs), reference(TINY_TEXT, **kwargs)
+    assert len(results) == 3 and results[0]["conditioned_on"] == CONSTRAINTS + [{"start": 5, "end": 7, "label": "LC"}]
+    assert_same_output([a["entities"] for a in results], [a["entities"] for a in expected])
+    assert [a["probability"] for a in results] == pytest.approx([a["probability"] for a in expected], rel=1e-3)
+
+
 def test_each_attention_layer_is_one_onnx_node(saved, exported):
     nodes = [node.op_type for node in onnx.load(exported / "model.onnx").graph.node]
     assert nodes.count("Attention") == saved[1].model.encoder.config.num_hidden_layers
@@ -212,6 +228,7 @@ def test_every_saved_folder_serves_requests_through_its_handler(saved, tmp_path)
         {"inputs": TINY_TEXT},  # aggregation_strategy "simple" unless asked otherwise
         {"inputs": TEXTS, "parameters": {"aggregation_strategy": "first", "ignore_labels": ["O", "DT"]}},
         {"inputs": TEXTS[2], "parameters": {"aggregation_strategy": "none", "stride": 20}},
+        {"inputs": TINY_TEXT, "parameters": {"top_k": 3, "constraints": CONSTRAINTS, "lexicon": LEXICON}},
     ]
     result = run_as_hub_user(HANDLER_CALLS, folder, requests, tmp_path)
     assert result["imported_koelectra_crf"] is False
@@ -219,6 +236,7 @@ def test_every_saved_folder_serves_requests_through_its_handler(saved, tmp_path)
         reference(TINY_TEXT, aggregation_strategy="simple"),
         reference(TEXTS, aggregation_strategy="first", ignore_labels=["O", "DT"]),
         reference(TEXTS[2], aggregation_strategy="none", stride=20),
+        reference(TINY_TEXT, aggregation_strategy="simple", top_k=3, constraints=CONSTRAINTS, lexicon=LEXICON),
     ]
     assert result["answers"] == json.loads(json.dumps(expected))
     assert not any(entity["entity_group"] == "DT" for entities in expected[1] for entity in entities)
