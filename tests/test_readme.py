@@ -77,7 +77,8 @@ def test_quick_start_and_evaluation_commands_run_as_written(tmp_path):
     metrics = json.loads((root / "outputs" / "mine-eval" / "metrics.json").read_text())
     trained = json.loads((root / "outputs" / "mine" / "eval_results.json").read_text())
     assert metrics["entity_f1"] == trained["eval_entity_f1"]
-    records = [json.loads(line) for line in (root / "outputs" / "mine-eval" / "predictions.jsonl").read_text().splitlines()]
+    predictions = (root / "outputs" / "mine-eval" / "predictions.jsonl").read_text()
+    records = [json.loads(line) for line in predictions.splitlines()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Label Studio tasks read from their predictions, and said so
         annotations = formats.read_examples(root / "data" / "to-correct.json")

@@ -595,10 +595,12 @@ def test_training_on_doccano_data_of_new_types(tmp_path):
 def test_training_refuses_validation_types_the_labels_lack(tmp_path, capfd, monkeypatch):
     examples = formats.read_examples(ROOT / "training/smoke/smoke-valid.tsv")
     formats.write_examples(renamed(examples, "OG", "PRD"), tmp_path / "valid.jsonl")
+    monkeypatch.chdir(ROOT)  # the preset's paths are relative to the repository root
+    monkeypatch.setattr(sys, "argv", [
+        "run.py", "--config", "training/configs/smoke.json", "--output_dir", str(tmp_path / "out"),
+        "--validation_file", str(tmp_path / "valid.jsonl"), "--entity_types", "PS", "LC", "OG", "DT", "TI", "QT",
+    ])  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        monkeypatch.setattr(sys, "argv", ["run.py", "--config", "training/configs/smoke.json", "--output_dir", str(tmp_path / "out"),
-                    "--validation_file", str(tmp_path / "valid.jsonl"), "--entity_types", "PS", "LC", "OG", "DT", "TI",
-                    "QT"])  # fmt: skip
         train.script_main()
     assert exit_info.value.code == 2
     error = capfd.readouterr().err.strip().splitlines()
