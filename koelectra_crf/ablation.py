@@ -268,9 +268,9 @@ def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
     epoch (a variant's cost, comparable where runs stopped early at different epochs) per variant, then the entity
     F1 differences of the study's comparisons with their standard errors."""
     results = collect_results(output_dir, study)
-    # The types of the runs' data (KLUE's six, or those of --train_file), as their metrics name them.
+    # The types of the runs' data, as their metrics name them (KLUE's six where they name none).
     runs = [run for variant_runs in results.values() for run in variant_runs]
-    types = metric_types(runs[0]) if runs else list(ENTITY_TYPES)
+    types = (metric_types(runs[0]) if runs else []) or list(ENTITY_TYPES)
     metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in types)]
     lines = [
         f"# Ablation ({output_dir})",
