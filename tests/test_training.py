@@ -606,3 +606,26 @@ def test_training_refuses_validation_types_the_labels_lack(tmp_path, capfd, monk
     error = capfd.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "['PRD']" in error[0] and "validation" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_training_on_a_datasets_folder_as_run_ner_dataset_name(tmp_path):
+    """run_ner's --dataset_name: a DatasetDict folder (characters and ClassLabel tags) gives the model the data's
+    labels, and its evaluation scores the sentences of the KLUE file they came from."""
+    splits = {}
+    for split, name in (("train", "train"), ("validation", "valid")):
+        examples = renamed(formats.read_examples(ROOT / f"training/smoke/smoke-{name}.tsv"), "OG", "PRD")
+        splits[split] = formats.examples_to_dataset(examples)
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "data")
+    preset = json.loads((ROOT / "training/configs/smoke.json").read_text())
+    del preset["train_file"], preset["validation_file"]
+    preset |= {"dataset_name": str(tmp_path / "data"), "num_train_epochs": 1, "save_strategy": "no",
+               "load_best_model_at_end": False, "eval_strategy": "no"}  # fmt: skip
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    output_dir = tmp_path / "out"
+    run_command([sys.executable, "training/run.py", "--config", tmp_path / "preset.json", "--output_dir", output_dir],
+                cwd=ROOT, timeout=600)  # fmt: skip
+    config = json.loads((output_dir / "config.json").read_text())
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert labels == formats.bio_labels(["PS", "LC", "DT", "TI", "QT", "PRD"])
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["eval_PRD_support"] == 25  # the smoke validation file's OG entities
