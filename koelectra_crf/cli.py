@@ -4,9 +4,9 @@
     koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
     koelectra-crf export MODEL --output DIR [--quantize int8|int8-full]   (ONNX graph for onnxruntime; CRF outside)
     koelectra-crf pseudo-label MODEL --input FILE --output FILE.tsv  (KLUE TSV + confidences, for self-training)
-    koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR] [--spacing as-is noisy none] [--respace]
-    koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
-    koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
+    koelectra-crf evaluate MODEL [--test_file FILE] [--output_dir DIR] [--spacing as-is noisy none] [--respace]
+    koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE] [--output_dir DIR] [--examples N]
+    koelectra-crf calibration MODEL [--test_file FILE] [--output_dir DIR] [--bins N] [--validation_file FILE]
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
     koelectra-crf benchmark MODEL --input FILE [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
     koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report | --check] [-- ARGS]
