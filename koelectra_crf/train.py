@@ -296,9 +296,11 @@ def load_data(data_args: DataArguments) -> DatasetDict:
     name = data_args.dataset_name
     if name is not None:
         try:
-            splits = list(load_from_disk(name)) if Path(name).is_dir() else get_dataset_split_names(
-                name, data_args.dataset_config_name
-            )  # fmt: skip
+            if Path(name).is_dir():
+                saved = load_from_disk(name)
+                splits = list(saved) if isinstance(saved, DatasetDict) else []  # a lone Dataset has no splits
+            else:
+                splits = get_dataset_split_names(name, data_args.dataset_config_name)
         except (OSError, ValueError) as error:
             raise UsageError(f"--dataset_name {name}: cannot be loaded ({str(error).splitlines()[0]})") from error
         if not {"train", "validation"} <= set(splits):
