@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.evaluation import SentencePrediction
 from koelectra_crf.formats import bio_labels
 from koelectra_crf.metrics import metric_types
@@ -13,7 +14,7 @@ from koelectra_crf.metrics import metric_types
 from . import plots
 
 
-def char_confusion_matrix(predictions: list[SentencePrediction], labels: list[str]) -> np.ndarray:
+def char_confusion_matrix(predictions: list[SentencePrediction], labels: list[str] = KLUE_LABELS) -> np.ndarray:
     """Counts of (gold tag, predicted tag) over the characters, rows and columns in `labels` order.
 
     KLUE's tokens are characters; spaces are left out, as the metrics leave them out.
