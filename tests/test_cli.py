@@ -613,3 +613,30 @@ def test_predict_output_format_needs_an_output_file(model_dir, capsys):
     assert "--output_format conll writes a file" in refusal(
         capsys, "predict", model_dir, "텍스트", "--output_format", "conll"
     )
+
+
+def test_evaluate_report_follows_the_model_types(tmp_path):
+    """A model of other types (PRD, PS): metrics, report and confusion matrix are over its labels, scored as KLUE's."""
+    examples = [
+        formats.make_example(0, "갤럭시 폰을 김철수가 샀다", [(0, 5, "PRD"), (7, 10, "PS")], "test"),
+        formats.make_example(1, "김영희는 아이폰을 샀다", [(0, 3, "PS"), (5, 8, "PRD")], "test"),
+    ]
+    formats.write_examples(examples, tmp_path / "data.jsonl", "doccano")
+    labels = formats.bio_labels(["PS", "PRD"])
+    tokenizer = character_tokenizer(tmp_path / "tokenizer", "".join(e["text"] for e in examples))
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer.vocab_size, labels=labels, max_length=32, stride=8)
+    KoElectraCrfTokenClassificationPipeline(model=model.eval(), tokenizer=tokenizer).save_pretrained(tmp_path / "m")
+    run("evaluate", tmp_path / "m", "--test_file", tmp_path / "data.jsonl", "--output_dir", tmp_path / "eval",
+        "--device", "cpu")  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    predicted = [
+        spans_to_char_tags(len(e["text"]), [(p["start"], p["end"], p["entity_group"]) for p in entities])
+        for e, entities in zip(examples, ner([e["text"] for e in examples], aggregation_strategy="simple"), strict=True)
+    ]
+    gold = [spans_to_char_tags(len(e["text"]), e["entities"]) for e in examples]
+    assert metrics == klue_ner_metrics(gold, predicted, [list(e["text"]) for e in examples], labels)
+    assert metrics["PRD_support"] == 2 and "OG_f1" not in metrics
+    assert "PRD" in (tmp_path / "eval" / "classification_report.txt").read_text()
+    assert json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())["labels"] == labels
