@@ -1,7 +1,7 @@
 """Gradio demo of a koelectra-crf model: Korean text in, named entities highlighted by type, the next most probable
 analyses with their probabilities, and re-tagging with one entity fixed by the user.
 
-    python examples/app.py --model PATH_OR_HUB_ID [--port 7860] [--host 0.0.0.0] [--share]
+    python examples/app.py --model PATH_OR_HUB_ID [--port 7860] [--host 0.0.0.0] [--share] [--examples FILE]
 
 The model is loaded with `pipeline("token-classification", model=..., trust_remote_code=True)`, so the spans,
 offsets and scores on the page are exactly that pipeline's (CRF Viterbi path, marginal-probability scores,
@@ -11,6 +11,8 @@ needed: the CRF code comes with the model. Texts longer than `MAX_CHARACTERS` ar
 The page reads and writes no files: it has no file components and no `allowed_paths`, so it serves only Gradio's
 own assets. Nothing goes to the network unless `--share` is given or the model is a Hub id not yet cached.
 The same file is the app of the HuggingFace Space in examples/space/ (the model id then comes from `MODEL_ID`).
+`--examples FILE` shows the texts of labelled data (any format `koelectra-crf convert` reads: a model of your own
+types gets examples of them) instead of the built-in ones; only that option needs the koelectra-crf package.
 """
 
 import argparse
@@ -49,6 +51,24 @@ EXAMPLES = [
     "서울시는 올해 상반기 대중교통 이용객이 하루 평균 약 850만 명으로 집계됐다고 밝혔다.",
     "박지훈 한국은행 총재는 오전 10시 기자회견에서 기준금리를 연 3.25%로 동결한다고 발표했다.",
 ]
+
+MAX_EXAMPLES = 10
+"""Examples shown from an `--examples` file: its first texts."""
+
+
+def example_texts(path: str | None, data_format: str = "auto") -> list[str]:
+    """The page's examples: the first `MAX_EXAMPLES` texts of labelled data in any format, read by the package's one
+    reader (`koelectra_crf.formats.read_examples`), or the built-in `EXAMPLES` when `path` is None."""
+    if path is None:
+        return EXAMPLES
+    try:
+        from koelectra_crf.formats import read_examples
+    except ImportError as error:
+        raise SystemExit(
+            "--examples reads labelled data with the koelectra-crf package: pip install koelectra-crf"
+        ) from error
+    return [example["text"] for example in read_examples(path, data_format)][:MAX_EXAMPLES]
+
 
 # Entity labels come from CSS (`attr(data-type)`), not from text nodes, so the output's text stays exactly the input.
 OUTPUT_CSS = """
@@ -148,8 +168,8 @@ def fix_and_analyze(text: str | None, start, end, label: str | None, ner) -> tup
     return analyze(text, ner, [{"start": int(start), "end": int(end), "label": label}])
 
 
-def build_demo(ner) -> gr.Blocks:
-    """The page around the pipeline `ner`: text box and examples, highlighted text, legend, entity table."""
+def build_demo(ner, examples: list[str] = EXAMPLES) -> gr.Blocks:
+    """The page around the pipeline `ner`: text box and `examples`, highlighted text, legend, entity table."""
     types = entity_types(ner.model.config.id2label)
     with gr.Blocks(title="koelectra-crf: Korean NER", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -163,7 +183,7 @@ def build_demo(ner) -> gr.Blocks:
             placeholder="Type or paste Korean text, or pick an example below.",
         )  # fmt: skip
         button = gr.Button("Analyze (분석)", variant="primary", elem_id="analyze-button")
-        gr.Examples(EXAMPLES, inputs=text, label="Examples (예문)")
+        gr.Examples(examples, inputs=text, label="Examples (예문)")
         gr.HTML(legend_html(types), css_template=OUTPUT_CSS, js_on_load=None, elem_id="legend")
         highlighted = gr.HTML(css_template=OUTPUT_CSS, js_on_load=None, elem_id="entities")
         message = gr.Markdown(elem_id="message")
@@ -193,11 +213,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=None, help="interface to listen on (default: Gradio's, 127.0.0.1)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument(
+        "--examples", help="labelled data whose first texts are the examples (doccano, Label Studio, CoNLL, KLUE TSV)"
+    )
+    parser.add_argument("--examples_format", default="auto", help="its format, when the extension does not tell")
     args = parser.parse_args()
+    examples = example_texts(args.examples, args.examples_format)
     ner = pipeline("token-classification", model=args.model, trust_remote_code=True)
     # System fonts: the default theme would fetch Google Fonts, which an offline browser cannot reach.
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    build_demo(ner).launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
+    build_demo(ner, examples).launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme)
 
 
 if __name__ == "__main__":

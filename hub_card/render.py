@@ -5,8 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, MIN_TRANSFORMERS
-from koelectra_crf.evaluation import evaluation_mode
+from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
+from koelectra_crf.evaluation import evaluation_mode, model_labels
+from koelectra_crf.metrics import label_types, metric_types
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 TEMPLATE = Path(__file__).with_name("template.md")
@@ -38,7 +39,7 @@ def describe_data(train_file: str | None, validation_file: str | None) -> tuple[
         )
     train, validation = Path(train_file).name, Path(validation_file).name if validation_file else "none"
     return (
-        f"local files in KLUE's TSV format: training file `{train}`, evaluation file `{validation}`",
+        f"local data: training file `{train}`, evaluation file `{validation}`",
         {"type": "local", "name": f"local file {validation}"},
     )
 
@@ -46,7 +47,7 @@ def describe_data(train_file: str | None, validation_file: str | None) -> tuple[
 def render_model_card(
     model, tokenizer, metrics: dict[str, float], base_model: str | None, training_args,
     train_file: str | None = None, validation_file: str | None = None, license: str | None = None,
-    model_id: str | None = None,
+    model_id: str | None = None, example_texts: list[str] | None = None,
 ) -> str:  # fmt: skip
     """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
     with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations.
@@ -57,17 +58,21 @@ def render_model_card(
 
     The widget examples carry text only: the Hub's widget-example schema (huggingface.js `WidgetExample`) has no
     output type for token classification, and its hosted widget does not run custom code; the model's outputs for
-    them are in the card's text instead."""
+    them are in the card's text instead. They are `example_texts` when given (texts of the training data's own
+    types), else news-like texts written for KLUE's types: a model of other types gets the first three validation
+    texts with an entity from the training script."""
+    example_texts = example_texts or EXAMPLE_TEXTS
+    types = label_types(model_labels(model))
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
     data_description, evaluated_on = describe_data(train_file, validation_file)
     on_klue = train_file is None
     license = license or ("cc-by-sa-4.0" if on_klue else "other")
     with evaluation_mode(model):
         ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
-        outputs = ner(EXAMPLE_TEXTS, aggregation_strategy="simple")
+        outputs = ner(example_texts, aggregation_strategy="simple")
     outputs = [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
     results = {name.removeprefix("eval_"): value for name, value in metrics.items()}
-    shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in ENTITY_TYPES]
+    shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in metric_types(results)]
     metadata = {
         "language": ["ko"],
         "license": license,
@@ -77,7 +82,7 @@ def render_model_card(
         **({"datasets": ["klue"]} if on_klue else {}),
         **({"base_model": base_model} if base_model else {}),
         "widget": [
-            {"text": text, "example_title": f"example {i + 1}"} for i, text in enumerate(EXAMPLE_TEXTS)
+            {"text": text, "example_title": f"example {i + 1}"} for i, text in enumerate(example_texts)
         ],
         "model-index": [{
             "name": model_id.split("/")[-1],
@@ -97,6 +102,7 @@ def render_model_card(
     training = "\n".join(
         f"- {name}: {value}" for name, value in {
             "base model": base_model or "randomly initialised encoder (smoke run)",
+            "entity types": ", ".join(types),
             "tokenization": f"{config.tokenization}, windows of {config.max_length} tokens, stride {config.stride}",
             "encoder / head learning rate": f"{training_args.learning_rate} / {training_args.head_learning_rate}",
             "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
@@ -111,7 +117,7 @@ def render_model_card(
     )  # fmt: skip
     examples = "\n\n".join(
         f"> {text}\n\n" + "\n".join(f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in output)
-        for text, output in zip(EXAMPLE_TEXTS, outputs, strict=True)
+        for text, output in zip(example_texts, outputs, strict=True)
     )
     return TEMPLATE.read_text(encoding="utf-8").format(
         metadata=yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(),
@@ -122,7 +128,7 @@ def render_model_card(
         comparability=NOT_COMPARABLE,
         model_id=model_id,
         min_transformers=MIN_TRANSFORMERS,
-        example_text=EXAMPLE_TEXTS[0],
+        example_text=example_texts[0],
         examples=examples,
         training=training,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from koelectra_crf.analysis import plots
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.metrics import metric_types
 from koelectra_crf.train import TRAIN_RESULTS_FILE, parse_arguments
 
 TRAIN_MODULE = "koelectra_crf.train"
@@ -267,7 +268,10 @@ def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
     epoch (a variant's cost, comparable where runs stopped early at different epochs) per variant, then the entity
     F1 differences of the study's comparisons with their standard errors."""
     results = collect_results(output_dir, study)
-    metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in ENTITY_TYPES)]
+    # The types of the runs' data, as their metrics name them (KLUE's six where they name none).
+    runs = [run for variant_runs in results.values() for run in variant_runs]
+    types = (metric_types(runs[0]) if runs else []) or list(ENTITY_TYPES)
+    metrics = ["entity_f1", "char_f1", *(f"{t}_f1" for t in types)]
     lines = [
         f"# Ablation ({output_dir})",
         "",
@@ -275,7 +279,7 @@ def ablation_report(output_dir: Path, study: Study = ABLATION) -> str:
         "its last); train time per epoch in minutes.",
         "",
         "| variant | runs | entity F1 | char F1 | "
-        + " | ".join(f"{t} F1" for t in ENTITY_TYPES)
+        + " | ".join(f"{t} F1" for t in types)
         + " | epochs | min / epoch |",
         "|---|---:|" + "---:|" * (len(metrics) + 2),
     ]

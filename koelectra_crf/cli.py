@@ -4,16 +4,20 @@
     koelectra-crf predict MODEL --input FILE --output FILE.jsonl   (resumable; shared by `accelerate launch` processes)
     koelectra-crf export MODEL --output DIR [--quantize int8|int8-full]   (ONNX graph for onnxruntime; CRF outside)
     koelectra-crf pseudo-label MODEL --input FILE --output FILE.tsv  (KLUE TSV + confidences, for self-training)
-    koelectra-crf evaluate MODEL [--test_file FILE.tsv] [--output_dir DIR] [--spacing as-is noisy none] [--respace]
-    koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE.tsv] [--output_dir DIR] [--examples N]
-    koelectra-crf calibration MODEL [--test_file FILE.tsv] [--output_dir DIR] [--bins N] [--validation_file F.tsv]
+    koelectra-crf evaluate MODEL [--test_file FILE] [--output_dir DIR] [--spacing as-is noisy none] [--respace]
+    koelectra-crf errors MODEL [--compare MODEL ...] [--test_file FILE] [--output_dir DIR] [--examples N]
+    koelectra-crf calibration MODEL [--test_file FILE] [--output_dir DIR] [--bins N] [--validation_file FILE]
     koelectra-crf attention MODEL SENTENCE [--layers L ...] [--heads H ...] [--output_dir DIR]
     koelectra-crf benchmark MODEL --input FILE [--num_sentences N] [--batch_sizes B ...] [--output_dir DIR]
     koelectra-crf ablation --config PRESET.json --output_dir DIR [--seeds N] [--status | --report | --check] [-- ARGS]
     koelectra-crf adapt ENCODER --input FILE --output DIR [TRAINING FLAGS]   (masked-LM training on raw text)
+    koelectra-crf convert IN OUT [--input_format F] [--output_format F] [--output_tag_scheme S]   (labelled data)
+    koelectra-crf predict MODEL --input FILE --output FILE --output_format doccano|label-studio|conll|...
 
 MODEL is a model folder or a Hub id; for predict, evaluate, errors and benchmark also an ONNX export (CPU only).
-The data is a KLUE NER TSV file, or the Hub `klue` validation split when no `--test_file` is given.
+The data (`--test_file`) is labelled data in any format `koelectra-crf convert` reads (doccano or our JSONL, Label
+Studio JSON, CoNLL columns, KLUE TSV; `--data_format` when the extension does not tell), a datasets folder or Hub
+dataset (`--dataset_name`), or the Hub `klue` validation split when none is given.
 Input a command refuses is one line on stderr, exit status 2; KOELECTRA_CRF_DEBUG=1 shows its traceback.
 """
 
@@ -25,10 +29,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from koelectra_crf import KoElectraCrfTokenClassificationPipeline, ablation, bulk, pseudo_label, serving, spacing
+from koelectra_crf import (
+    KoElectraCrfTokenClassificationPipeline,
+    ablation,
+    bulk,
+    formats,
+    pseudo_label,
+    serving,
+    spacing,
+)
 from koelectra_crf.analysis import attention, calibration, errors, report, speed
-from koelectra_crf.data import is_klue_tsv, load_klue_split
-from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing, load_model, load_pipeline, predict_dataset
+from koelectra_crf.data import is_klue_tsv, load_klue_split, refuse_input_as_output
+from koelectra_crf.evaluation import (
+    evaluate_dataset,
+    evaluate_spacing,
+    load_model,
+    load_pipeline,
+    predict_dataset,
+    run_pipeline,
+)
 from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
 
@@ -56,8 +75,29 @@ def _batch_size_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="sentences per forward pass (default: 8)")
 
 
+def _format_arguments(parser: argparse.ArgumentParser) -> None:
+    """How labelled data is read (`formats.read_examples`): its format, tag scheme, token unit, text column."""
+    parser.add_argument(
+        "--data_format", choices=formats.READ_FORMATS, default="auto",
+        help="format of the data files (default: auto, by extension and content): jsonl (doccano's too), doccano, "
+        "label-studio, conll (word columns), conll-char, klue (KLUE NER TSV)",
+    )  # fmt: skip
+    parser.add_argument("--tag_scheme", choices=formats.TAG_SCHEMES, default="auto", help="of column data")
+    parser.add_argument("--token_unit", choices=formats.TOKEN_UNITS, default="auto", help="of column data")
+    parser.add_argument("--text_column", help="a datasets dataset's original-text column (default: text, if any)")
+
+
 def _data_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--test_file", help="KLUE NER TSV file (default: the Hub klue/ner validation split)")
+    parser.add_argument(
+        "--test_file",
+        help="labelled data in any format (see --data_format) (default: the Hub klue/ner validation split)",
+    )
+    parser.add_argument(
+        "--dataset_name", help="instead of --test_file: a datasets folder or Hub dataset with tokens and ner_tags"
+    )
+    parser.add_argument("--dataset_config_name", help="its configuration (as run_ner's)")
+    parser.add_argument("--split", default="validation", help="its split (default: %(default)s)")
+    _format_arguments(parser)
     parser.add_argument("--max_sentences", type=int, help="only the first N sentences of the data")
     _batch_size_argument(parser)
     _output_argument(parser, command)
@@ -105,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path,
         help="write the JSON lines to this file instead of printing them: streamed with a progress bar, a rerun "
         "resumes after the last complete line; under `accelerate launch` the processes share the input",
+    )  # fmt: skip
+    predict.add_argument(
+        "--output_format", choices=formats.WRITE_FORMATS, default="jsonl",
+        help="jsonl (default): a JSON line per text, streamed and resumable; doccano, label-studio (pre-annotations "
+        "with scores), conll, conll-char, klue: data to correct in an annotation tool and train on (needs --output)",
     )  # fmt: skip
     _batch_size_argument(predict)
     _respace_argument(predict)
@@ -189,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"equal-width confidence bins (default: {calibration.DEFAULT_BINS})",
     )
     calibration_parser.add_argument(
-        "--validation_file", help="KLUE TSV file to fit a temperature on (then ECE is reported before/after)"
+        "--validation_file",
+        help="labelled data (any format, as --test_file) to fit a temperature on (then ECE is reported before/after)",
     )
     for name, subparser in (("evaluate", evaluate), ("errors", errors_parser), ("calibration", calibration_parser)):
         _model_arguments(subparser)
@@ -248,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablation_parser.add_argument("extra", nargs="*", help="after --: arguments for every training run")
 
+    convert_parser = commands.add_parser(
+        "convert", help="labelled data from one format to another (doccano, Label Studio, CoNLL, KLUE TSV, datasets)"
+    )
+    convert_parser.add_argument("source", metavar="IN", help="a file, a datasets folder or a Hub dataset name")
+    convert_parser.add_argument("target", metavar="OUT", type=Path, help="the file to write")
+    convert_parser.add_argument("--input_format", choices=formats.READ_FORMATS, default="auto", help="(default: auto)")
+    convert_parser.add_argument(
+        "--output_format", choices=("auto", *formats.WRITE_FORMATS), default="auto",
+        help="(default: auto, by OUT's extension: .jsonl, .json: label-studio, .conll, .tsv: klue)",
+    )  # fmt: skip
+    convert_parser.add_argument("--tag_scheme", choices=formats.TAG_SCHEMES, default="auto", help="of IN's tags")
+    convert_parser.add_argument(
+        "--output_tag_scheme", choices=formats.TAG_SCHEMES[1:], default="bio", help="of OUT's tags (default: bio)"
+    )
+    convert_parser.add_argument("--token_unit", choices=formats.TOKEN_UNITS, default="auto", help="of IN's tokens")
+    convert_parser.add_argument("--text_column", help="a datasets IN's original-text column (default: text, if any)")
+    convert_parser.add_argument("--dataset_config_name", help="a Hub dataset's configuration")
+    convert_parser.add_argument("--split", help="a datasets IN's split (may be left out when it has one)")
+
     adapt_parser = commands.add_parser(
         "adapt",
         help="continue an encoder's masked-LM training on raw text (task-adaptive pretraining)",
@@ -286,6 +351,11 @@ def _predict(args: argparse.Namespace) -> None:
     if args.lexicon is not None:
         control.update(lexicon=existing_file("--lexicon", args.lexicon), lexicon_mode=args.lexicon_mode)
     control = {name: value for name, value in control.items() if value is not None}
+    if args.output_format != "jsonl":
+        if "top_k" in control:
+            raise UsageError("--top_k gives analyses, which only jsonl holds: drop --top_k or --output_format")
+        _predict_annotations(args, control)
+        return
     if args.output:
         state = bulk.process_state(args.device)
         device = args.device
@@ -306,6 +376,38 @@ def _predict(args: argparse.Namespace) -> None:
     ner = _load_pipeline(args.model, args.device, respace=args.respace, **control)
     for line in tqdm(bulk.tagged_lines(ner, texts, batch_size), total=total, desc="tagging", unit="text"):
         print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
+
+
+def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
+    """`predict --output_format` other than jsonl: the entities of every text of `--input` as data that an annotation
+    tool and the training read (`formats.write_predictions`), written once all are tagged; `control` (a lexicon) goes
+    to the pipeline."""
+    refuse_input_as_output(args.input, args.output)
+    texts = list(bulk.read_texts(args.input, args.input_format))
+    results = run_pipeline(
+        _load_pipeline(args.model, args.device, respace=args.respace, **control), texts, args.batch_size,
+        aggregation_strategy="simple",
+    )  # fmt: skip
+    try:
+        count = formats.write_predictions(texts, results, args.output, args.output_format)
+    except ValueError as error:  # a text the format cannot hold (checked before anything is written)
+        raise UsageError(f"--output_format {args.output_format}: {error}") from error
+    print(f"{count} texts written to {args.output} ({args.output_format})")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    read_options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column,
+                    "config_name": args.dataset_config_name, "split": args.split}  # fmt: skip
+    try:
+        output_format = formats.output_format_of(args.target) if args.output_format == "auto" else args.output_format
+        count = formats.convert(
+            args.source, args.target, args.input_format, output_format, args.output_tag_scheme, **read_options
+        )
+    except UsageError:
+        raise
+    except (ValueError, OSError) as error:  # the readers' and writers' one-line errors name the file and record
+        raise UsageError(str(error).splitlines()[0]) from error
+    print(f"{count} examples written to {args.target}")
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
@@ -343,8 +445,22 @@ def _export(args: argparse.Namespace) -> None:
           f"{info['sample_max_abs_difference']:.2g}")  # fmt: skip
 
 
+def _labelled_data(args: argparse.Namespace, file: str | None, flag: str = "--test_file"):
+    """The labelled data of `file` (any format, `formats.load_split`), else of `--dataset_name`, else the Hub's
+    klue/ner validation split; its first `--max_sentences` sentences."""
+    options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column}
+    if file is not None:
+        data = formats.load_split(file, flag, args.data_format, **options)
+    elif args.dataset_name is not None:
+        options |= {"config_name": args.dataset_config_name, "split": args.split}
+        data = formats.load_split(args.dataset_name, "--dataset_name", "datasets", **options)
+    else:
+        return load_klue_split(None, args.max_sentences)
+    return data if args.max_sentences is None else data.select(range(min(args.max_sentences, len(data))))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    data = load_klue_split(args.test_file, args.max_sentences)
+    data = _labelled_data(args, args.test_file)
     ner = _load_pipeline(args.model, args.device, respace=args.respace)
     if not args.spacing:
         metrics, predictions = evaluate_dataset(ner, data, args.batch_size)
@@ -362,7 +478,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _errors(args: argparse.Namespace) -> None:
-    data = load_klue_split(args.test_file, args.max_sentences)
+    data = _labelled_data(args, args.test_file)
     models = [args.model, *args.compare]
     reports = {}
     for n, model in enumerate(models):
@@ -381,8 +497,11 @@ def _errors(args: argparse.Namespace) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> None:
-    data = load_klue_split(args.test_file, args.max_sentences)
-    validation = load_klue_split(args.validation_file) if args.validation_file else None
+    data = _labelled_data(args, args.test_file)
+    validation = formats.load_split(
+        args.validation_file, "--validation_file", args.data_format, tag_scheme=args.tag_scheme,
+        token_unit=args.token_unit, text_column=args.text_column,
+    ) if args.validation_file else None  # fmt: skip
     report = calibration.write_calibration(
         _load_pipeline(args.model, args.device),
         data,
@@ -456,6 +575,7 @@ COMMANDS = {
     "benchmark": _benchmark,
     "ablation": _ablation,
     "adapt": _adapt,
+    "convert": _convert,
 }
 
 
@@ -470,8 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     args.extra = unknown if args.command == "adapt" else getattr(args, "extra", None)
     if args.command == "ablation" and not (args.status or args.report or args.config):
         parser.error("ablation: --config is needed to train or --check (or give --status or --report)")
+    if getattr(args, "dataset_name", None) and args.test_file:
+        parser.error(f"{args.command}: give --test_file or --dataset_name, not both")
     if args.command == "predict" and args.output and (args.texts or not args.input):
         parser.error("predict: --output tags the file given by --input (and no TEXT arguments)")
+    if args.command == "predict" and args.output_format != "jsonl" and not args.output:
+        parser.error(f"predict: --output_format {args.output_format} writes a file: give --input and --output")
     with refusing(f"{parser.prog} {args.command}"):
         for name in FILE_ARGUMENTS:
             if getattr(args, name, None) is not None:

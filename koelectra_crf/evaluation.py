@@ -15,9 +15,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from koelectra_crf.alignment import char_tags_to_spans, spans_to_char_tags
+from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans, entity_type, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
-from koelectra_crf.metrics import klue_ner_metrics
+from koelectra_crf.metrics import klue_ner_metrics, label_types
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.spacing import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, condition_rates, perturb_dataset
@@ -106,7 +106,9 @@ def run_pipeline(
 def predict_dataset(
     ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, batch_size: int = 8
 ) -> list[SentencePrediction]:
-    """Tag every sentence of a KLUE split (see `data.load_klue_ner`) and pair it with its gold tags."""
+    """Tag every sentence of a KLUE split (see `data.load_klue_ner`) and pair it with its gold tags. Data with an
+    entity type the model lacks is refused ([`check_types`])."""
+    check_types(dataset, model_labels(ner.model))
     names = label_names(dataset)
     entities = run_pipeline(ner, dataset["sentence"], batch_size, aggregation_strategy="simple")
     return [
@@ -133,10 +135,32 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def prediction_metrics(predictions: list[SentencePrediction]) -> dict[str, float]:
-    """`metrics.klue_ner_metrics` of the predictions, spaces dropped as KLUE does."""
+def model_labels(model) -> list[str]:
+    """The BIO labels of a model (PyTorch or ONNX), in id order: what it can predict and is scored on."""
+    return [model.config.id2label[i] for i in range(len(model.config.id2label))]
+
+
+def check_types(dataset: Dataset, labels: list[str]) -> None:
+    """Refuse (`UsageError`) data with an entity type that a model of `labels` lacks: it could never be found, and
+    KLUE's metrics score the model's types only."""
+    model_types = label_types(labels)
+    names = label_names(dataset)
+    used = {names[i] for tags in dataset["ner_tags"] for i in tags}
+    missing = sorted({entity_type(name) for name in used if name != OUTSIDE} - set(model_types))
+    if missing:
+        raise UsageError(
+            f"the data has entity types {missing} that the model lacks (its types: {model_types}); relabel them, or "
+            "train a model on them (--model_name_or_path continues from this one)"
+        )
+
+
+def prediction_metrics(predictions: list[SentencePrediction], labels: list[str]) -> dict[str, float]:
+    """`metrics.klue_ner_metrics` of the predictions over a model's `labels`, spaces dropped as KLUE does."""
     return klue_ner_metrics(
-        [p.gold_tags for p in predictions], [p.predicted_tags for p in predictions], [p.tokens for p in predictions]
+        [p.gold_tags for p in predictions],
+        [p.predicted_tags for p in predictions],
+        [p.tokens for p in predictions],
+        labels,
     )
 
 
@@ -157,7 +181,7 @@ def evaluate_dataset(
         )
     with evaluation_mode(ner.model):
         predictions = predict_dataset(ner, dataset, batch_size)
-    return prediction_metrics(predictions), predictions
+    return prediction_metrics(predictions, model_labels(ner.model)), predictions
 
 
 def evaluate_spacing(

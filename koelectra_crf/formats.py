@@ -73,6 +73,7 @@ from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
 from koelectra_crf.data import (
     is_klue_tsv,
     klue_features,
+    load_klue_ner,
     mark_entities,
     read_klue_tsv,
     refuse_input_as_output,
@@ -80,6 +81,7 @@ from koelectra_crf.data import (
     tags_to_ids,
     utf8_required,
 )
+from koelectra_crf.usage import UsageError
 
 READ_FORMATS = ("auto", "jsonl", "doccano", "label-studio", "conll", "conll-char", "klue", "datasets")
 WRITE_FORMATS = ("jsonl", "doccano", "label-studio", "conll", "conll-char", "klue")
@@ -168,6 +170,24 @@ def examples_to_dataset(examples: list[dict], labels: list[str] | None = None) -
     for row in rows:
         row["ner_tags"] = tags_to_ids(row["ner_tags"], label2id)
     return Dataset.from_list(rows, features=klue_features(labels))
+
+
+def load_split(source: str | Path, flag: str, data_format: str = "auto", **read_options) -> Dataset:
+    """One split of labelled data in any format, as the commands and the training read it (`data.load_klue_ner`'s
+    features). A KLUE TSV file of KLUE's types is read as it always was (`data.load_klue_ner`: `ner_tags` over all of
+    `KLUE_LABELS`); any other data through [`read_examples`] (`read_options`) and [`examples_to_dataset`], its labels
+    those of its own types ([`entity_types`]). Labels travel by name, so splits of either kind go together. Data it
+    cannot read is a `UsageError` naming `flag` (e.g. `--test_file`)."""
+    try:
+        data_format = detect_format(source) if data_format == "auto" else data_format
+        examples = read_examples(source, data_format, **read_options)
+        if data_format == "klue" and set(entity_types(examples)) <= set(ENTITY_TYPES):
+            return load_klue_ner(test_file=source)["test"]
+        return examples_to_dataset(examples)
+    except UsageError:
+        raise
+    except (ValueError, OSError) as error:  # the readers' one-line errors name the file and the record
+        raise UsageError(f"{flag} {source}: {str(error).splitlines()[0]}") from error
 
 
 # Tag schemes

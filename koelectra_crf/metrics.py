@@ -4,7 +4,8 @@ KLUE-baseline (`klue_baseline/models/named_entity_recognition.py`, `validation_e
 `klue_baseline/metrics/functional.py`) drops the space characters, wraps each sentence as
 `["O"] + tags + ["O"]` (the [CLS] and [SEP] positions), concatenates all sentences into one sequence and
 scores that one sequence twice: seqeval's strict IOB2 macro F1 over entity types, and sklearn's macro F1 over
-all 13 tags (O included, zero division counted as 1).
+all 13 tags (O included, zero division counted as 1). The same definitions apply unchanged to any label set (`labels`:
+a model's BIO labels, e.g. `formats.bio_labels(["PS", "PRD"])`): the types and tags scored are then its own.
 """
 
 from pathlib import Path
@@ -13,16 +14,25 @@ from seqeval.metrics.v1 import classification_report
 from seqeval.scheme import IOB2
 from sklearn.metrics import f1_score
 
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
-
-ENTITY_LABELS = [label for label in KLUE_LABELS if label != "O"]
-"""The 12 B-/I- tags, for the character F1 without O."""
+from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 
 EVALUATE_MODULE_PATH = Path(__file__).resolve().parent / "klue_ner_metric" / "klue_ner_metric.py"
 """The `evaluate` module that wraps [`klue_ner_metrics`]: `evaluate.load(str(EVALUATE_MODULE_PATH))`."""
 
 
-def _klue_sequence(tag_sequences: list[list[str]], tokens: list[list[str]] | None, name: str) -> list[str]:
+def label_types(labels: list[str]) -> list[str]:
+    """The entity types of a BIO label list, in the order of their `B-` labels."""
+    return [label[2:] for label in labels if label.startswith("B-")]
+
+
+def metric_types(metrics: dict[str, float]) -> list[str]:
+    """The entity types scored in a [`klue_ner_metrics`] result (its `TYPE_support` keys), in its order."""
+    return [key[: -len("_support")] for key in metrics if key.endswith("_support")]
+
+
+def _klue_sequence(
+    tag_sequences: list[list[str]], tokens: list[list[str]] | None, name: str, labels: list[str]
+) -> list[str]:
     """KLUE-baseline's evaluation sequence: spaces dropped, each sentence wrapped in O, all concatenated."""
     sequence = []
     for i, tags in enumerate(tag_sequences):
@@ -31,9 +41,9 @@ def _klue_sequence(tag_sequences: list[list[str]], tokens: list[list[str]] | Non
                 raise ValueError(f"sentence {i}: {len(tokens[i])} tokens but {len(tags)} {name} tags")
             # KLUE-baseline skips the characters that are exactly " " (not other whitespace).
             tags = [tag for char, tag in zip(tokens[i], tags, strict=True) if char != " "]
-        unknown = set(tags) - set(KLUE_LABELS)
+        unknown = set(tags) - set(labels)
         if unknown:
-            raise ValueError(f"sentence {i}: {name} tags {sorted(unknown)} are not KLUE tags {KLUE_LABELS}")
+            raise ValueError(f"sentence {i}: {name} tags {sorted(unknown)} are not among the labels {labels}")
         # The O before and after keep entities from running across sentence boundaries.
         sequence += ["O"] + list(tags) + ["O"]
     return sequence
@@ -43,6 +53,7 @@ def klue_ner_metrics(
     references: list[list[str]],
     predictions: list[list[str]],
     tokens: list[list[str]] | None = None,
+    labels: list[str] = KLUE_LABELS,
 ) -> dict[str, float]:
     """KLUE NER entity and character metrics (× 100) of character-level tag names.
 
@@ -52,6 +63,8 @@ def klue_ner_metrics(
         tokens: the characters of each sentence (the dataset's `tokens`). Given, the space characters are
             dropped before scoring, as KLUE-baseline does; that is needed for numbers comparable with KLUE.
             `None` scores every position: only right for sequences that already exclude the spaces.
+        labels: the BIO labels scored (a model's `config.label_names`; default KLUE's 13). "KLUE's 13 tags" and
+            "PS ... QT" below read as these labels and their types.
 
     Returns:
         - `entity_f1`: KLUE-baseline's entity metric, seqeval `f1_score(average="macro", mode="strict",
@@ -80,8 +93,9 @@ def klue_ner_metrics(
         # Never truncate: a shorter prediction means a broken alignment upstream.
         if len(reference) != len(prediction):
             raise ValueError(f"sentence {i}: {len(reference)} reference tags but {len(prediction)} predicted")
-    y_true = _klue_sequence(references, tokens, "reference")
-    y_pred = _klue_sequence(predictions, tokens, "predicted")
+    y_true = _klue_sequence(references, tokens, "reference", labels)
+    y_pred = _klue_sequence(predictions, tokens, "predicted", labels)
+    entity_labels = [label for label in labels if label != "O"]
 
     # zero_division=0 is seqeval's default ("warn") without the warnings.
     report = classification_report([y_true], [y_pred], output_dict=True, scheme=IOB2, zero_division=0)
@@ -90,10 +104,10 @@ def klue_ner_metrics(
         "entity_precision": report["macro avg"]["precision"] * 100,
         "entity_recall": report["macro avg"]["recall"] * 100,
         "entity_micro_f1": report["micro avg"]["f1-score"] * 100,
-        "char_f1": f1_score(y_true, y_pred, labels=KLUE_LABELS, average="macro", zero_division=1) * 100,
-        "char_f1_without_o": f1_score(y_true, y_pred, labels=ENTITY_LABELS, average="macro", zero_division=1) * 100,
+        "char_f1": f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=1) * 100,
+        "char_f1_without_o": f1_score(y_true, y_pred, labels=entity_labels, average="macro", zero_division=1) * 100,
     }
-    for entity_type in ENTITY_TYPES:
+    for entity_type in label_types(labels):
         scores = report.get(entity_type, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
         results[f"{entity_type}_precision"] = scores["precision"] * 100
         results[f"{entity_type}_recall"] = scores["recall"] * 100

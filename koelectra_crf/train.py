@@ -1,15 +1,20 @@
-"""Fine-tune an encoder + BiLSTM + CRF on KLUE NER, in the style of transformers' `run_ner.py`.
+"""Fine-tune an encoder + BiLSTM + CRF on KLUE NER or any labelled Korean NER data, in the style of `run_ner.py`.
 
     accelerate launch training/run.py --config training/configs/klue-koelectra-base.json
     python -m koelectra_crf.train --config training/configs/smoke.json --output_dir outputs/smoke
 
-(`training/run.py` is this module's `main`.) `--config PRESET.json` sets defaults; any flag on the command line
-overrides them. Every `TrainingArguments` flag works, plus the recipe's own (`--fgm_epsilon`, `--rdrop_alpha`,
-`--head_learning_rate`, `--early_stopping_patience`) and every setting of the model's head, named and defaulted
-as in `KoElectraCrfConfig` (`--use_bilstm`, `--max_length`, `--crf_constrain_training`, ...). The output folder
-holds a model that loads with `trust_remote_code=True`, its tokenizer, `eval_results.json`, the evaluation
-predictions and a model card (README.md). Input it refuses (a flag value, a missing or malformed file, an output
-folder that holds a previous run) ends it with one line on stderr and exit status 2 (`usage.refusing`).
+(`training/run.py` is this module's `main`.) The data: `--train_file`/`--validation_file`/`--test_file` in any format
+of `koelectra_crf.formats` (doccano, Label Studio, CoNLL columns, KLUE TSV), a `--dataset_name` (tokens + ner_tags, as
+run_ner's), or the Hub's klue/ner; the entity types are the training data's or `--entity_types`, and
+`--model_name_or_path` continues from a trained model (shared labels keep their weights).
+
+`--config PRESET.json` sets defaults; any flag on the command line overrides them. Every `TrainingArguments` flag
+works, plus the recipe's own (`--fgm_epsilon`, `--rdrop_alpha`, `--head_learning_rate`, `--early_stopping_patience`)
+and every setting of the model's head, named and defaulted as in `KoElectraCrfConfig` (`--use_bilstm`, `--max_length`,
+`--crf_constrain_training`, ...). The output folder holds a model that loads with `trust_remote_code=True`, its
+tokenizer, `eval_results.json`, the evaluation predictions and a model card (README.md). Input it refuses (a flag
+value, a missing or malformed file, an output folder that holds a previous run) ends it with one line on stderr and
+exit status 2 (`usage.refusing`).
 """
 
 import dataclasses
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from datasets import concatenate_datasets
+from datasets import DatasetDict, concatenate_datasets, get_dataset_split_names, load_from_disk
 from huggingface_hub import HfApi
 from transformers import (
     AutoConfig,
@@ -35,10 +40,12 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from hub_card.render import render_model_card
-from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
+from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification, formats
 from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
-from koelectra_crf.evaluation import SentencePrediction
+from koelectra_crf.evaluation import SentencePrediction, check_types
+from koelectra_crf.metrics import label_types
 from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
 from koelectra_crf.spacing import (
     DEFAULT_INSERT_RATE,
@@ -109,9 +116,39 @@ HeadArguments = _head_arguments()
 
 @dataclass
 class DataArguments:
-    train_file: str | None = field(default=None, metadata={"help": "KLUE NER TSV; without files: Hub klue/ner."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Labelled data in any format `koelectra-crf convert` reads: doccano or our JSONL, Label "
+                          "Studio JSON, CoNLL columns, KLUE TSV (see --data_format). Without files or "
+                          "--dataset_name: the Hub's klue/ner."},
+    )  # fmt: skip
     validation_file: str | None = None
     test_file: str | None = None
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Instead of files, as run_ner's: a datasets folder (save_to_disk) or Hub dataset with "
+                          "tokens and ner_tags; its train and validation splits (and test, if it has one)."},
+    )  # fmt: skip
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The --dataset_name's configuration."})
+    data_format: str = field(
+        default="auto",
+        metadata={"help": f"Format of the data files: one of {', '.join(formats.READ_FORMATS)} (auto: by extension "
+                          "and content)."},
+    )  # fmt: skip
+    tag_scheme: str = field(
+        default="auto", metadata={"help": f"Tag scheme of column data: {', '.join(formats.TAG_SCHEMES)}."}
+    )
+    token_unit: str = field(
+        default="auto", metadata={"help": f"Tokens of column data: {', '.join(formats.TOKEN_UNITS)}."}
+    )
+    text_column: str | None = field(
+        default=None, metadata={"help": "A --dataset_name's original-text column (default: text, if it has one)."}
+    )
+    entity_types: list[str] | None = field(
+        default=None,
+        metadata={"help": "The model's entity types, in this order (default: the training data's, KLUE's six in "
+                          "KLUE's order first, then the others sorted). Must hold every type of the data."},
+    )  # fmt: skip
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     pseudo_label_file: str | None = field(
@@ -228,6 +265,15 @@ def check_input(model_args: ModelArguments, head_args, data_args: DataArguments,
             "--train_file and --validation_file go together (and --test_file with them): give both, or none of the "
             "three to train on the Hub's klue/ner"
         )
+    if train is not None and data_args.dataset_name is not None:
+        raise UsageError("give --train_file/--validation_file or --dataset_name, not both")
+    for flag, value, allowed in (
+        ("--data_format", data_args.data_format, formats.READ_FORMATS),
+        ("--tag_scheme", data_args.tag_scheme, formats.TAG_SCHEMES),
+        ("--token_unit", data_args.token_unit, formats.TOKEN_UNITS),
+    ):
+        if value not in allowed:
+            raise UsageError(f"{flag} {value}: must be one of {', '.join(allowed)}")
     try:
         KoElectraCrfConfig(**dataclasses.asdict(head_args))
     except ValueError as error:
@@ -240,6 +286,65 @@ def check_input(model_args: ModelArguments, head_args, data_args: DataArguments,
         )
     if training_args.push_to_hub and training_args.hub_model_id is None:
         raise UsageError("--push_to_hub needs --hub_model_id (the repository to upload to, e.g. YOU/koelectra-crf)")
+
+
+def load_data(data_args: DataArguments) -> DatasetDict:
+    """The splits `train`, `validation` (and `test` when given) of labelled data in any format
+    (`formats.load_split`): the files, the `--dataset_name`'s splits, or the Hub's klue/ner. Labels travel by name."""
+    options = {"tag_scheme": data_args.tag_scheme, "token_unit": data_args.token_unit,
+               "text_column": data_args.text_column}  # fmt: skip
+    name = data_args.dataset_name
+    if name is not None:
+        try:
+            if Path(name).is_dir():
+                saved = load_from_disk(name)
+                splits = list(saved) if isinstance(saved, DatasetDict) else []  # a lone Dataset has no splits
+            else:
+                splits = get_dataset_split_names(name, data_args.dataset_config_name)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--dataset_name {name}: cannot be loaded ({str(error).splitlines()[0]})") from error
+        if not {"train", "validation"} <= set(splits):
+            raise UsageError(f"--dataset_name {name}: training needs a train and a validation split, it has {splits}")
+        return DatasetDict({
+            split: formats.load_split(
+                name, "--dataset_name", "datasets", config_name=data_args.dataset_config_name, split=split, **options
+            )
+            for split in ("train", "validation", "test") if split in splits
+        })  # fmt: skip
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    if data_args.train_file is None:
+        return load_klue_ner()
+    return DatasetDict({
+        split: formats.load_split(path, f"--{split}_file", data_args.data_format, **options)
+        for split, path in files.items() if path is not None
+    })  # fmt: skip
+
+
+def training_labels(raw: DatasetDict, entity_types: list[str] | None) -> list[str]:
+    """The model's labels: `formats.bio_labels(entity_types)`, else the training data's (its `ner_tags` names: KLUE's
+    13 for KLUE data, `formats.bio_labels(formats.entity_types(...))` for any other). Refuses (`UsageError`) a split
+    with a type the labels lack."""
+    if entity_types is None:
+        labels = label_names(raw["train"])
+    else:
+        try:
+            labels = formats.bio_labels(entity_types)
+        except ValueError as error:
+            raise UsageError(f"--entity_types: {error}") from None
+    for split, dataset in raw.items():
+        try:
+            check_types(dataset, labels)
+        except UsageError as error:
+            flag = "--entity_types" if entity_types is not None else "the training data"
+            raise UsageError(f"the {split} split: {error} (set by {flag})") from None
+    return labels
+
+
+def card_examples(dataset, count: int = 3) -> list[str]:
+    """The first `count` texts of `dataset` with an entity: widget examples of the model's own types."""
+    names = label_names(dataset)
+    texts = [row["sentence"] for row in dataset if any(names[i] != "O" for i in row["ner_tags"])]
+    return texts[:count] or list(dataset["sentence"][:count])
 
 
 def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_size: int):
@@ -305,7 +410,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     set_seed(training_args.seed)
 
-    raw = load_klue_ner(data_args.train_file, data_args.validation_file, data_args.test_file)
+    raw = load_data(data_args)
+    labels = training_labels(raw, data_args.entity_types)
     if data_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
     if data_args.max_eval_samples is not None:
@@ -320,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tokenizer = AutoTokenizer.from_pretrained(
             model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
         )
-        model = build_model(model_args, head_args, label_names(raw["train"]), len(tokenizer))
+        model = build_model(model_args, head_args, labels, len(tokenizer))
     except OSError as error:  # what transformers raises for a model, encoder or tokenizer it cannot find or read
         flags = (
             [f"--model_name_or_path {model_args.model_name_or_path}"]
@@ -375,8 +481,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.model_name_or_path
             or (model_args.encoder_name_or_path if model_args.random_encoder_config is None else None),
-            train_file=data_args.train_file, validation_file=data_args.validation_file, training_args=training_args,
+            train_file=data_args.train_file or data_args.dataset_name,
+            validation_file=data_args.validation_file or data_args.dataset_name, training_args=training_args,
             license=output_args.license, model_id=training_args.hub_model_id,
+            example_texts=None if set(label_types(labels)) <= set(ENTITY_TYPES) else card_examples(raw["validation"]),
         )  # fmt: skip
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         if push_to_hub or output_args.push_dry_run:

@@ -310,3 +310,19 @@ def test_ablation_from_an_installed_wheel_parses_every_variant(tmp_path):
     commands = completed.stdout.splitlines()
     assert len(commands) == 2 * len(VARIANTS)
     assert all(command.startswith(f"{python} -m koelectra_crf.train --config ") for command in commands)
+
+
+def test_report_columns_are_the_types_of_the_runs_data(tmp_path):
+    """Runs trained on data of other types (`--train_file` with PRD): the table has their types' F1 columns."""
+    output_dir = tmp_path / "out"
+    folder = output_dir / "baseline" / "seed-0"
+    folder.mkdir(parents=True)
+    results = {"eval_entity_f1": 70.0, "eval_char_f1": 80.0}
+    results |= {f"eval_{t}_{m}": 60.0 + k for k, t in enumerate(["PS", "PRD"]) for m in ("f1", "support")}
+    (folder / "eval_results.json").write_text(json.dumps(results))
+    (folder / "train_results.json").write_text(json.dumps({"train_runtime": 60.0, "epoch": 1.0}))
+    main(["ablation", "--output_dir", str(output_dir), "--report"])
+    report = (output_dir / "ablation.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| variant"))
+    assert "| PS F1 | PRD F1 |" in header and "OG" not in header
+    assert "| baseline | 1 | 70.00 | 80.00 | 60.00 | 61.00 |" in report

@@ -1,6 +1,7 @@
 """The Gradio demo (examples/app.py): its logic directly, and the served page in headless Chromium."""
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -232,3 +233,19 @@ def test_page_in_chromium_highlights_the_pipeline_entities(served_app, ner, app,
         assert image.format == "PNG" and image.size[0] == 1280
         low, high = image.convert("L").getextrema()
         assert low < high  # not a blank page
+
+
+def test_examples_come_from_labelled_data_in_any_format(app, ner, tmp_path):
+    from koelectra_crf import formats
+
+    texts = [f"{k}번째 예문: 한빛전자 {k}개를 샀다." for k in range(app.MAX_EXAMPLES + 2)]
+    examples = [
+        formats.make_example(k, text, [(text.index("한빛전자"), text.index("한빛전자") + 4, "PRD")], "test")
+        for k, text in enumerate(texts)
+    ]
+    for name, data_format in [("a.jsonl", "doccano"), ("a.json", "label-studio"), ("a.conll", "conll")]:
+        formats.write_examples(examples, tmp_path / name, data_format)
+        assert app.example_texts(str(tmp_path / name)) == texts[: app.MAX_EXAMPLES]
+    assert app.example_texts(None) == app.EXAMPLES
+    page = app.build_demo(ner, texts[:2]).config
+    assert texts[0] in json.dumps(page, ensure_ascii=False)

@@ -9,17 +9,19 @@ import select
 import subprocess
 import sys
 import time
+import warnings
 
 import datasets
 import huggingface_hub
 import pytest
 import torch
+from conftest import shared_path
 from processes import run_command
 from test_analysis import assert_valid_png
 from tiny import character_tokenizer, tiny_model
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
+from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline, formats
 from koelectra_crf.alignment import NerDataCollator, spans_to_char_tags
 from koelectra_crf.analysis import calibration
 from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate
@@ -36,6 +38,8 @@ from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pseudo_label import CONFIDENCES, confidence_path, klue_block, load_pseudo_labelled
 from koelectra_crf.usage import DEBUG_VARIABLE, UsageError
 
+KLUE_VALID = "data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv"
+SUFFIXES = {"label-studio": ".json", "conll": ".conll", "conll-char": ".conll", "klue": ".tsv"}  # others: .jsonl
 MARKED = [
     "<김철수:PS>는 <서울:LC>에서 <2024년 3월 1일:DT> <오전 9시:TI>에 <삼성전자:OG> 사과 <3개:QT>를 샀다.",
     "<이재용:PS> 회장이 <서울 강남구:LC> 본사를 찾았다.",
@@ -529,3 +533,139 @@ def test_the_console_command_refuses_in_one_line_of_stderr(model_dir, tmp_path):
     expected = f"--test_file {tmp_path / 'missing.tsv'}: does not exist; give the path of an existing file"
     assert completed.stderr == f"koelectra-crf evaluate: error: {expected}\n"
     assert completed.stdout == ""
+
+
+# Any labelled data: convert, evaluate in every format, predict what training reads
+
+
+@pytest.fixture(scope="module")
+def mixed_examples(klue_file):
+    """The test file's sentences and the first 30 of KLUE's validation file."""
+    return formats.read_examples(klue_file) + formats.read_examples(shared_path(KLUE_VALID))[:30]
+
+
+def test_convert_writes_every_format_that_reads_back_the_same(klue_file, tmp_path, capsys):
+    expected = formats.read_examples(klue_file)
+    for name, options in [
+        ("a.jsonl", []),
+        ("a.doccano.jsonl", ["--output_format", "doccano"]),
+        ("a.json", []),
+        ("a.conll", ["--output_tag_scheme", "bioes"]),
+        ("a.chars.conll", ["--output_format", "conll-char", "--output_tag_scheme", "iob1"]),
+        ("a.tsv", []),
+    ]:
+        run("convert", klue_file, tmp_path / name, *options)
+        assert capsys.readouterr().out == f"{len(expected)} examples written to {tmp_path / name}\n"
+        read_as = "conll-char" if "chars" in name else "auto"
+        assert formats.read_examples(tmp_path / name, read_as) == expected, name
+    run("convert", tmp_path / "a.chars.conll", tmp_path / "b.jsonl", "--input_format", "conll-char",
+        "--tag_scheme", "iob1")  # fmt: skip
+    assert formats.read_examples(tmp_path / "b.jsonl") == expected
+
+
+def test_convert_refuses_bad_data_in_one_line_naming_file_and_line(tmp_path, capsys):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"text": "서울", "label": [[0, 2, "LC"]]}\n{"text": "부산", "label": [[0, 5, "LC"]]}\n')
+    line = refusal(capsys, "convert", source, tmp_path / "out.conll")
+    assert f"{source}:2" in line and "outside the text" in line
+    assert not (tmp_path / "out.conll").exists()
+    assert "cannot tell the output format" in refusal(capsys, "convert", source, tmp_path / "out.xyz")  # before reading
+
+
+def test_evaluating_the_same_sentences_in_every_format_gives_identical_metrics(
+    model_dir, mixed_examples, tmp_path, capsys
+):
+    klue = tmp_path / "data.tsv"
+    formats.write_examples(mixed_examples, klue)
+    files = {"klue": klue}
+    for name, data_format in [("jsonl", "jsonl"), ("doccano", "doccano"), ("label-studio", "label-studio"),
+                              ("conll", "conll"), ("conll-char", "conll-char")]:  # fmt: skip
+        files[name] = tmp_path / f"data-{name}{SUFFIXES.get(name, '.jsonl')}"
+        formats.convert(klue, files[name], output_format=data_format)
+    formats.examples_to_dataset(mixed_examples).save_to_disk(tmp_path / "dataset")
+    metrics = {}
+    for name, path in files.items():
+        flags = ["--data_format", "conll-char"] if name == "conll-char" else []
+        run("evaluate", model_dir, "--test_file", path, *flags, "--output_dir", tmp_path / name, "--device", "cpu")
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    run("evaluate", model_dir, "--dataset_name", tmp_path / "dataset", "--split", "train", "--output_dir",
+        tmp_path / "datasets", "--device", "cpu")  # fmt: skip
+    metrics["datasets"] = json.loads((tmp_path / "datasets" / "metrics.json").read_text())
+    assert metrics["klue"]["entity_f1"] > 0 and metrics["klue"]["PS_support"] > 0
+    assert all(scores == metrics["klue"] for scores in metrics.values()), metrics
+    # errors and calibration read the same data the same way
+    run(
+        "errors",
+        model_dir,
+        "--test_file",
+        files["label-studio"],
+        "--output_dir",
+        tmp_path / "errors",
+        "--device",
+        "cpu",
+    )
+    run("errors", model_dir, "--test_file", klue, "--output_dir", tmp_path / "errors-klue", "--device", "cpu")
+    assert (tmp_path / "errors" / "errors.json").read_text() == (tmp_path / "errors-klue" / "errors.json").read_text()
+
+
+def test_evaluating_data_of_a_type_the_model_lacks_is_refused_naming_it(model_dir, mixed_examples, tmp_path, capsys):
+    renamed = [
+        {**e, "entities": [(s, t, "PRD" if k == "OG" else k) for s, t, k in e["entities"]]} for e in mixed_examples
+    ]
+    formats.write_examples(renamed, tmp_path / "prd.jsonl")
+    line = refusal(capsys, "evaluate", model_dir, "--test_file", tmp_path / "prd.jsonl", "--device", "cpu", alone=False)
+    assert "['PRD']" in line and "['PS', 'LC', 'OG', 'DT', 'TI', 'QT']" in line
+
+
+@pytest.mark.parametrize("output_format", formats.WRITE_FORMATS)
+def test_predicted_annotations_read_back_as_training_data(model_dir, reference_pipeline, tmp_path, output_format):
+    texts = [strip_entity_marks(marked)[0] for marked in MARKED]
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    output = tmp_path / f"out{SUFFIXES.get(output_format, '.jsonl')}"
+    run(
+        "predict", model_dir, "--input", source, "--output", output, "--output_format", output_format, "--device", "cpu"
+    )
+    expected = [
+        sorted((e["start"], e["end"], e["entity_group"]) for e in entities)
+        for entities in reference_pipeline(texts, aggregation_strategy="simple")
+    ]
+    assert any(expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Label Studio's pre-annotations are read, and said so
+        examples = formats.read_examples(output, "conll-char" if output_format == "conll-char" else "auto")
+    assert [e["text"] for e in examples] == texts
+    assert [e["entities"] for e in examples] == expected
+
+
+def test_predict_output_format_needs_an_output_file(model_dir, capsys):
+    assert "--output_format conll writes a file" in refusal(
+        capsys, "predict", model_dir, "텍스트", "--output_format", "conll"
+    )
+
+
+def test_evaluate_report_follows_the_model_types(tmp_path):
+    """A model of other types (PRD, PS): metrics, report and confusion matrix are over its labels, scored as KLUE's."""
+    examples = [
+        formats.make_example(0, "갤럭시 폰을 김철수가 샀다", [(0, 5, "PRD"), (7, 10, "PS")], "test"),
+        formats.make_example(1, "김영희는 아이폰을 샀다", [(0, 3, "PS"), (5, 8, "PRD")], "test"),
+    ]
+    formats.write_examples(examples, tmp_path / "data.jsonl", "doccano")
+    labels = formats.bio_labels(["PS", "PRD"])
+    tokenizer = character_tokenizer(tmp_path / "tokenizer", "".join(e["text"] for e in examples))
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer.vocab_size, labels=labels, max_length=32, stride=8)
+    KoElectraCrfTokenClassificationPipeline(model=model.eval(), tokenizer=tokenizer).save_pretrained(tmp_path / "m")
+    run("evaluate", tmp_path / "m", "--test_file", tmp_path / "data.jsonl", "--output_dir", tmp_path / "eval",
+        "--device", "cpu")  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
+    predicted = [
+        spans_to_char_tags(len(e["text"]), [(p["start"], p["end"], p["entity_group"]) for p in entities])
+        for e, entities in zip(examples, ner([e["text"] for e in examples], aggregation_strategy="simple"), strict=True)
+    ]
+    gold = [spans_to_char_tags(len(e["text"]), e["entities"]) for e in examples]
+    assert metrics == klue_ner_metrics(gold, predicted, [list(e["text"]) for e in examples], labels)
+    assert metrics["PRD_support"] == 2 and "OG_f1" not in metrics
+    assert "PRD" in (tmp_path / "eval" / "classification_report.txt").read_text()
+    assert json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())["labels"] == labels

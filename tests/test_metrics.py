@@ -9,7 +9,8 @@ from seqeval.scheme import IOB2
 
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import read_klue_tsv
-from koelectra_crf.metrics import EVALUATE_MODULE_PATH, klue_ner_metrics
+from koelectra_crf.formats import bio_labels
+from koelectra_crf.metrics import EVALUATE_MODULE_PATH, klue_ner_metrics, metric_types
 
 TYPES = [label[2:] for label in KLUE_LABELS if label.startswith("B-")]
 
@@ -166,3 +167,21 @@ def test_evaluate_module_agrees(valid):
     expected = klue_ner_metrics(references, predictions, tokens=tokens)
     assert metric.compute(predictions=predictions, references=references, tokens=tokens) == expected
     assert metric.compute(predictions=predictions, references=references) == klue_ner_metrics(references, predictions)
+
+
+def test_any_label_set_is_scored_with_klue_definitions(valid):
+    """KLUE's definitions apply unchanged to other types: OG renamed PRD (a label set of its own order) scores as OG
+    did under KLUE's labels, and a KLUE type outside the labels is refused rather than ignored."""
+    references, tokens = valid
+    predictions = damage(references, 0)
+
+    def renamed(tag_lists):
+        return [[tag.replace("-OG", "-PRD") for tag in tags] for tags in tag_lists]
+
+    labels = bio_labels(["PRD", *(t for t in TYPES if t != "OG")])
+    klue = klue_ner_metrics(references, predictions, tokens=tokens)
+    other = klue_ner_metrics(renamed(references), renamed(predictions), tokens=tokens, labels=labels)
+    assert metric_types(other) == ["PRD", "PS", "LC", "DT", "TI", "QT"]
+    assert {key.replace("PRD_", "OG_"): value for key, value in other.items()} == pytest.approx(klue)
+    with pytest.raises(ValueError, match="not among the labels"):
+        klue_ner_metrics(references, predictions, tokens=tokens, labels=labels)

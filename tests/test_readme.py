@@ -7,10 +7,13 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from processes import run_command
+
+from koelectra_crf import formats
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -65,6 +68,24 @@ def test_quick_start_and_evaluation_commands_run_as_written(tmp_path):
     )
     (line,) = run_command(["bash", "-c", predict], cwd=root, env=env, timeout=300).stdout.splitlines()
     assert json.loads(line)["text"] == "김민준 씨는 어제 서울에 갔다."
+
+    # Your own data: converted, trained on from the quick start's model, evaluated, pre-annotations that read back.
+    (own_data,) = code_blocks("Your own data", "bash")
+    run_command(["bash", "-c", own_data], cwd=root, env=env, timeout=600)
+    smoke_valid = formats.read_examples(root / "training" / "smoke" / "smoke-valid.tsv")
+    assert formats.read_examples(root / "data" / "valid.json") == smoke_valid
+    metrics = json.loads((root / "outputs" / "mine-eval" / "metrics.json").read_text())
+    trained = json.loads((root / "outputs" / "mine" / "eval_results.json").read_text())
+    assert metrics["entity_f1"] == trained["eval_entity_f1"]
+    predictions = (root / "outputs" / "mine-eval" / "predictions.jsonl").read_text()
+    records = [json.loads(line) for line in predictions.splitlines()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Label Studio tasks read from their predictions, and said so
+        annotations = formats.read_examples(root / "data" / "to-correct.json")
+    assert [example["text"] for example in annotations] == [example["text"] for example in smoke_valid]
+    assert [example["entities"] for example in annotations] == [
+        sorted((e["start"], e["end"], e["entity_group"]) for e in record["predicted"]) for record in records
+    ]
 
 
 def test_the_alternatives_example_runs_as_written(tmp_path):

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, ElectraTokenizerFast, Trainer, pipeline
 from transformers.trainer_utils import align_special_tokens
 
 from hub_card.render import render_model_card
-from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, train
+from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, formats, train
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.cli import main as cli_main
 from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
@@ -557,3 +557,75 @@ def test_training_continues_from_a_trained_model_keeping_shared_labels_by_name(s
     run_training(output_dir, "--model_name_or_path", str(smoke_run), "--max_steps", "2")
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.base_model == str(smoke_run)
+
+
+def renamed(examples: list[dict], old: str, new: str) -> list[dict]:
+    """`examples` with every entity of type `old` given type `new`."""
+    return [
+        {**example, "entities": [(s, e, new if t == old else t) for s, e, t in example["entities"]]}
+        for example in examples
+    ]
+
+
+def test_training_on_doccano_data_of_new_types(tmp_path):
+    """The smoke data as doccano JSONL with OG renamed PRD: the labels are the data's (the documented order), the
+    evaluation scores PRD and the card names it and shows examples of the data's own."""
+    data = {}
+    for split in ("train", "valid"):
+        examples = renamed(formats.read_examples(ROOT / f"training/smoke/smoke-{split}.tsv"), "OG", "PRD")
+        data[split] = tmp_path / f"{split}.jsonl"
+        formats.write_examples(examples, data[split], "doccano")
+    output_dir = tmp_path / "out"
+    results = run_training(output_dir, "--train_file", data["train"], "--validation_file", data["valid"],
+                           "--num_train_epochs", "3", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                           "--eval_strategy", "no")  # fmt: skip
+    config = json.loads((output_dir / "config.json").read_text())
+    types = formats.entity_types(formats.read_examples(data["train"]))
+    assert "PRD" in types and "OG" not in types
+    assert [config["id2label"][str(i)] for i in range(len(config["id2label"]))] == formats.bio_labels(types)
+    assert {"eval_PRD_f1", "eval_PRD_support"} <= set(results) and "eval_OG_f1" not in results
+    valid = formats.read_examples(data["valid"])
+    assert results["eval_PRD_support"] == sum(t == "PRD" for example in valid for _, _, t in example["entities"])
+    card = ModelCard.load(output_dir / "README.md")
+    assert "| PRD_f1 |" in card.text and "OG_f1" not in card.text
+    with_entities = [example["text"] for example in valid if example["entities"]]
+    assert [example["text"] for example in card.data.to_dict()["widget"]] == with_entities[:3]
+
+
+def test_training_refuses_validation_types_the_labels_lack(tmp_path, capfd, monkeypatch):
+    examples = formats.read_examples(ROOT / "training/smoke/smoke-valid.tsv")
+    formats.write_examples(renamed(examples, "OG", "PRD"), tmp_path / "valid.jsonl")
+    monkeypatch.chdir(ROOT)  # the preset's paths are relative to the repository root
+    monkeypatch.setattr(sys, "argv", [
+        "run.py", "--config", "training/configs/smoke.json", "--output_dir", str(tmp_path / "out"),
+        "--validation_file", str(tmp_path / "valid.jsonl"), "--entity_types", "PS", "LC", "OG", "DT", "TI", "QT",
+    ])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        train.script_main()
+    assert exit_info.value.code == 2
+    error = capfd.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "['PRD']" in error[0] and "validation" in error[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_on_a_datasets_folder_as_run_ner_dataset_name(tmp_path):
+    """run_ner's --dataset_name: a DatasetDict folder (characters and ClassLabel tags) gives the model the data's
+    labels, and its evaluation scores the sentences of the KLUE file they came from."""
+    splits = {}
+    for split, name in (("train", "train"), ("validation", "valid")):
+        examples = renamed(formats.read_examples(ROOT / f"training/smoke/smoke-{name}.tsv"), "OG", "PRD")
+        splits[split] = formats.examples_to_dataset(examples)
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "data")
+    preset = json.loads((ROOT / "training/configs/smoke.json").read_text())
+    del preset["train_file"], preset["validation_file"]
+    preset |= {"dataset_name": str(tmp_path / "data"), "num_train_epochs": 1, "save_strategy": "no",
+               "load_best_model_at_end": False, "eval_strategy": "no"}  # fmt: skip
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    output_dir = tmp_path / "out"
+    run_command([sys.executable, "training/run.py", "--config", tmp_path / "preset.json", "--output_dir", output_dir],
+                cwd=ROOT, timeout=600)  # fmt: skip
+    config = json.loads((output_dir / "config.json").read_text())
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert labels == formats.bio_labels(["PS", "LC", "DT", "TI", "QT", "PRD"])
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["eval_PRD_support"] == 25  # the smoke validation file's OG entities

@@ -57,7 +57,10 @@ def error_analysis(predictions: list[SentencePrediction], examples_per_category:
     spurious entity. Examples are the first `examples_per_category` pairs of each category in data order.
     """
     counts = Counter()
-    confusion = {gold: dict.fromkeys([*ENTITY_TYPES, OUTSIDE], 0) for gold in [*ENTITY_TYPES, OUTSIDE]}
+    # KLUE's types always (the published model's table), then any other type of the data or the model.
+    seen = {span[2] for p in predictions for span in (*p.gold_spans, *p.predicted_spans)}
+    types = [*ENTITY_TYPES, *sorted(seen - set(ENTITY_TYPES)), OUTSIDE]
+    confusion = {gold: dict.fromkeys(types, 0) for gold in types}
     examples = {category: [] for category in CATEGORIES}
     for sentence in predictions:
         gold_spans, predicted_spans = sentence.gold_spans, sentence.predicted_spans

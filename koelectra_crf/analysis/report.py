@@ -6,14 +6,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
+from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.evaluation import SentencePrediction
+from koelectra_crf.formats import bio_labels
+from koelectra_crf.metrics import metric_types
 
 from . import plots
 
 
-def char_confusion_matrix(predictions: list[SentencePrediction]) -> np.ndarray:
-    """Counts of (gold tag, predicted tag) over the characters, rows and columns in `KLUE_LABELS` order.
+def char_confusion_matrix(predictions: list[SentencePrediction], labels: list[str] = KLUE_LABELS) -> np.ndarray:
+    """Counts of (gold tag, predicted tag) over the characters, rows and columns in `labels` order.
 
     KLUE's tokens are characters; spaces are left out, as the metrics leave them out.
     """
@@ -23,7 +25,7 @@ def char_confusion_matrix(predictions: list[SentencePrediction]) -> np.ndarray:
         kept = [i for i, char in enumerate(p.tokens) if char != " "]
         gold += [p.gold_tags[i] for i in kept]
         predicted += [predicted_tags[i] for i in kept]
-    return confusion_matrix(gold, predicted, labels=KLUE_LABELS)
+    return confusion_matrix(gold, predicted, labels=labels)
 
 
 def row_normalised(matrix: np.ndarray) -> np.ndarray:
@@ -41,9 +43,9 @@ def classification_report(metrics: dict[str, float]) -> str:
     lines = [f"{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     lines += [
         _report_row(t, metrics[f"{t}_precision"], metrics[f"{t}_recall"], metrics[f"{t}_f1"], metrics[f"{t}_support"])
-        for t in ENTITY_TYPES
+        for t in metric_types(metrics)
     ]
-    support = sum(metrics[f"{t}_support"] for t in ENTITY_TYPES)
+    support = sum(metrics[f"{t}_support"] for t in metric_types(metrics))
     lines += [
         _report_row("macro avg", metrics["entity_precision"], metrics["entity_recall"], metrics["entity_f1"], support),
         "",
@@ -58,24 +60,26 @@ def write_evaluation(metrics: dict[str, float], predictions: list[SentencePredic
     `predictions.jsonl` (one line per sentence: guid, text, gold and predicted entities) of an evaluation
     (`evaluation.evaluate_dataset`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    types = metric_types(metrics)
+    labels = bio_labels(types)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output_dir / "classification_report.txt").write_text(classification_report(metrics))
     plots.bar_chart(
         output_dir / "entity_f1.png",
-        ENTITY_TYPES,
-        {"F1": [metrics[f"{t}_f1"] for t in ENTITY_TYPES]},
+        types,
+        {"F1": [metrics[f"{t}_f1"] for t in types]},
         title=f"Entity F1 per type (macro {metrics['entity_f1']:.2f})",
         ylabel="F1",
     )
-    counts = char_confusion_matrix(predictions)
+    counts = char_confusion_matrix(predictions, labels)
     (output_dir / "confusion_matrix.json").write_text(
-        json.dumps({"labels": KLUE_LABELS, "rows": "gold", "columns": "predicted", "counts": counts.tolist()}) + "\n"
+        json.dumps({"labels": labels, "rows": "gold", "columns": "predicted", "counts": counts.tolist()}) + "\n"
     )
     plots.heatmap(
         output_dir / "confusion_matrix.png",
         row_normalised(counts),
-        KLUE_LABELS,
-        KLUE_LABELS,
+        labels,
+        labels,
         title="Character tags, each gold row normalised (spaces excluded)",
         xlabel="predicted",
         ylabel="gold",
@@ -93,12 +97,13 @@ def write_evaluation(metrics: dict[str, float], predictions: list[SentencePredic
 def robustness_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table of the KLUE metrics under each spacing condition (`evaluation.evaluate_spacing`): entity F1,
     character F1 and each type's entity F1."""
+    types = metric_types(next(iter(results.values())))
     lines = [
-        "| spacing | entity F1 | char F1 | " + " | ".join(ENTITY_TYPES) + " |",
-        "|---|" + "---:|" * (2 + len(ENTITY_TYPES)),
+        "| spacing | entity F1 | char F1 | " + " | ".join(types) + " |",
+        "|---|" + "---:|" * (2 + len(types)),
     ]
     for condition, metrics in results.items():
-        scores = [metrics["entity_f1"], metrics["char_f1"], *(metrics[f"{t}_f1"] for t in ENTITY_TYPES)]
+        scores = [metrics["entity_f1"], metrics["char_f1"], *(metrics[f"{t}_f1"] for t in types)]
         lines.append(f"| {condition} | " + " | ".join(f"{score:.2f}" for score in scores) + " |")
     return "\n".join(lines) + "\n"
 
