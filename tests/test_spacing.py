@@ -10,6 +10,7 @@ import subprocess
 import sys
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -176,6 +177,7 @@ class SpacingBlindTagger:
 
     def __init__(self, table: dict[str, list[tuple[tuple[int, ...], str]]]):
         self.model = torch.nn.Linear(1, 1)  # evaluation switches a model to evaluation mode
+        self.model.config = SimpleNamespace(id2label=dict(enumerate(KLUE_LABELS)))  # and scores its labels
         self.table = table
 
     def __call__(self, texts, batch_size: int = 8, aggregation_strategy: str = "simple"):
