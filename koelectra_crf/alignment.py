@@ -482,18 +482,22 @@ def _composition_runs(text: str):
 
 # Extended grapheme clusters (Unicode UAX #29): what a reader sees as one character, e.g. a flag (two regional
 # indicators), an emoji with a skin tone (a modifier), a family (emoji joined by U+200D ZERO WIDTH JOINER), a letter
-# with combining marks, a Hangul syllable written in jamo. Entity offsets are snapped to them. The standard library has
-# no Grapheme_Cluster_Break property, so the classes below come from the general category and a few ranges; they cover
-# the rules GB3-GB9a, GB11 and GB12-GB13. Not covered: Prepend (GB9b: a few Arabic and Indic prepended marks) and
-# Indic conjuncts (GB9c), where a boundary may remain inside such a cluster. Extended_Pictographic (GB11, which only
-# decides whether a ZERO WIDTH JOINER joins two pictographs) is approximated by the category So (other symbol), the
-# unassigned code points of the emoji planes' U+1F000-U+1FFFD, and four punctuation emoji (‼ ⁉ 〰 〽).
+# with combining marks, a Hangul syllable written in jamo (but see `_HANGUL_JOINS`). Entity offsets are snapped to
+# them. The standard library has no Grapheme_Cluster_Break property, so the classes below come from the general
+# category and a few ranges; they cover the rules GB3-GB9a, GB11 and GB12-GB13. Not covered: Prepend (GB9b: a few
+# Arabic and Indic prepended marks) and Indic conjuncts (GB9c), where a boundary may remain inside such a cluster.
+# Extended_Pictographic (GB11, which only decides whether a ZERO WIDTH JOINER joins two pictographs) is approximated
+# by the category So (other symbol), the unassigned code points of the emoji planes' U+1F000-U+1FFFD, and four
+# punctuation emoji (‼ ⁉ 〰 〽).
 _ZWJ = "\u200d"
 _EXTEND_EXTRA = {"\u200c", "\uff9e", "\uff9f"}  # ZERO WIDTH NON-JOINER, the halfwidth katakana sound marks
 _PICTOGRAPHIC_PUNCTUATION = {"\u203c", "\u2049", "\u3030", "\u303d"}
 _CONTROL_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
-# GB6-GB8: the Hangul jamo classes that continue a syllable of each class.
-_HANGUL_JOINS = {"L": {"L", "V", "LV", "LVT"}, "LV": {"V", "T"}, "V": {"V", "T"}, "LVT": {"T"}, "T": {"T"}}
+# GB6-GB8: the Hangul jamo classes that continue a syllable of each class; but not after a precomposed syllable (LV,
+# LVT), a departure from UAX #29: Korean text writes emoticons with conjoining vowel jamo right after a syllable
+# (갓무스ᅮᅮ, "crying"), which the rule would join to it and so pull into a name; KLUE labels them apart. In NFC text, the
+# text the model reads, a syllable and a jamo left side by side never make one letter (NFC would have composed them).
+_HANGUL_JOINS = {"L": {"L", "V", "LV", "LVT"}, "V": {"V", "T"}, "T": {"T"}}
 
 
 def _grapheme_class(char: str) -> str:

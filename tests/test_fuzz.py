@@ -12,7 +12,7 @@ from tiny import TINY_TEXT, character_tokenizer, tiny_model
 from transformers import ElectraTokenizerFast
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.alignment import is_grapheme_boundary, nfc_with_offsets
+from koelectra_crf.alignment import is_grapheme_boundary, nfc_with_offsets, snap_to_graphemes
 
 SENTENCE = "김민준 씨는 2024년 5월 12일 부산에서 한빛전자 관계자를 만났다."
 # Pieces the random characters rarely hit by chance: decomposed Hangul, combining marks, emoji sequences, compatibility
@@ -82,8 +82,12 @@ grapheme_texts = st.lists(st.sampled_from(GRAPHEME_PIECES), max_size=24).map("".
 
 def oracle_boundaries(text: str) -> set[int]:
     """Where the `regex` package's `\\X` (extended grapheme clusters, its own Unicode tables) starts and ends
-    clusters."""
-    return {0, len(text)} | {match.end() for match in regex.finditer(r"\X", text)}
+    clusters; and, the one departure (`alignment._HANGUL_JOINS`), between a precomposed Hangul syllable and a
+    conjoining vowel or final jamo after it."""
+    jamo_after_syllable = {
+        i for i in range(1, len(text)) if "가" <= text[i - 1] <= "힣" and "\u1160" <= text[i] <= "\u11ff"
+    }
+    return {0, len(text)} | {match.end() for match in regex.finditer(r"\X", text)} | jamo_after_syllable
 
 
 @settings(max_examples=500, deadline=None)
@@ -125,3 +129,9 @@ def test_entities_never_cut_a_grapheme_cluster(cluster_cutting_pipeline, text):
             assert {entity["start"], entity["end"]} <= boundaries, (strategy, entity)
             assert entity["word"] == text[entity["start"] : entity["end"]]
             end = entity["end"]
+
+
+def test_an_emoticon_in_jamo_stays_out_of_the_name_before_it():
+    """KLUE's 갓무스ᅮᅮ: the crying emoticon in conjoining jamo is not part of the name's last letter."""
+    assert snap_to_graphemes("갓무스ᅮᅮ 좋아", [(0, 3, "PS")]) == [(0, 3, "PS")]
+    assert snap_to_graphemes("갓무스ᅮᅮ 좋아", [(0, 4, "PS")]) == [(0, 5, "PS")]  # the two jamo stay together
