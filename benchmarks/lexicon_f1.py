@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import char_tags_to_spans
 from koelectra_crf.data import example_tag_names, label_names, load_klue_split
-from koelectra_crf.evaluation import load_model, predict_dataset, prediction_metrics
+from koelectra_crf.evaluation import load_model, model_labels, predict_dataset, prediction_metrics
 
 
 def gold_entities(dataset) -> list[tuple[str, str]]:
@@ -52,7 +52,7 @@ def main() -> None:
         control = {} if mode == "none" else {"lexicon": lexicon, "lexicon_mode": mode}
         ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu", **control)
         start = time.perf_counter()
-        metrics = prediction_metrics(predict_dataset(ner, valid, args.batch_size))
+        metrics = prediction_metrics(predict_dataset(ner, valid, args.batch_size), model_labels(ner.model))
         results[mode] = {**{k: round(v, 2) for k, v in metrics.items()}, "seconds": round(time.perf_counter() - start)}
     print(json.dumps({
         "model": args.model, "validation_sentences": len(valid), "lexicon_forms": len(lexicon),
