@@ -36,6 +36,7 @@ Differences from transformers' built-in `TokenClassificationPipeline`, same outp
 """
 
 import json
+import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import islice
@@ -59,6 +60,7 @@ from .alignment import (
 )
 from .crf import IGNORE_INDEX
 
+logger = logging.getLogger(__name__)
 TASK = "token-classification"
 # Batches an iterator's texts are sorted among: more pad less, fewer keep its results streaming sooner.
 SORTED_BATCHES = 16
@@ -297,7 +299,11 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 emissions = emissions + self._lexicon_bonus(emissions, unit_spans, matches)
             else:  # a match whose edges cut a unit (a token glued to a particle) cannot be an entity: left out
                 starts = [start for start, _ in unit_spans]
-                constraints += [match for match in matches if _aligned(unit_spans, starts, match)]
+                aligned = [match for match in matches if _aligned(unit_spans, starts, match)]
+                if len(aligned) < len(matches):
+                    cut = [sentence[match[0] : match[1]] for match in matches if match not in aligned]
+                    logger.warning("lexicon: %s cut a token of the model (tag_unit='token'): left out", cut)
+                constraints += aligned
         allowed_tags = self._allowed_tags(emissions, unit_spans, constraints, len(sentence))
         tagger, tag_mask = self.model.tagger, torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
         tags, probabilities = tagger.k_best(emissions, tag_mask, top_k or 1, allowed_tags)

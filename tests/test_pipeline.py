@@ -728,3 +728,16 @@ def test_lexicon_hard_soft_and_from_files(tiny_pipeline, tmp_path, monkeypatch):
                             ({"lexicon": tmp_path / "bad.tsv"}, "line 1 is not")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             tiny_pipeline(TINY_TEXT, **kwargs)
+
+
+def test_a_hard_lexicon_match_that_cuts_a_token_is_left_out_and_said(tmp_path, caplog):
+    """With token units, "삼성" inside the token "삼성전자" cannot be an entity of its own: left out, with a warning."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "삼성전자", *sorted(set("삼성전자 주가")), "##가", "##주"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = ElectraTokenizerFast(vocab=str(tmp_path / "vocab.txt"), do_lower_case=False)
+    ner = KoElectraCrfTokenClassificationPipeline(model=tiny_model(len(vocab), tag_unit="token"), tokenizer=tokenizer)
+    with caplog.at_level("WARNING"):
+        tagged = ner("삼성전자 주가", aggregation_strategy="simple", lexicon={"삼성": "OG", "주가": "QT"})
+    assert ("QT", 5, 7) in {(e["entity_group"], e["start"], e["end"]) for e in tagged}
+    assert not any(e["start"] == 0 and e["end"] == 2 for e in tagged)
+    assert "lexicon: ['삼성'] cut a token of the model" in caplog.text
