@@ -195,7 +195,7 @@ def model_inputs(
             tags = unit_labels(encoded, spans_to_char_tags(len(text), spans), config.tag_unit)
             label_ids = [config.label2id[tag] for tag in tags]
         unit_tokens = encoded.unit_tokens(config.tag_unit)
-        unit_offsets = [(char_spans[a][0], char_spans[b - 1][1]) for a, b in encoded.unit_spans(config.tag_unit)]
+        unit_offsets = [original_span(char_spans, *span) for span in encoded.unit_spans(config.tag_unit)]
         for start, end in encoded.windows(config.max_length, config.stride if stride is None else stride):
             row = encoded.window(start, end, config.tag_unit, label_ids)
             units = iter(unit_offsets[bisect_left(unit_tokens, start) :])
@@ -353,6 +353,12 @@ def spans_to_char_tags(length: int, spans) -> list[str]:
 
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def original_span(char_spans: list[tuple[int, int]] | None, start: int, end: int) -> tuple[int, int]:
+    """The span of the caller's text that the characters [start, end) of the text the model reads come from, given
+    the per-character spans of `nfc_with_offsets` (or `respaced_with_offsets`); None: the texts are the same."""
+    return (start, end) if char_spans is None else (char_spans[start][0], char_spans[end - 1][1])
 
 
 def nfc_with_offsets(text: str) -> tuple[str, list[tuple[int, int]]]:

@@ -54,6 +54,7 @@ from .alignment import (
     is_grapheme_boundary,
     kiwi_space,
     nfc_with_offsets,
+    original_span,
     respaced_with_offsets,
     snap_to_graphemes,
     unit_tags_to_char_tags,
@@ -278,9 +279,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
         emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
         # Units as spans of the caller's string (`char_spans`, if any, lead from the NFC text back to `sentence`).
-        unit_spans = encoded.unit_spans(tag_unit)
-        if char_spans is not None:
-            unit_spans = [(char_spans[start][0], char_spans[end - 1][1]) for start, end in unit_spans]
+        unit_spans = [original_span(char_spans, *span) for span in encoded.unit_spans(tag_unit)]
         controlled = top_k is not None or constraints or lexicon
         if not controlled:
             entities = self._entities(encoded, char_spans, sentence, emissions, tag_ids, scores, aggregation_strategy,
@@ -345,8 +344,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
 
         def original(start: int, end: int) -> dict:
             """`word`, `start`, `end` in `sentence` of the characters [start, end) of `text`."""
-            if char_spans is not None:
-                start, end = char_spans[start][0], char_spans[end - 1][1]
+            start, end = original_span(char_spans, start, end)
             return {"word": sentence[start:end], "start": start, "end": end}
 
         tag_unit = self.model.config.tag_unit
