@@ -183,12 +183,13 @@ def model_inputs(
     """
     if entities is not None and len(entities) != len(texts):
         raise ValueError(f"entities holds {len(entities)} lists for {len(texts)} texts: give one list per text")
-    rows = []
     for index, original in enumerate(texts):
         if not isinstance(original, str):
             raise ValueError(f"text {index} is a {type(original).__name__}, not a string")
-        text, char_spans = nfc_with_offsets(original)
-        encoded = encode_texts([text], tokenizer, config.tokenization)[0]
+    normalized = [nfc_with_offsets(original) for original in texts]
+    encoded_texts = encode_texts([text for text, _ in normalized], tokenizer, config.tokenization) if texts else []
+    rows = []
+    for index, ((text, char_spans), encoded) in enumerate(zip(normalized, encoded_texts, strict=True)):
         label_ids = None
         if entities is not None:
             spans = _model_spans(entities[index], char_spans, config.label2id, index)
