@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from koelectra_crf.analysis.speed import read_sentences
-from koelectra_crf.evaluation import load_pipeline
+from koelectra_crf.loading import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"

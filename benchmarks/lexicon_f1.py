@@ -19,7 +19,8 @@ from collections import Counter, defaultdict
 from koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import char_tags_to_spans
 from koelectra_crf.data import example_tag_names, label_names, load_klue_split
-from koelectra_crf.evaluation import load_model, model_labels, predict_dataset, prediction_metrics
+from koelectra_crf.evaluation import model_labels, predict_dataset, prediction_metrics
+from koelectra_crf.loading import load_model
 
 
 def gold_entities(dataset) -> list[tuple[str, str]]:

@@ -34,7 +34,8 @@ from koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfTokenC
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.analysis.speed import read_sentences, throughput
 from koelectra_crf.data import load_klue_ner, load_klue_split, tokenize_and_align
-from koelectra_crf.evaluation import evaluate_dataset, load_pipeline
+from koelectra_crf.evaluation import evaluate_dataset
+from koelectra_crf.loading import load_pipeline
 from koelectra_crf.serving import ONNX_FILE, export_onnx
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -1,13 +1,11 @@
 """koelectra-crf: Korean named-entity recognition with an encoder + BiLSTM + CRF head.
 
-Importing the package does two things to transformers, both additive for every other model:
-
-- it registers the config and model with the Auto classes (so `AutoModelForTokenClassification.from_pretrained`
-  loads a saved folder in this process without `trust_remote_code`);
-- it routes `pipeline("token-classification", model=...)` for a model object of this kind (built here, or loaded
-  from a folder) to the CRF pipeline instead of the built-in argmax one. Transformers chooses a pipeline class by
-  task alone when it is given a model object, so this takes a registry entry: [`TokenClassificationDispatch`],
-  which builds transformers' own `TokenClassificationPipeline`, unchanged, for every other model.
+`import koelectra_crf` changes nothing and imports neither torch nor transformers (so that the `koelectra-crf`
+command starts at once). The first name taken from the package (`from koelectra_crf import ...` or
+`koelectra_crf.NAME`) imports the model and makes two additions to transformers, both leaving every other model as it
+was (`registration`): the Auto classes load a saved folder of this model in the process without
+`trust_remote_code`, and `pipeline("token-classification", model=...)` builds the CRF pipeline for a model object of
+this kind.
 
 Every folder the model's `save_pretrained` writes (directly, through `push_to_hub`, the pipeline's `save_pretrained`,
 or training) carries the code and names the pipeline in its config: `pipeline("token-classification", model=folder,
@@ -16,60 +14,33 @@ trust_remote_code=True)` works in any process, without this package. There, for 
 tokenizer=tokenizer)`.
 """
 
-import logging
+from importlib import import_module
 
-from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, TokenClassificationPipeline
-from transformers.pipelines import PIPELINE_REGISTRY
+_PUBLIC_NAMES = {
+    "KLUE_LABELS": "configuration_koelectra_crf",
+    "KoElectraCrfConfig": "configuration_koelectra_crf",
+    "KoElectraCrfForTokenClassification": "modeling_koelectra_crf",
+    "KoElectraCrfOutput": "modeling_koelectra_crf",
+    "KoElectraCrfTokenClassificationPipeline": "pipeline_koelectra_crf",
+    "LinearChainCRF": "crf",
+    "TokenClassificationDispatch": "registration",
+    "bio_constraints": "crf",
+}
+"""Each public name and the module that defines it."""
 
-from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
-from .crf import LinearChainCRF, bio_constraints
-from .modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
-from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
-
-
-class TokenClassificationDispatch(TokenClassificationPipeline):
-    """The "token-classification" registry entry while this package is imported: the CRF pipeline for a model of
-    type `koelectra-crf`, transformers' own `TokenClassificationPipeline` for every other model.
-
-    Never an instance of this class: constructing it returns one of the two pipelines. It subclasses the built-in
-    class only so that `pipeline()` reads the built-in's loading flags (tokenizer, processors) from it.
-    """
-
-    def __new__(cls, model=None, **kwargs) -> TokenClassificationPipeline | KoElectraCrfTokenClassificationPipeline:
-        if getattr(getattr(model, "config", None), "model_type", None) == KoElectraCrfConfig.model_type:
-            return KoElectraCrfTokenClassificationPipeline(model=model, **kwargs)
-        return TokenClassificationPipeline(model=model, **kwargs)
+__all__ = sorted(_PUBLIC_NAMES)
 
 
-AutoConfig.register(KoElectraCrfConfig.model_type, KoElectraCrfConfig)
-AutoModel.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
-AutoModelForTokenClassification.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
+def __getattr__(name: str) -> object:
+    """A public name, imported on first use (PEP 562) after the registration with transformers. Any other name is
+    not an attribute, so that `from koelectra_crf import SUBMODULE` imports the submodule as usual."""
+    if name not in _PUBLIC_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import_module(".registration", __name__)
+    value = getattr(import_module(f".{_PUBLIC_NAMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-class _DropOverwriteWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "already registered. Overwriting pipeline" not in record.getMessage()
-
-
-# Replacing the entry is the point (see above): transformers' "already registered, overwriting" warning is dropped
-# from its logger for this one call, nothing else about logging changes.
-_registry_logger = logging.getLogger("transformers.pipelines.base")
-_overwrite_filter = _DropOverwriteWarning()
-_registry_logger.addFilter(_overwrite_filter)
-try:
-    PIPELINE_REGISTRY.register_pipeline(
-        TASK, pipeline_class=TokenClassificationDispatch, pt_model=AutoModelForTokenClassification, type="text"
-    )
-finally:
-    _registry_logger.removeFilter(_overwrite_filter)
-
-__all__ = [
-    "KLUE_LABELS",
-    "KoElectraCrfConfig",
-    "KoElectraCrfForTokenClassification",
-    "KoElectraCrfOutput",
-    "KoElectraCrfTokenClassificationPipeline",
-    "LinearChainCRF",
-    "TokenClassificationDispatch",
-    "bio_constraints",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

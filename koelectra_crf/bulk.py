@@ -26,22 +26,26 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import islice, tee
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import LONE_SURROGATE
 from koelectra_crf.data import is_klue_tsv, read_klue_tsv, refuse_input_as_output, utf8_required
+from koelectra_crf.options import INPUT_FORMATS
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.usage import UsageError
 
-INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
-def process_state(device: str | None = None) -> PartialState:
+def process_state(device: str | None = None) -> "PartialState":
     """This process's place among those of `accelerate launch` or torchrun (one process when run alone). Without a
     GPU, or on `device="cpu"`, processes meet over gloo (accelerate's MULTI_CPU), else over the GPUs' backend."""
+    from accelerate import PartialState  # here: accelerate's package imports its training side too
+
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 

@@ -25,31 +25,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-
-from koelectra_crf import (
-    KoElectraCrfTokenClassificationPipeline,
-    ablation,
-    bulk,
-    formats,
-    pseudo_label,
-    serving,
-    spacing,
-)
-from koelectra_crf.analysis import attention, calibration, errors, report, speed
-from koelectra_crf.data import is_klue_tsv, load_klue_split, refuse_input_as_output
-from koelectra_crf.evaluation import (
-    evaluate_dataset,
-    evaluate_spacing,
-    load_model,
-    load_pipeline,
-    predict_dataset,
-    run_pipeline,
-)
-from koelectra_crf.threads import choose_cpu_threads
+from koelectra_crf import options
 from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
+
+if TYPE_CHECKING:
+    from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 FILE_ARGUMENTS = ("input", "test_file", "validation_file", "config")
 """Arguments that name a file to read: checked before any command starts."""
@@ -62,6 +44,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _device(name: str) -> str:
     """`--device`: a torch device name, and a CUDA device only where there is one."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError as error:
@@ -78,12 +62,12 @@ def _batch_size_argument(parser: argparse.ArgumentParser) -> None:
 def _format_arguments(parser: argparse.ArgumentParser) -> None:
     """How labelled data is read (`formats.read_examples`): its format, tag scheme, token unit, text column."""
     parser.add_argument(
-        "--data_format", choices=formats.READ_FORMATS, default="auto",
+        "--data_format", choices=options.READ_FORMATS, default="auto",
         help="format of the data files (default: auto, by extension and content): jsonl (doccano's too), doccano, "
         "label-studio, conll (word columns), conll-char, klue (KLUE NER TSV)",
     )  # fmt: skip
-    parser.add_argument("--tag_scheme", choices=formats.TAG_SCHEMES, default="auto", help="of column data")
-    parser.add_argument("--token_unit", choices=formats.TOKEN_UNITS, default="auto", help="of column data")
+    parser.add_argument("--tag_scheme", choices=options.TAG_SCHEMES, default="auto", help="of column data")
+    parser.add_argument("--token_unit", choices=options.TOKEN_UNITS, default="auto", help="of column data")
     parser.add_argument("--text_column", help="a datasets dataset's original-text column (default: text, if any)")
 
 
@@ -138,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
     predict.add_argument("--input", type=Path, help="file of texts: text lines, JSONL with a `text` field, KLUE TSV")
     predict.add_argument(
-        "--input_format", choices=bulk.INPUT_FORMATS, default="auto",
+        "--input_format", choices=options.INPUT_FORMATS, default="auto",
         help="(default: auto: jsonl for *.jsonl, klue for a file starting with '## ', else text)",
     )  # fmt: skip
     predict.add_argument(
@@ -147,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resumes after the last complete line; under `accelerate launch` the processes share the input",
     )  # fmt: skip
     predict.add_argument(
-        "--output_format", choices=formats.WRITE_FORMATS, default="jsonl",
+        "--output_format", choices=options.WRITE_FORMATS, default="jsonl",
         help="jsonl (default): a JSON line per text, streamed and resumable; doccano, label-studio (pre-annotations "
         "with scores), conll, conll-char, klue: data to correct in an annotation tool and train on (needs --output)",
     )  # fmt: skip
@@ -175,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     export.add_argument(
         "--quantize",
-        choices=serving.QUANTIZATIONS,
+        choices=options.QUANTIZATIONS,
         help="int8 weights (onnxruntime dynamic quantization) but the feed-forward output projections; int8-full: all",
     )
 
@@ -191,28 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a labelled KLUE TSV input: score the sentences each threshold keeps against their gold tags",
     )
     pseudo.add_argument(
-        "--confidence", choices=pseudo_label.CONFIDENCES, default="sequence_probability", help="for --thresholds"
+        "--confidence", choices=options.CONFIDENCES, default="sequence_probability", help="for --thresholds"
     )
     pseudo.add_argument(
         "--output",
         type=Path,
         required=True,
-        help=f"KLUE TSV file; confidences go to FILE{pseudo_label.CONFIDENCE_SUFFIX}",
+        help=f"KLUE TSV file; confidences go to FILE{options.CONFIDENCE_SUFFIX}",
     )
     _batch_size_argument(pseudo)
 
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
     evaluate.add_argument(
-        "--spacing", nargs="+", choices=spacing.CONDITIONS, metavar="CONDITION",
+        "--spacing", nargs="+", choices=options.SPACING_CONDITIONS, metavar="CONDITION",
         help="score the text under each spacing condition: as-is (as written), noisy (--spacing_remove_rate of its "
         "spaces removed, --spacing_insert_rate of the gaps between characters given one), none (no spaces); writes "
         "each condition's report to OUTPUT_DIR/CONDITION and a robustness table (robustness.md, robustness.json)",
     )  # fmt: skip
     evaluate.add_argument(
-        "--spacing_remove_rate", type=_share, default=spacing.DEFAULT_REMOVE_RATE, help="(default: %(default)s)"
+        "--spacing_remove_rate", type=_share, default=options.DEFAULT_REMOVE_RATE, help="(default: %(default)s)"
     )
     evaluate.add_argument(
-        "--spacing_insert_rate", type=_share, default=spacing.DEFAULT_INSERT_RATE, help="(default: %(default)s)"
+        "--spacing_insert_rate", type=_share, default=options.DEFAULT_INSERT_RATE, help="(default: %(default)s)"
     )
     evaluate.add_argument("--spacing_seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
     _respace_argument(evaluate)
@@ -230,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_parser.add_argument(
         "--bins",
         type=int,
-        default=calibration.DEFAULT_BINS,
-        help=f"equal-width confidence bins (default: {calibration.DEFAULT_BINS})",
+        default=options.CALIBRATION_BINS,
+        help=f"equal-width confidence bins (default: {options.CALIBRATION_BINS})",
     )
     calibration_parser.add_argument(
         "--validation_file",
@@ -260,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         nargs="+",
         type=_device,
-        default=speed.benchmark_devices(),
         help="(default: the CPU, and the GPU if any)",
     )
     benchmark_parser.add_argument(
@@ -281,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation_parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
     ablation_parser.add_argument(
         "--study",
-        choices=sorted(ablation.STUDIES),
+        choices=options.ABLATION_STUDIES,
         default="ablation",
         help="which variants: the original project's six (ablation), or plain fine-tuning against the subword and "
         "character heads (heads) (default: %(default)s)",
@@ -299,16 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert_parser.add_argument("source", metavar="IN", help="a file, a datasets folder or a Hub dataset name")
     convert_parser.add_argument("target", metavar="OUT", type=Path, help="the file to write")
-    convert_parser.add_argument("--input_format", choices=formats.READ_FORMATS, default="auto", help="(default: auto)")
+    convert_parser.add_argument("--input_format", choices=options.READ_FORMATS, default="auto", help="(default: auto)")
     convert_parser.add_argument(
-        "--output_format", choices=("auto", *formats.WRITE_FORMATS), default="auto",
+        "--output_format", choices=("auto", *options.WRITE_FORMATS), default="auto",
         help="(default: auto, by OUT's extension: .jsonl, .json: label-studio, .conll, .tsv: klue)",
     )  # fmt: skip
-    convert_parser.add_argument("--tag_scheme", choices=formats.TAG_SCHEMES, default="auto", help="of IN's tags")
+    convert_parser.add_argument("--tag_scheme", choices=options.TAG_SCHEMES, default="auto", help="of IN's tags")
     convert_parser.add_argument(
-        "--output_tag_scheme", choices=formats.TAG_SCHEMES[1:], default="bio", help="of OUT's tags (default: bio)"
+        "--output_tag_scheme", choices=options.TAG_SCHEMES[1:], default="bio", help="of OUT's tags (default: bio)"
     )
-    convert_parser.add_argument("--token_unit", choices=formats.TOKEN_UNITS, default="auto", help="of IN's tokens")
+    convert_parser.add_argument("--token_unit", choices=options.TOKEN_UNITS, default="auto", help="of IN's tokens")
     convert_parser.add_argument("--text_column", help="a datasets IN's original-text column (default: text, if any)")
     convert_parser.add_argument("--dataset_config_name", help="a Hub dataset's configuration")
     convert_parser.add_argument("--split", help="a datasets IN's split (may be left out when it has one)")
@@ -330,10 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_pipeline(
     model: str, device: str | None, processes: int = 1, respace: bool = False, **pipeline_kwargs
-) -> KoElectraCrfTokenClassificationPipeline:
+) -> "KoElectraCrfTokenClassificationPipeline":
     """The model's pipeline, with CPU threads chosen for it (`threads.choose_cpu_threads`, sharing the cores among
     `processes`; OMP_NUM_THREADS wins); `respace`: it re-spaces every text with Kiwi first; `pipeline_kwargs` (e.g.
     `top_k`, `lexicon`) are its defaults for every call."""
+    from koelectra_crf import serving
+    from koelectra_crf.loading import load_pipeline
+    from koelectra_crf.threads import choose_cpu_threads
+
     ner = load_pipeline(model, device, respace=respace, **pipeline_kwargs)
     if not isinstance(ner.model, serving.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
         choose_cpu_threads(ner.model, processes)
@@ -347,6 +334,10 @@ def _positive_int(value: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from koelectra_crf import bulk, serving
+
     control = {"top_k": args.top_k}
     if args.lexicon is not None:
         control.update(lexicon=existing_file("--lexicon", args.lexicon), lexicon_mode=args.lexicon_mode)
@@ -382,6 +373,10 @@ def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
     """`predict --output_format` other than jsonl: the entities of every text of `--input` as data that an annotation
     tool and the training read (`formats.write_predictions`), written once all are tagged; `control` (a lexicon) goes
     to the pipeline."""
+    from koelectra_crf import bulk, formats
+    from koelectra_crf.data import refuse_input_as_output
+    from koelectra_crf.evaluation import run_pipeline
+
     refuse_input_as_output(args.input, args.output)
     texts = list(bulk.read_texts(args.input, args.input_format))
     results = run_pipeline(
@@ -396,6 +391,8 @@ def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from koelectra_crf import formats
+
     read_options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column,
                     "config_name": args.dataset_config_name, "split": args.split}  # fmt: skip
     try:
@@ -411,6 +408,9 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
+    from koelectra_crf import pseudo_label
+    from koelectra_crf.data import is_klue_tsv
+
     if args.thresholds and not is_klue_tsv(args.input):
         raise UsageError(
             f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file (give one, or leave "
@@ -431,6 +431,9 @@ def _pseudo_label(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from koelectra_crf import serving
+    from koelectra_crf.loading import load_model
+
     if Path(args.model).is_dir() and args.output.exists() and args.output.samefile(args.model):
         raise UsageError(
             f"--output {args.output} is the model's own folder: an export writes config.json and the tokenizer over "
@@ -448,6 +451,9 @@ def _export(args: argparse.Namespace) -> None:
 def _labelled_data(args: argparse.Namespace, file: str | None, flag: str = "--test_file"):
     """The labelled data of `file` (any format, `formats.load_split`), else of `--dataset_name`, else the Hub's
     klue/ner validation split; its first `--max_sentences` sentences."""
+    from koelectra_crf import formats
+    from koelectra_crf.data import load_klue_split
+
     options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column}
     if file is not None:
         data = formats.load_split(file, flag, args.data_format, **options)
@@ -460,6 +466,9 @@ def _labelled_data(args: argparse.Namespace, file: str | None, flag: str = "--te
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from koelectra_crf.analysis import report
+    from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing
+
     data = _labelled_data(args, args.test_file)
     ner = _load_pipeline(args.model, args.device, respace=args.respace)
     if not args.spacing:
@@ -478,6 +487,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _errors(args: argparse.Namespace) -> None:
+    from koelectra_crf.analysis import errors
+    from koelectra_crf.evaluation import predict_dataset
+
     data = _labelled_data(args, args.test_file)
     models = [args.model, *args.compare]
     reports = {}
@@ -497,6 +509,9 @@ def _errors(args: argparse.Namespace) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> None:
+    from koelectra_crf import formats
+    from koelectra_crf.analysis import calibration
+
     data = _labelled_data(args, args.test_file)
     validation = formats.load_split(
         args.validation_file, "--validation_file", args.data_format, tag_scheme=args.tag_scheme,
@@ -531,6 +546,8 @@ def _calibration(args: argparse.Namespace) -> None:
 
 
 def _attention(args: argparse.Namespace) -> None:
+    from koelectra_crf.analysis import attention
+
     ner = _load_pipeline(args.model, args.device)
     report = attention.write_attention(ner, args.sentence, args.output_dir, args.layers, args.heads)
     shares = ", ".join(f"{share:.3f}" for share in report["share_to_entities_by_layer"])
@@ -538,13 +555,17 @@ def _attention(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
+    from koelectra_crf.analysis import speed
+
     sentences = speed.read_sentences(args.input, args.num_sentences)
-    results = speed.run_benchmark(args.model, sentences, args.batch_sizes, args.devices)
+    results = speed.run_benchmark(args.model, sentences, args.batch_sizes, args.devices or speed.benchmark_devices())
     speed.write_benchmark(results, args.output_dir)
     print(speed.benchmark_table(results), end="")
 
 
 def _ablation(args: argparse.Namespace) -> None:
+    from koelectra_crf import ablation
+
     study = ablation.STUDIES[args.study]
     if args.status:
         print(ablation.status_table(args.output_dir, args.seeds, study), end="")

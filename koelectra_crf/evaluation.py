@@ -8,18 +8,15 @@ measure, so that what is reported is what users of the pipeline get. The other a
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans, entity_type, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
 from koelectra_crf.metrics import klue_ner_metrics, label_types
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.spacing import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, condition_rates, perturb_dataset
 from koelectra_crf.usage import UsageError
 
@@ -28,39 +25,6 @@ RAW_COLUMNS = ("guid", "sentence", "tokens", "ner_tags")
 
 Span = tuple[int, int, str]
 """(start, end, type): an entity's character offsets (end exclusive) and type."""
-
-
-def default_device() -> str:
-    """The GPU when there is one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_pipeline(model: str, device: str | None = None, **pipeline_kwargs) -> KoElectraCrfTokenClassificationPipeline:
-    """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
-    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
-    `respace=True`) become its defaults for every call."""
-    if is_onnx_folder(model):
-        if device not in (None, "cpu"):
-            raise UsageError(f"{model} is an ONNX export: it runs on the CPU (onnxruntime), not on {device}")
-        return load_onnx_pipeline(model, **pipeline_kwargs)
-    model, tokenizer = load_model(model)
-    return KoElectraCrfTokenClassificationPipeline(
-        model=model, tokenizer=tokenizer, device=device or default_device(), **pipeline_kwargs
-    )
-
-
-def load_model(model: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in evaluation mode) and the tokenizer of a model folder or Hub id; a `UsageError` when `model` is
-    neither a model folder nor a model the Hub gives."""
-    folder = Path(model)
-    instead = "give the --output_dir of a training run (a relative path starts from the current folder) or a Hub id"
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise UsageError(f"{model} is a folder without config.json, not a model folder: {instead}")
-    try:
-        return AutoModelForTokenClassification.from_pretrained(model).eval(), AutoTokenizer.from_pretrained(model)
-    except OSError as error:  # what transformers raises for a model it cannot find or read
-        problem = "is not a complete model folder" if folder.is_dir() else "is no folder here, nor a model on the Hub"
-        raise UsageError(f"{model} {problem} ({str(error).splitlines()[0]}): {instead}") from error
 
 
 @dataclass
@@ -193,7 +157,7 @@ def evaluate_spacing(
     seed: int = 0,
     batch_size: int = 8,
 ) -> dict[str, tuple[dict[str, float], list[SentencePrediction]]]:
-    """[`evaluate_dataset`] of a KLUE split under each spacing condition (`spacing.CONDITIONS`: `as-is`, `noisy`
+    """[`evaluate_dataset`] of a KLUE split under each spacing condition (`options.SPACING_CONDITIONS`: `as-is`, `noisy`
     with `remove_rate` and `insert_rate`, `none`), its sentences perturbed by `spacing.perturb_dataset` with `seed`.
     KLUE's metrics drop the spaces, so every condition scores the same gold tags: the scores differ by the model's
     output alone."""

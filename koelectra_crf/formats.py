@@ -81,12 +81,8 @@ from koelectra_crf.data import (
     tags_to_ids,
     utf8_required,
 )
+from koelectra_crf.options import READ_FORMATS, TAG_SCHEMES, TOKEN_UNITS, WRITE_FORMATS
 from koelectra_crf.usage import UsageError
-
-READ_FORMATS = ("auto", "jsonl", "doccano", "label-studio", "conll", "conll-char", "klue", "datasets")
-WRITE_FORMATS = ("jsonl", "doccano", "label-studio", "conll", "conll-char", "klue")
-TAG_SCHEMES = ("auto", "bio", "iob1", "bioes", "bilou")
-TOKEN_UNITS = ("auto", "word", "char")
 
 # What `output_format="auto"` writes for an extension (doccano's JSONL must be named: `.jsonl` is ours).
 _OUTPUT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "label-studio", ".conll": "conll", ".tsv": "klue"}

@@ -35,10 +35,10 @@ from koelectra_crf.data import (
     strip_entity_marks,
 )
 from koelectra_crf.metrics import klue_ner_metrics
+from koelectra_crf.options import CONFIDENCE_SUFFIX, CONFIDENCES
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.usage import UsageError
 
-CONFIDENCE_SUFFIX = ".confidence.jsonl"
 HEADER = "## pseudo-labelled by koelectra-crf pseudo-label\n"
 """The first line of every pseudo-labelled file: what a new run may write over."""
 
@@ -108,9 +108,6 @@ def pseudo_label(
             scores.write(json.dumps(record) + "\n")
             counts["written"] += 1
     return counts
-
-
-CONFIDENCES = ("sequence_probability", "min_entity_probability")
 
 
 def read_confidences(path: str | Path, confidence: str = "sequence_probability") -> dict[str, float]:

@@ -44,6 +44,7 @@ from koelectra_crf.alignment import encode_texts
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
 from koelectra_crf.crf import LinearChainCRF
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
+from koelectra_crf.options import QUANTIZATIONS
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.tagger import EmissionTagger, build_crf, default_tag_mask
 from koelectra_crf.usage import UsageError
@@ -51,7 +52,6 @@ from koelectra_crf.usage import UsageError
 ONNX_FILE = "model.onnx"
 CRF_FILE = "crf.safetensors"
 EXPORT_INFO_FILE = "onnx_export.json"
-QUANTIZATIONS = ("int8", "int8-full")
 QUANTIZED_OPS = ["MatMul", "Gather", "LSTM"]  # the nodes with weights: linear layers, embeddings, the BiLSTM
 ATTENTION_OPSET = 23
 INSTALL_HINT = 'pip install "koelectra-crf[serve]" (onnx, onnxruntime, onnxscript)'

@@ -8,7 +8,7 @@ outside (`O`). KLUE's metrics drop the spaces before scoring (`metrics.klue_ner_
 score is the same under every spacing and scores across spacings compare the model's output alone.
 
 - Evaluation (`koelectra-crf evaluate MODEL --spacing as-is noisy none`): [`perturb_dataset`] makes a KLUE split
-  of each condition ([`CONDITIONS`]), seeded.
+  of each condition ([`SPACING_CONDITIONS`]), seeded.
 - Training (`--spacing_augmentation SHARE`): [`SpacingAugmentation`] perturbs a share of the training sentences,
   drawn afresh every epoch from (seed, epoch, sentence), so a resumed run and every process of a distributed one
   see the same perturbations; [`SpacingAugmentationCallback`] tells it the epoch.
@@ -25,24 +25,20 @@ from transformers import TrainerCallback
 
 from koelectra_crf.alignment import OUTSIDE, entity_type
 from koelectra_crf.data import klue_features, label_names, sentence_windows, tags_to_ids
+from koelectra_crf.options import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, SPACING_CONDITIONS
 
 logger = logging.getLogger(__name__)
 
 SPACE = " "
 """The space that is removed and inserted: U+0020, the one character KLUE's metrics drop (other whitespace is kept,
 as the metrics score it)."""
-DEFAULT_REMOVE_RATE = 0.3
-DEFAULT_INSERT_RATE = 0.05
-CONDITIONS = ("as-is", "noisy", "none")
-"""Evaluation conditions: the text as written, noisy spacing (a share of spaces removed and of gaps given one), and
-no spaces at all."""
 
 
 def condition_rates(condition: str, remove_rate: float, insert_rate: float) -> tuple[float, float]:
     """(remove rate, insert rate) of an evaluation condition: `noisy` takes the given rates."""
     rates = {"as-is": (0.0, 0.0), "noisy": (remove_rate, insert_rate), "none": (1.0, 0.0)}
     if condition not in rates:
-        raise ValueError(f"unknown spacing condition {condition!r}: use one of {CONDITIONS}")
+        raise ValueError(f"unknown spacing condition {condition!r}: use one of {SPACING_CONDITIONS}")
     return rates[condition]
 
 

@@ -17,7 +17,7 @@ from transformers.dynamic_module_utils import get_imports
 from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.cli import main
 from koelectra_crf.data import read_klue_tsv
-from koelectra_crf.evaluation import load_pipeline
+from koelectra_crf.loading import load_pipeline
 from koelectra_crf.serving import EXPORT_INFO_FILE, KoElectraCrfOnnxModel, export_onnx, load_onnx_pipeline
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]

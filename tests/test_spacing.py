@@ -28,8 +28,8 @@ from koelectra_crf.data import example_tag_names, load_klue_ner, tokenize_and_al
 from koelectra_crf.evaluation import evaluate_spacing
 from koelectra_crf.handler import EndpointHandler
 from koelectra_crf.spacing import (
-    CONDITIONS,
     SPACE,
+    SPACING_CONDITIONS,
     SpacingAugmentation,
     SpacingAugmentationCallback,
     perturb_dataset,
@@ -202,7 +202,7 @@ def test_scores_under_every_spacing_are_those_of_the_text_as_written(klue_valid_
         )
         for example in data
     }
-    conditions = list(CONDITIONS)
+    conditions = list(SPACING_CONDITIONS)
     perfect = evaluate_spacing(SpacingBlindTagger(gold), data, conditions, 0.3, 0.05, seed=0)
     assert [metrics["entity_f1"] for metrics, _ in perfect.values()] == [100.0] * 3
     assert [metrics["char_f1"] for metrics, _ in perfect.values()] == [100.0] * 3

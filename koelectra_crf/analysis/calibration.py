@@ -34,19 +34,21 @@ from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
+from koelectra_crf.options import CALIBRATION_BINS
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.tagger import EmissionTagger
 
 from . import plots
 
-DEFAULT_BINS = 15
 SEARCH_OCTAVES = 8
 """Temperatures are searched from 2^-8 to 2^8."""
 STEPS_PER_OCTAVE = 12
 """The search's resolution: steps of 2^(1/12) (about 6%)."""
 
 
-def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS) -> list[dict]:
+def reliability_bins(
+    confidences: Sequence[float], correct: Sequence[bool], num_bins: int = CALIBRATION_BINS
+) -> list[dict]:
     """Per equal-width bin [lower, upper) of confidence (1.0 in the last): count, mean confidence, accuracy.
 
     Mean confidence and accuracy are None for an empty bin.
@@ -71,7 +73,7 @@ def reliability_bins(confidences: Sequence[float], correct: Sequence[bool], num_
 
 
 def expected_calibration_error(
-    confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS
+    confidences: Sequence[float], correct: Sequence[bool], num_bins: int = CALIBRATION_BINS
 ) -> float:
     """ECE over `num_bins` equal-width bins (see the module docstring); NaN without any prediction."""
     bins = reliability_bins(confidences, correct, num_bins)
@@ -81,7 +83,9 @@ def expected_calibration_error(
     return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
 
 
-def calibration_summary(confidences: Sequence[float], correct: Sequence[bool], num_bins: int = DEFAULT_BINS) -> dict:
+def calibration_summary(
+    confidences: Sequence[float], correct: Sequence[bool], num_bins: int = CALIBRATION_BINS
+) -> dict:
     """Count, accuracy, mean confidence, ECE and the reliability bins of one set of predictions."""
     return {
         "count": len(confidences),
@@ -132,7 +136,10 @@ def entity_token_mean_confidences(
 
 
 def calibrate(
-    ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, num_bins: int = DEFAULT_BINS, batch_size: int = 8
+    ner: KoElectraCrfTokenClassificationPipeline,
+    dataset: Dataset,
+    num_bins: int = CALIBRATION_BINS,
+    batch_size: int = 8,
 ) -> dict[str, dict]:
     """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split (`entity`: the exact entity
     probability, `entity_token_mean`: the mean marginal of the entity's units)."""
@@ -238,7 +245,7 @@ def write_calibration(
     ner: KoElectraCrfTokenClassificationPipeline,
     dataset: Dataset,
     output_dir: Path,
-    num_bins: int = DEFAULT_BINS,
+    num_bins: int = CALIBRATION_BINS,
     batch_size: int = 8,
     validation: Dataset | None = None,
 ) -> dict:

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from koelectra_crf import data
-from koelectra_crf.evaluation import load_pipeline
+from koelectra_crf.loading import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 WARMUP_SENTENCES = 8
