@@ -6,7 +6,8 @@
 Each round runs, in a fresh interpreter each and in turn, `python -m koelectra_crf --help`,
 `python -m koelectra_crf predict --help` and the peer `python -c "import torch, transformers"` (with
 `--compare_with`, also the two help commands of the revision, checked out in a temporary worktree and put first on
-`PYTHONPATH`). Prints one JSON object: the median seconds of each command over `--repeats` rounds, and each median as
+`PYTHONPATH`; every command runs in an empty folder, so that `-m` does not find the checkout by the current
+folder). Prints one JSON object: the median seconds of each command over `--repeats` rounds, and each median as
 a ratio to the peer's (these machines are noisy: compare the ratios, measured in the same run).
 """
 
@@ -24,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER = "import torch, transformers"
 
 
-def seconds(command: list[str], env: dict[str, str]) -> float:
-    """Wall-clock seconds of one run of `command` to its end (it must succeed)."""
+def seconds(command: list[str], env: dict[str, str], cwd: str) -> float:
+    """Wall-clock seconds of one run of `command` in `cwd` to its end (it must succeed)."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=env)
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=cwd)
     return time.perf_counter() - start
 
 
@@ -56,19 +57,20 @@ def main() -> None:
             runs |= {name: (command, then) for name, command in help_commands(f"{args.compare_with}: ").items()}
         try:
             for command, env in runs.values():  # warm the file cache once
-                seconds(command, env)
+                seconds(command, env, temporary)
             timings = {name: [] for name in runs}
             for _ in range(args.repeats):
                 for name, (command, env) in runs.items():
-                    timings[name].append(seconds(command, env))
+                    timings[name].append(seconds(command, env, temporary))
         finally:
             if args.compare_with:
                 subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", worktree], check=True)
     medians = {name: statistics.median(values) for name, values in timings.items()}
+    ratios = {name: round(value / medians[PEER], 3) for name, value in medians.items()}
     print(json.dumps({
         "repeats": args.repeats,
         "median_seconds": {name: round(value, 3) for name, value in medians.items()},
-        "ratio_to_import_torch_transformers": {name: round(value / medians[PEER], 3) for name, value in medians.items()},
+        "ratio_to_import_torch_transformers": ratios,
     }, indent=2))  # fmt: skip
 
 

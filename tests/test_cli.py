@@ -26,7 +26,7 @@ from koelectra_crf.alignment import NerDataCollator, spans_to_char_tags
 from koelectra_crf.analysis import calibration
 from koelectra_crf.analysis.calibration import SEARCH_OCTAVES, STEPS_PER_OCTAVE, calibrate
 from koelectra_crf.analysis.errors import CATEGORIES
-from koelectra_crf.cli import main
+from koelectra_crf.cli import COMMANDS, main
 from koelectra_crf.data import (
     example_tag_names,
     load_klue_ner,
@@ -669,3 +669,72 @@ def test_evaluate_report_follows_the_model_types(tmp_path):
     assert metrics["PRD_support"] == 2 and "OG_f1" not in metrics
     assert "PRD" in (tmp_path / "eval" / "classification_report.txt").read_text()
     assert json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())["labels"] == labels
+
+
+# A command line that starts at once: each command imports only what it uses
+
+RUN_AND_LIST_IMPORTS = """
+import json, sys
+from koelectra_crf.cli import main
+try:
+    main(json.loads(sys.argv[1]))
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print(json.dumps(sorted(name for name in json.loads(sys.argv[2]) if name in sys.modules)))
+"""
+HEAVY = ["torch", "transformers", "datasets", "accelerate", "onnx", "onnxruntime", "matplotlib", "hub_card",
+         "transformers.trainer", "koelectra_crf.train", "koelectra_crf.trainer"]  # fmt: skip
+
+
+def imported_by(arguments: list, tmp_path) -> tuple[list[str], str]:
+    """Which of `HEAVY` a fresh process imports to run `koelectra-crf ARGUMENTS`, and what it printed."""
+    completed = run_command(
+        [sys.executable, "-c", RUN_AND_LIST_IMPORTS, json.dumps([str(a) for a in arguments]), json.dumps(HEAVY)],
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    *printed, imported = completed.stdout.splitlines()
+    return json.loads(imported), "\n".join(printed)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_imports_neither_torch_nor_transformers(command, tmp_path):
+    imported, printed = imported_by(["--help"] if command is None else [command, "--help"], tmp_path)
+    assert printed.startswith(f"usage: koelectra-crf{'' if command is None else ' ' + command}")
+    assert imported == []
+
+
+def test_predict_imports_neither_the_training_side_nor_datasets_nor_onnx(model_dir, tmp_path):
+    imported, printed = imported_by(["predict", model_dir, "김철수는 서울에서", "--device", "cpu"], tmp_path)
+    assert json.loads(printed)["text"] == "김철수는 서울에서"
+    # accelerate: transformers' own model loading imports it
+    assert imported == ["accelerate", "torch", "transformers"]
+
+
+def test_evaluation_and_training_never_import_the_onnx_runtime(model_dir, klue_file, tmp_path):
+    arguments = ["evaluate", model_dir, "--test_file", klue_file, "--device", "cpu", "--output_dir", tmp_path / "out"]
+    imported, _ = imported_by(arguments, tmp_path)
+    assert "datasets" in imported and not {"onnx", "onnxruntime"} & set(imported)
+    script = "import sys, koelectra_crf.train; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))"
+    completed = run_command([sys.executable, "-c", script], timeout=300)
+    assert completed.stdout.splitlines()[-1] == "[]"
+
+
+def test_importing_the_package_imports_nothing_until_a_name_is_used():
+    script = """
+import json, sys
+import koelectra_crf
+from koelectra_crf import options
+before = sorted({"torch", "transformers"} & set(sys.modules))
+config = koelectra_crf.KoElectraCrfConfig
+from transformers import AutoConfig
+print(json.dumps([before, AutoConfig.for_model("koelectra-crf").__class__ is config]))
+"""
+    completed = run_command([sys.executable, "-c", script], timeout=300)
+    assert json.loads(completed.stdout.splitlines()[-1]) == [[], True]
+
+
+def test_the_ablation_studies_the_command_offers_are_the_studies():
+    from koelectra_crf.ablation import STUDIES
+    from koelectra_crf.options import ABLATION_STUDIES
+
+    assert tuple(STUDIES) == ABLATION_STUDIES
