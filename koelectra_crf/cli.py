@@ -111,12 +111,7 @@ def _output_argument(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--output_dir", type=Path, default=default, help=f"(default: {default})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrors(
-        prog="koelectra-crf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="entities of texts, one JSON line per text")
     _model_arguments(predict)
     predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
@@ -151,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard: each match must be an entity of its type; soft: a bonus to its tags that the model may overrule",
     )  # fmt: skip
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="ONNX graph (encoder + BiLSTM + emissions) for onnxruntime")
     export.add_argument("model", help="model folder or Hub id")
     export.add_argument(
@@ -163,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 weights (onnxruntime dynamic quantization) but the feed-forward output projections; int8-full: all",
     )
 
+
+def _add_pseudo_label(commands: argparse._SubParsersAction) -> None:
     pseudo = commands.add_parser("pseudo-label", help="tag raw sentences into KLUE TSV with their confidences")
     _model_arguments(pseudo)
     pseudo.add_argument(
@@ -185,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _batch_size_argument(pseudo)
 
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="KLUE metrics, report, charts and per-sentence predictions")
     evaluate.add_argument(
         "--spacing", nargs="+", choices=options.SPACING_CONDITIONS, metavar="CONDITION",
@@ -200,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--spacing_seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
     _respace_argument(evaluate)
+    _model_arguments(evaluate)
+    _data_arguments(evaluate, "evaluate")
+
+
+def _add_errors(commands: argparse._SubParsersAction) -> None:
     errors_parser = commands.add_parser("errors", help="error categories, type confusion and examples")
     errors_parser.add_argument("--examples", type=int, default=5, help="examples per category (default: 5)")
     errors_parser.add_argument(
@@ -210,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="more models to analyse on the same data; writes each one's analysis in OUTPUT_DIR/<n>-<name> and a "
         "side-by-side comparison.md",
     )
+    _model_arguments(errors_parser)
+    _data_arguments(errors_parser, "errors")
+
+
+def _add_calibration(commands: argparse._SubParsersAction) -> None:
     calibration_parser = commands.add_parser("calibration", help="ECE and reliability diagram of the CRF marginals")
     calibration_parser.add_argument(
         "--bins",
@@ -221,10 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation_file",
         help="labelled data (any format, as --test_file) to fit a temperature on (then ECE is reported before/after)",
     )
-    for name, subparser in (("evaluate", evaluate), ("errors", errors_parser), ("calibration", calibration_parser)):
-        _model_arguments(subparser)
-        _data_arguments(subparser, name)
+    _model_arguments(calibration_parser)
+    _data_arguments(calibration_parser, "calibration")
 
+
+def _add_attention(commands: argparse._SubParsersAction) -> None:
     attention_parser = commands.add_parser("attention", help="attention heatmaps and attention to entity tokens")
     _model_arguments(attention_parser)
     attention_parser.add_argument(
@@ -238,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     attention_parser.add_argument("--heads", type=int, nargs="+", help="heads to draw (default: all)")
     _output_argument(attention_parser, "attention")
 
+
+def _add_benchmark(commands: argparse._SubParsersAction) -> None:
     benchmark_parser = commands.add_parser("benchmark", help="latency and throughput on CPU and GPU")
     benchmark_parser.add_argument("model", help="model folder or Hub id")
     benchmark_parser.add_argument(
@@ -258,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_argument(benchmark_parser, "benchmark")
 
+
+def _add_ablation(commands: argparse._SubParsersAction) -> None:
     ablation_parser = commands.add_parser("ablation", help="train the six ablation variants over seeds (resumable)")
     ablation_parser.add_argument("--config", type=Path, help="training preset (JSON); needed to train")
     ablation_parser.add_argument("--output_dir", type=Path, required=True, help="one folder per variant and seed")
@@ -277,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablation_parser.add_argument("extra", nargs="*", help="after --: arguments for every training run")
 
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
     convert_parser = commands.add_parser(
         "convert", help="labelled data from one format to another (doccano, Label Studio, CoNLL, KLUE TSV, datasets)"
     )
@@ -296,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert_parser.add_argument("--dataset_config_name", help="a Hub dataset's configuration")
     convert_parser.add_argument("--split", help="a datasets IN's split (may be left out when it has one)")
 
+
+def _add_adapt(commands: argparse._SubParsersAction) -> None:
     adapt_parser = commands.add_parser(
         "adapt",
         help="continue an encoder's masked-LM training on raw text (task-adaptive pretraining)",
@@ -308,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", type=Path, required=True, help="raw text: a text per line, <id>\\t<text> lines, or KLUE TSV"
     )
     adapt_parser.add_argument("--output", type=Path, required=True, help="the adapted encoder's folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrors(
+        prog="koelectra-crf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_predict, _add_export, _add_pseudo_label, _add_evaluate, _add_errors, _add_calibration, _add_attention,
+        _add_benchmark, _add_ablation, _add_convert, _add_adapt,
+    ):  # fmt: skip
+        add_command(commands)
     return parser
 
 
