@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from koelectra_crf import registration  # noqa: F401  (AutoTokenizer reads the export's config.json, no remote code)
 from koelectra_crf.alignment import encode_texts
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
 from koelectra_crf.crf import LinearChainCRF
@@ -254,16 +255,16 @@ EXPORTER_NOTES = (
 def _exporters_notes_silenced() -> Iterator[None]:
     """Within the block, the warnings of `EXPORTER_NOTES` and torch.onnx's info logging are not shown; every other
     warning is."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             for note in EXPORTER_NOTES:
                 warnings.filterwarnings("ignore", message=note)
             yield
     finally:
-        registration.setLevel(level)
+        registry_logger.setLevel(level)
 
 
 def feed_forward_outputs(graph, model: KoElectraCrfForTokenClassification) -> list[str]:
