@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from koelectra_crf import options
-from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusing
+from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, new_output, refusing
 
 if TYPE_CHECKING:
     from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
@@ -300,6 +300,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     )
     convert_parser.add_argument("source", metavar="IN", help="a file, a datasets folder or a Hub dataset name")
     convert_parser.add_argument("target", metavar="OUT", type=Path, help="the file to write")
+    convert_parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     convert_parser.add_argument("--input_format", choices=options.READ_FORMATS, default="auto", help="(default: auto)")
     convert_parser.add_argument(
         "--output_format", choices=("auto", *options.WRITE_FORMATS), default="auto",
@@ -425,6 +426,7 @@ def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from koelectra_crf import formats
 
+    new_output("OUT", args.target, args.overwrite)
     read_options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column,
                     "config_name": args.dataset_config_name, "split": args.split}  # fmt: skip
     try:

@@ -59,3 +59,10 @@ def existing_file(flag: str, path: str | os.PathLike) -> Path:
         problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise UsageError(f"{flag} {path}: {problem}; give the path of an existing file")
     return path
+
+
+def new_output(flag: str, path: Path, overwrite: bool) -> Path:
+    """`path` for a command to write, refused when a file is already there unless `overwrite` (`--overwrite`)."""
+    if path.exists() and not overwrite:
+        raise UsageError(f"{flag} {path} exists: give --overwrite to replace it, or another path")
+    return path

@@ -572,6 +572,16 @@ def test_convert_refuses_bad_data_in_one_line_naming_file_and_line(tmp_path, cap
     assert "cannot tell the output format" in refusal(capsys, "convert", source, tmp_path / "out.xyz")  # before reading
 
 
+def test_convert_never_overwrites_a_file_unless_told(klue_file, tmp_path, capsys):
+    target = tmp_path / "out.jsonl"
+    target.write_text("mine\n", encoding="utf-8")
+    line = refusal(capsys, "convert", klue_file, target)
+    assert line.endswith(f"OUT {target} exists: give --overwrite to replace it, or another path")
+    assert target.read_text(encoding="utf-8") == "mine\n"
+    run("convert", klue_file, target, "--overwrite")
+    assert formats.read_examples(target) == formats.read_examples(klue_file)
+
+
 def test_evaluating_the_same_sentences_in_every_format_gives_identical_metrics(
     model_dir, mixed_examples, tmp_path, capsys
 ):
