@@ -18,8 +18,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrai
 from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans, entity_type, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
 from koelectra_crf.metrics import klue_ner_metrics, label_types
+from koelectra_crf.onnx_model import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.spacing import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, condition_rates, perturb_dataset
 from koelectra_crf.usage import UsageError
 
@@ -37,7 +37,7 @@ def default_device() -> str:
 
 def load_pipeline(model: str, device: str | None = None, **pipeline_kwargs) -> KoElectraCrfTokenClassificationPipeline:
     """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
-    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
+    one); of an ONNX export folder (`onnx_model.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
     `respace=True`) become its defaults for every call."""
     if is_onnx_folder(model):
         if device not in (None, "cpu"):

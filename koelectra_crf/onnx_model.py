@@ -1,4 +1,5 @@
-"""Serving with onnxruntime: the network as one ONNX graph, the CRF and the pipeline unchanged around it.
+"""The ONNX export and its onnxruntime model: the network as one ONNX graph, the CRF and the pipeline unchanged
+around it.
 
 `export_onnx` (the `koelectra-crf export` command) writes a folder:
 
