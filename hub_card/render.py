@@ -103,7 +103,9 @@ def render_model_card(
         f"- {name}: {value}" for name, value in {
             "base model": base_model or "randomly initialised encoder (smoke run)",
             "entity types": ", ".join(types),
-            "tokenization": f"{config.tokenization}, windows of {config.max_length} tokens, stride {config.stride}",
+            "tokenization": (
+                f"{config.encoder_tokenization}, windows of {config.max_length} tokens, stride {config.stride}"
+            ),
             "encoder / head learning rate": f"{training_args.learning_rate} / {training_args.head_learning_rate}",
             "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
             "epochs (max)": training_args.num_train_epochs,

@@ -342,7 +342,9 @@ def sentence_windows(sentences: list[list[str]], tags: list[list[str]], tokenize
     """The model input rows of each sentence (its characters, and their tag names): one row per window, as
     [`tokenize_and_align`] makes them (see there). For the rows of a sentence changed on the fly, such as the training
     data's spacing augmentation (`spacing.SpacingAugmentation`)."""
-    encoded_texts = encode_texts(["".join(characters) for characters in sentences], tokenizer, config.tokenization)
+    encoded_texts = encode_texts(
+        ["".join(characters) for characters in sentences], tokenizer, config.encoder_tokenization
+    )
     rows = []
     for encoded, sentence_tags in zip(encoded_texts, tags, strict=True):
         label_ids = tags_to_ids(unit_labels(encoded, sentence_tags, config.tag_unit), config.label2id)
@@ -389,9 +391,9 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """Model inputs for training: one row per window of every sentence (no character is dropped).
 
     Uses the alignment and the window builder the pipeline uses ([`koelectra_crf.alignment`]) in
-    `config.tokenization` mode with `config.max_length`/`config.stride`, tagging `config.tag_unit`s. `labels` holds
-    the model's ids (`config.label2id`, matched by name) on the units and -100 elsewhere (special and untagged
-    tokens; the model derives the positions to tag from them). Padding is left to [`NerDataCollator`].
+    `config.encoder_tokenization` mode with `config.max_length`/`config.stride`, tagging `config.tag_unit`s.
+    `labels` holds the model's ids (`config.label2id`, matched by name) on the units and -100 elsewhere (special and
+    untagged tokens; the model derives the positions to tag from them). Padding is left to [`NerDataCollator`].
     """
     names = label_names(dataset)
 

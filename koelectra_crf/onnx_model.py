@@ -7,7 +7,7 @@ around it.
   `tag_unit="character"`, `(batch, characters)`) to `logits` `(batch, length or characters, num_labels)` float32,
   batch and lengths dynamic; int8 weights with `quantize="int8"` (onnxruntime's dynamic quantization);
 - `crf.safetensors`: the CRF's transition scores (absent for a model without CRF);
-- `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `tokenization`;
+- `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `encoder_tokenization`;
 - `onnx_export.json`: the graph's inputs, its quantization, the versions used, and the largest difference of its
   logits from PyTorch's on the export's sample. Its presence marks the folder as an export.
 
@@ -131,7 +131,7 @@ def sample_inputs(
     """A padded batch of two windows, as the pipeline builds and pads them: the graph's inputs, by name."""
     config = model.config
     windows = []
-    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.tokenization):
+    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.encoder_tokenization):
         start, end = encoded.windows(config.max_length, config.stride)[0]
         windows.append(encoded.window(start, end, config.tag_unit))
     padding = {"input_ids": tokenizer.pad_token_id}  # every other input pads with 0, as the pipeline's collation

@@ -42,7 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification, formats
 from koelectra_crf.alignment import NerDataCollator
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, RENAMED_SETTINGS
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction, check_types
 from koelectra_crf.metrics import label_types
@@ -99,15 +99,19 @@ class ModelArguments:
 
 def _head_arguments() -> type:
     """A dataclass of the head's settings, made from `KoElectraCrfConfig`'s own fields: the same names, defaults
-    and help (the config docstring's Args) as the config, so each setting is declared once."""
+    and help (the config docstring's Args) as the config, so each setting is declared once. A renamed setting
+    (`RENAMED_SETTINGS`) still takes its old flag, so that older command lines keep working."""
     config_fields = {f.name: f for f in dataclasses.fields(KoElectraCrfConfig)}
     docs = dict(re.findall(r"^ {8}(\w+) \(`[^\n]*\n((?: {12}.*\n)+)", KoElectraCrfConfig.__doc__, re.MULTILINE))
     head = []
     for name, annotation in vars(KoElectraCrfConfig)["__annotations__"].items():
         if name == "encoder":  # comes from ModelArguments
             continue
-        help_text = " ".join(docs[name].split())
-        head.append((name, annotation, field(default=config_fields[name].default, metadata={"help": help_text})))
+        metadata = {"help": " ".join(docs[name].split())}
+        old_flags = [f"--{old}" for old, new in RENAMED_SETTINGS.items() if new == name]
+        if old_flags:
+            metadata["aliases"] = old_flags
+        head.append((name, annotation, field(default=config_fields[name].default, metadata=metadata)))
     return dataclasses.make_dataclass("HeadArguments", head)
 
 
@@ -231,6 +235,8 @@ def parse_arguments(argv: list[str]) -> tuple:
             raise UsageError(f"--config {preset_file}: not a JSON file ({error})") from None
         if not isinstance(preset, dict):
             raise UsageError(f"--config {preset_file}: expected a JSON object of settings, not {type(preset).__name__}")
+        # A preset written before a setting was renamed names it as its old flag did.
+        preset = {RENAMED_SETTINGS.get(name, name): value for name, value in preset.items()}
         unknown = set(preset) - {action.dest for action in parser._actions} | ({"config"} & set(preset))
         if unknown:
             raise UsageError(f"--config {preset_file}: unknown settings {sorted(unknown)} (`--help` lists them)")
