@@ -303,7 +303,7 @@ def normalize_hub_split(dataset: Dataset, split: str) -> Dataset:
     """
     names = label_names(dataset)
 
-    def convert(example: dict, index: int) -> dict:
+    def to_schema(example: dict, index: int) -> dict:
         return {
             "guid": f"klue-ner-{split}-{index}",
             # The characters are the Hub's `sentence` without its marks, and are the text the tags belong to
@@ -313,7 +313,7 @@ def normalize_hub_split(dataset: Dataset, split: str) -> Dataset:
             "ner_tags": example["ner_tags"],
         }
 
-    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names, features=klue_features(names))
+    return dataset.map(to_schema, with_indices=True, remove_columns=dataset.column_names, features=klue_features(names))
 
 
 def load_klue_ner(
@@ -397,7 +397,7 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """
     names = label_names(dataset)
 
-    def windows(batch: dict) -> dict:
+    def window_rows(batch: dict) -> dict:
         rows = {}
         tags = [[names[i] for i in tag_ids] for tag_ids in batch["ner_tags"]]
         for sentence in sentence_windows(batch["tokens"], tags, tokenizer, config):
@@ -406,7 +406,7 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
                     rows.setdefault(key, []).append(values)
         return rows
 
-    return dataset.map(windows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    return dataset.map(window_rows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 
 def load_klue_split(file: str | Path | None = None, max_sentences: int | None = None) -> Dataset:

@@ -379,8 +379,9 @@ def use_special_tokens_of(tokenizer, model) -> None:
             setattr(config, name, getattr(tokenizer, name))
 
 
-def write_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
-    """One JSON line per sentence: its guid, text and predicted character tags."""
+def write_evaluation_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
+    """One JSON line per evaluated sentence: its guid, text and predicted character tags (`predictions_SPLIT.jsonl`;
+    `formats.write_predictions` is the one that writes the pipeline's entities in a data format)."""
     with path.open("w", encoding="utf-8") as file:
         for p in predictions:
             record = {"guid": p.guid, "sentence": p.text, "tags": p.predicted_tags}
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         predictions["test"] = trainer.last_predictions
     if trainer.is_world_process_zero():
         for split, split_predictions in predictions.items():
-            write_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
+            write_evaluation_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.model_name_or_path
