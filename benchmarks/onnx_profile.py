@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_profile.py --model outputs/study-character --onnx outputs/study-character-onnx --threads 2
 
-The pipeline over the export (`serving.load_onnx_pipeline`) tags `--sentences` sentences of
+The pipeline over the export (`onnx_model.load_onnx_pipeline`) tags `--sentences` sentences of
 klue-ner-train-sentences.tsv at `--batch_size`, and the window batches it feeds the graph are kept; then the same
 batches run through the PyTorch model (`torch.profiler`, time per aten operator, self time) and through the graph
 (onnxruntime's profiler, kernel time per operator type), one thread count for both. PyTorch's side includes the
@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from koelectra_crf.analysis.speed import read_sentences
-from koelectra_crf.serving import ONNX_FILE, load_onnx_pipeline
+from koelectra_crf.onnx_model import ONNX_FILE, load_onnx_pipeline
 
 SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
 TORCH_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"}

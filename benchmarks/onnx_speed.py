@@ -4,7 +4,7 @@
     python benchmarks/onnx_speed.py --model outputs/koelectra-klue  # any saved model folder
     python benchmarks/onnx_speed.py --sentences 20 --validation_sentences 20 --train_steps 0   # smoke run
 
-The PyTorch model folder is exported three times (`serving.export_onnx`: float32; int8 dynamic quantization with
+The PyTorch model folder is exported three times (`onnx_model.export_onnx`: float32; int8 dynamic quantization with
 the feed-forward output projections left in float32; int8-full). Each of the four then runs in a fresh process,
 one after the other, so that each process's peak resident memory is its own: load, warm up, tag `--sentences`
 sentences of klue-ner-train-sentences.tsv at `--batch_size` through the same pipeline class (sentences per second:
@@ -36,7 +36,7 @@ from koelectra_crf.analysis.speed import read_sentences, throughput
 from koelectra_crf.data import load_klue_ner, load_klue_split, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
 from koelectra_crf.loading import load_pipeline
-from koelectra_crf.serving import ONNX_FILE, export_onnx
+from koelectra_crf.onnx_model import ONNX_FILE, export_onnx
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 E5 = SHARED / "encoders/multilingual-e5-small-ko"

@@ -62,18 +62,51 @@ def render_model_card(
     types), else news-like texts written for KLUE's types: a model of other types gets the first three validation
     texts with an entity from the training script."""
     example_texts = example_texts or EXAMPLE_TEXTS
-    types = label_types(model_labels(model))
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
     data_description, evaluated_on = describe_data(train_file, validation_file)
     on_klue = train_file is None
     license = license or ("cc-by-sa-4.0" if on_klue else "other")
-    with evaluation_mode(model):
-        ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
-        outputs = ner(example_texts, aggregation_strategy="simple")
-    outputs = [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
+    outputs = example_outputs(model, tokenizer, example_texts)
     results = {name.removeprefix("eval_"): value for name, value in metrics.items()}
     shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in metric_types(results)]
-    metadata = {
+    metadata = card_metadata(model_id, license, on_klue, base_model, example_texts, evaluated_on, results)
+    config = model.config
+    parts = [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm
+    examples = "\n\n".join(
+        f"> {text}\n\n" + "\n".join(f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in output)
+        for text, output in zip(example_texts, outputs, strict=True)
+    )
+    return TEMPLATE.read_text(encoding="utf-8").format(
+        metadata=yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(),
+        title=model_id.split("/")[-1],
+        architecture=" + ".join(parts + ["CRF" if config.use_crf else "softmax"]),
+        data_description=data_description,
+        results_table="\n".join(f"| {name} | {results[name]:.2f} |" for name in shown if name in results),
+        comparability=NOT_COMPARABLE,
+        model_id=model_id,
+        min_transformers=MIN_TRANSFORMERS,
+        example_text=example_texts[0],
+        examples=examples,
+        training=training_recipe(model, base_model, training_args),
+    )
+
+
+def example_outputs(model, tokenizer, texts: list[str]) -> list[list[dict]]:
+    """The CRF pipeline's entities for `texts` (`aggregation_strategy="simple"`), as the model's own outputs are
+    what the card shows for its examples; scores rounded to 4 digits, which is all a reader needs."""
+    with evaluation_mode(model):
+        ner = KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer, device=model.device)
+        outputs = ner(texts, aggregation_strategy="simple")
+    return [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
+
+
+def card_metadata(
+    model_id: str, license: str, on_klue: bool, base_model: str | None, example_texts: list[str],
+    evaluated_on: dict[str, str], results: dict[str, float],
+) -> dict:  # fmt: skip
+    """The card's YAML metadata: what the Hub indexes (license, tags, the `klue` dataset only when trained on the
+    Hub's KLUE NER, base model), the widget's example texts and the model-index with the measured F1 scores."""
+    return {
         "language": ["ko"],
         "license": license,
         "library_name": "transformers",
@@ -96,14 +129,19 @@ def render_model_card(
             }],
         }],
     }  # fmt: skip
+
+
+def training_recipe(model, base_model: str | None, training_args) -> str:
+    """The card's training section: one `- setting: value` line per setting of the model's config and of
+    `training_args` that a reader needs to reproduce the run."""
     config = model.config
-    parts = [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm
-    architecture = " + ".join(parts + ["CRF" if config.use_crf else "softmax"])
-    training = "\n".join(
+    return "\n".join(
         f"- {name}: {value}" for name, value in {
             "base model": base_model or "randomly initialised encoder (smoke run)",
-            "entity types": ", ".join(types),
-            "tokenization": f"{config.tokenization}, windows of {config.max_length} tokens, stride {config.stride}",
+            "entity types": ", ".join(label_types(model_labels(model))),
+            "tokenization": (
+                f"{config.encoder_tokenization}, windows of {config.max_length} tokens, stride {config.stride}"
+            ),
             "encoder / head learning rate": f"{training_args.learning_rate} / {training_args.head_learning_rate}",
             "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size),
             "epochs (max)": training_args.num_train_epochs,
@@ -115,20 +153,3 @@ def render_model_card(
             "mixed precision": "fp16" if training_args.fp16 else "bf16" if training_args.bf16 else "no",
         }.items()
     )  # fmt: skip
-    examples = "\n\n".join(
-        f"> {text}\n\n" + "\n".join(f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in output)
-        for text, output in zip(example_texts, outputs, strict=True)
-    )
-    return TEMPLATE.read_text(encoding="utf-8").format(
-        metadata=yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(),
-        title=model_id.split("/")[-1],
-        architecture=architecture,
-        data_description=data_description,
-        results_table="\n".join(f"| {name} | {results[name]:.2f} |" for name in shown if name in results),
-        comparability=NOT_COMPARABLE,
-        model_id=model_id,
-        min_transformers=MIN_TRANSFORMERS,
-        example_text=example_texts[0],
-        examples=examples,
-        training=training,
-    )

@@ -3,7 +3,7 @@
 KLUE NER is labelled per character (spaces included). The model tags tokens. This module decides, once, which
 token carries the tag of which character, and how token tags become character tags again.
 
-Tokenization modes (`config.tokenization`):
+What the encoder reads (`config.encoder_tokenization`):
 
 - ``"subword"``: the encoder's fast tokenizer over the running text. A token covers the characters of its offset
   span (leading whitespace stripped, as SentencePiece's ``▁`` can include it). It is labelled with the tag of its
@@ -148,14 +148,14 @@ class EncodedText:
         return inputs
 
 
-def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[EncodedText]:
+def encode_texts(texts: list[str], tokenizer, encoder_tokenization: str) -> list[EncodedText]:
     """Tokenize whole texts (one batched tokenizer call) and align their tokens with characters."""
     if not tokenizer.is_fast:
         raise ValueError("koelectra-crf needs a fast tokenizer (character offsets); got a slow one")
-    if tokenization == "subword":
+    if encoder_tokenization == "subword":
         batch = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, return_token_type_ids=True)
         positions = [None] * len(texts)
-    elif tokenization == "char":
+    elif encoder_tokenization == "char":
         positions = [[i for i, char in enumerate(text) if not char.isspace()] for text in texts]
         words = [[texts[k][i] for i in chars] for k, chars in enumerate(positions)]
         batch = tokenizer(
@@ -163,7 +163,7 @@ def encode_texts(texts: list[str], tokenizer, tokenization: str) -> list[Encoded
             return_token_type_ids=True,
         )  # fmt: skip
     else:
-        raise ValueError(f"unknown tokenization {tokenization!r}: use 'subword' or 'char'")
+        raise ValueError(f"unknown encoder_tokenization {encoder_tokenization!r}: use 'subword' or 'char'")
     uses_token_types = "token_type_ids" in tokenizer.model_input_names
     return [_align(texts[k], batch, k, positions[k], uses_token_types) for k in range(len(texts))]
 
@@ -174,7 +174,7 @@ def model_inputs(
     """Model input rows of `texts` (one per window, unpadded lists; `pad_inputs` pads them): what
     `KoElectraCrfForTokenClassification.prepare_inputs` returns, and what the pipeline reads.
 
-    Each text is read in NFC (`nfc_with_offsets`), tokenized once and windowed by `config` (`tokenization`,
+    Each text is read in NFC (`nfc_with_offsets`), tokenized once and windowed by `config` (`encoder_tokenization`,
     `max_length`, `stride` unless given, `tag_unit`). Besides `EncodedText.window`'s inputs a row holds
     `offset_mapping`, the [start, end) span in the caller's text of each position of the tagged sequence ((0, 0)
     where `tag_mask` is False), and `overflow_to_sample_mapping`, the index of its text. With `entities` (per text,
@@ -187,7 +187,9 @@ def model_inputs(
         if not isinstance(original, str):
             raise ValueError(f"text {index} is a {type(original).__name__}, not a string")
     normalized = [nfc_with_offsets(original) for original in texts]
-    encoded_texts = encode_texts([text for text, _ in normalized], tokenizer, config.tokenization) if texts else []
+    encoded_texts = (
+        encode_texts([text for text, _ in normalized], tokenizer, config.encoder_tokenization) if texts else []
+    )
     rows = []
     for index, ((text, char_spans), encoded) in enumerate(zip(normalized, encoded_texts, strict=True)):
         label_ids = None

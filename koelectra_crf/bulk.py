@@ -49,8 +49,9 @@ def process_state(device: str | None = None) -> "PartialState":
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
-def detect_format(path: Path) -> str:
-    """`jsonl`, `klue` or `text` for `input_format="auto"` (see the module docstring)."""
+def detect_input_format(path: Path) -> str:
+    """`jsonl`, `klue` or `text` for `input_format="auto"` (see the module docstring): the texts' format, not a
+    labelled data format (`formats.detect_format`)."""
     if path.suffix == ".jsonl":
         return "jsonl"
     return "klue" if is_klue_tsv(path) else "text"
@@ -67,7 +68,7 @@ def read_texts(path: str | Path, input_format: str = "auto") -> Iterator[str]:
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
     if input_format == "auto":
-        input_format = detect_format(path)
+        input_format = detect_input_format(path)
     if input_format == "klue":
         return (sentence["sentence"] for sentence in read_klue_tsv(path))
     return _read_lines(path, input_format)
@@ -148,7 +149,7 @@ def resume(path: Path, texts: Iterable[str], truncate: bool = True) -> int:
     return done
 
 
-def _write(
+def _tag_into_file(
     ner: KoElectraCrfTokenClassificationPipeline,
     texts: Callable[[], Iterator[str]],
     total: int,
@@ -187,7 +188,7 @@ def tag_file(
         return islice(read_texts(input_path, input_format), start, end)
 
     if state.num_processes == 1:
-        _write(ner, texts, total, output_path, batch_size, "tagging", show_progress=True)
+        _tag_into_file(ner, texts, total, output_path, batch_size, "tagging", show_progress=True)
         return total
 
     with state.main_process_first():  # the main process cuts a partial line before the others count lines
@@ -197,8 +198,8 @@ def tag_file(
     parts = [output_path.with_name(f"{output_path.name}.part-{start}-{end}") for start, end in shards]
     start, end = shards[state.process_index]
     description = f"tagging (process 0 of {processes})"
-    _write(ner, partial(texts, start, end), end - start, parts[state.process_index], batch_size, description,
-           state.is_local_main_process)  # fmt: skip
+    _tag_into_file(ner, partial(texts, start, end), end - start, parts[state.process_index], batch_size, description,
+                   state.is_local_main_process)  # fmt: skip
     state.wait_for_everyone()
     if state.is_main_process:
         with open(output_path, "ab") as f:

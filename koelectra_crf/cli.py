@@ -350,12 +350,12 @@ def _load_pipeline(
     """The model's pipeline, with CPU threads chosen for it (`threads.choose_cpu_threads`, sharing the cores among
     `processes`; OMP_NUM_THREADS wins); `respace`: it re-spaces every text with Kiwi first; `pipeline_kwargs` (e.g.
     `top_k`, `lexicon`) are its defaults for every call."""
-    from koelectra_crf import serving
+    from koelectra_crf import onnx_model
     from koelectra_crf.loading import load_pipeline
     from koelectra_crf.threads import choose_cpu_threads
 
     ner = load_pipeline(model, device, respace=respace, **pipeline_kwargs)
-    if not isinstance(ner.model, serving.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
+    if not isinstance(ner.model, onnx_model.KoElectraCrfOnnxModel):  # onnxruntime took torch's threads at loading
         choose_cpu_threads(ner.model, processes)
     return ner
 
@@ -369,7 +369,7 @@ def _positive_int(value: str) -> int:
 def _predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    from koelectra_crf import bulk, serving
+    from koelectra_crf import bulk, onnx_model
 
     control = {"top_k": args.top_k}
     if args.lexicon is not None:
@@ -383,7 +383,7 @@ def _predict(args: argparse.Namespace) -> None:
     if args.output:
         state = bulk.process_state(args.device)
         device = args.device
-        if device is None and state.device.type != "cpu" and not serving.is_onnx_folder(args.model):
+        if device is None and state.device.type != "cpu" and not onnx_model.is_onnx_folder(args.model):
             device = str(state.device)  # each process its own GPU
         ner = _load_pipeline(args.model, device, state.num_processes, args.respace, **control)
         bulk.tag_file(ner, args.input, args.output, args.batch_size, args.input_format)
@@ -465,7 +465,7 @@ def _pseudo_label(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from koelectra_crf import serving
+    from koelectra_crf import onnx_model
     from koelectra_crf.loading import load_model
 
     if Path(args.model).is_dir() and args.output.exists() and args.output.samefile(args.model):
@@ -473,12 +473,12 @@ def _export(args: argparse.Namespace) -> None:
             f"--output {args.output} is the model's own folder: an export writes config.json and the tokenizer over "
             f"the model's; choose a new folder (e.g. --output {args.output.with_name(args.output.name + '-onnx')})"
         )
-    serving.check_export_folder(args.output)  # before the model loads
+    onnx_model.check_export_folder(args.output)  # before the model loads
     model, tokenizer = load_model(args.model)
-    folder = serving.export_onnx(model, tokenizer, args.output, args.quantize)
-    info = json.loads((folder / serving.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-    megabytes = (folder / serving.ONNX_FILE).stat().st_size / 2**20
-    print(f"{folder / serving.ONNX_FILE}: {megabytes:.1f} MB, largest logit difference from PyTorch on a sample "
+    folder = onnx_model.export_onnx(model, tokenizer, args.output, args.quantize)
+    info = json.loads((folder / onnx_model.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    megabytes = (folder / onnx_model.ONNX_FILE).stat().st_size / 2**20
+    print(f"{folder / onnx_model.ONNX_FILE}: {megabytes:.1f} MB, largest logit difference from PyTorch on a sample "
           f"{info['sample_max_abs_difference']:.2g}")  # fmt: skip
 
 

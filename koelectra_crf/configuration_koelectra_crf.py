@@ -22,8 +22,10 @@ KLUE_LABELS = [
 ENTITY_TYPES = tuple(label[2:] for label in KLUE_LABELS if label.startswith("B-"))
 """The six KLUE entity types (PS, LC, OG, DT, TI, QT), derived from `KLUE_LABELS`."""
 
-TOKENIZATION_MODES = ("subword", "char")
+ENCODER_TOKENIZATIONS = ("subword", "char")
 TAG_UNITS = ("token", "character")
+RENAMED_SETTINGS = {"tokenization": "encoder_tokenization"}
+"""Old name -> new name of the settings renamed since config.json files were first written: read, never written."""
 
 # monologg/koelectra-base-v3-discriminator: the default encoder when none is given.
 KOELECTRA_BASE_V3 = {
@@ -56,8 +58,10 @@ class KoElectraCrfConfig(PreTrainedConfig):
             Dropout before the emission layer (and after the encoder).
         multi_sample_dropout (`int`, defaults to 1):
             Number of dropout masks whose emission scores are averaged during training (1 = ordinary dropout).
-        tokenization (`str`, defaults to `"subword"`):
-            `"subword"`: the encoder's tokenizer over running text; `"char"`: one token per non-space character.
+        encoder_tokenization (`str`, defaults to `"subword"`):
+            What the encoder reads: `"subword"`, the encoder's tokenizer over running text; `"char"`, one token per
+            non-space character. Not what is tagged (that is `tag_unit`). Read from the key `tokenization` too,
+            as config.json files written before the rename name it; saving writes `encoder_tokenization` only.
         max_length (`int`, defaults to 128):
             Tokens per window, special tokens included. Longer texts are split into overlapping windows.
         stride (`int`, defaults to 32):
@@ -98,7 +102,7 @@ class KoElectraCrfConfig(PreTrainedConfig):
     use_crf: bool = True
     classifier_dropout: float = 0.1
     multi_sample_dropout: int = 1
-    tokenization: str = "subword"
+    encoder_tokenization: str = "subword"
     max_length: int = 128
     stride: int = 32
     crf_constrain_training: bool = False
@@ -108,6 +112,7 @@ class KoElectraCrfConfig(PreTrainedConfig):
     max_char_position: int = 8
 
     def __post_init__(self, labels: list[str] | None = None, **kwargs):
+        self._read_renamed_settings(kwargs)
         # `labels` (tag names in id order) is the one way to set the label set; id2label/label2id derive from it.
         if labels is not None or (self.id2label is None and "num_labels" not in kwargs):
             self.id2label = dict(enumerate(KLUE_LABELS if labels is None else labels))
@@ -117,12 +122,26 @@ class KoElectraCrfConfig(PreTrainedConfig):
             self.label2id = {label: i for i, label in self.id2label.items()}
         if self.tag_unit not in TAG_UNITS:
             raise ValueError(f"tag_unit must be one of {TAG_UNITS}, got {self.tag_unit!r}")
-        if self.tokenization not in TOKENIZATION_MODES:
-            raise ValueError(f"tokenization must be one of {TOKENIZATION_MODES}, got {self.tokenization!r}")
+        if self.encoder_tokenization not in ENCODER_TOKENIZATIONS:
+            raise ValueError(
+                f"encoder_tokenization must be one of {ENCODER_TOKENIZATIONS}, got {self.encoder_tokenization!r}"
+            )
         if self.multi_sample_dropout < 1:
             raise ValueError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")
         if not 0 <= self.stride < self.max_length - 2:
             raise ValueError(f"stride must be in [0, max_length - 2), got stride={self.stride}")
+
+    def _read_renamed_settings(self, kwargs: dict) -> None:
+        """Take the settings of `RENAMED_SETTINGS` given by their old names out of `kwargs` and set them by their new
+        ones: config.json files saved before a rename still load, and save with the new name only. An old name whose
+        value contradicts a new one given too (not at its default) is refused rather than silently chosen."""
+        for old, new in RENAMED_SETTINGS.items():
+            if old not in kwargs:
+                continue
+            value = kwargs.pop(old)
+            if getattr(self, new) not in (value, self.__dataclass_fields__[new].default):
+                raise ValueError(f"{old}={value!r} (the old name of {new}) contradicts {new}={getattr(self, new)!r}")
+            setattr(self, new, value)
 
     @property
     def label_names(self) -> list[str]:

@@ -303,7 +303,7 @@ def normalize_hub_split(dataset: Dataset, split: str) -> Dataset:
     """
     names = label_names(dataset)
 
-    def convert(example: dict, index: int) -> dict:
+    def to_schema(example: dict, index: int) -> dict:
         return {
             "guid": f"klue-ner-{split}-{index}",
             # The characters are the Hub's `sentence` without its marks, and are the text the tags belong to
@@ -313,7 +313,7 @@ def normalize_hub_split(dataset: Dataset, split: str) -> Dataset:
             "ner_tags": example["ner_tags"],
         }
 
-    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names, features=klue_features(names))
+    return dataset.map(to_schema, with_indices=True, remove_columns=dataset.column_names, features=klue_features(names))
 
 
 def load_klue_ner(
@@ -342,7 +342,9 @@ def sentence_windows(sentences: list[list[str]], tags: list[list[str]], tokenize
     """The model input rows of each sentence (its characters, and their tag names): one row per window, as
     [`tokenize_and_align`] makes them (see there). For the rows of a sentence changed on the fly, such as the training
     data's spacing augmentation (`spacing.SpacingAugmentation`)."""
-    encoded_texts = encode_texts(["".join(characters) for characters in sentences], tokenizer, config.tokenization)
+    encoded_texts = encode_texts(
+        ["".join(characters) for characters in sentences], tokenizer, config.encoder_tokenization
+    )
     rows = []
     for encoded, sentence_tags in zip(encoded_texts, tags, strict=True):
         label_ids = tags_to_ids(unit_labels(encoded, sentence_tags, config.tag_unit), config.label2id)
@@ -389,13 +391,13 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
     """Model inputs for training: one row per window of every sentence (no character is dropped).
 
     Uses the alignment and the window builder the pipeline uses ([`koelectra_crf.alignment`]) in
-    `config.tokenization` mode with `config.max_length`/`config.stride`, tagging `config.tag_unit`s. `labels` holds
-    the model's ids (`config.label2id`, matched by name) on the units and -100 elsewhere (special and untagged
-    tokens; the model derives the positions to tag from them). Padding is left to [`NerDataCollator`].
+    `config.encoder_tokenization` mode with `config.max_length`/`config.stride`, tagging `config.tag_unit`s.
+    `labels` holds the model's ids (`config.label2id`, matched by name) on the units and -100 elsewhere (special and
+    untagged tokens; the model derives the positions to tag from them). Padding is left to [`NerDataCollator`].
     """
     names = label_names(dataset)
 
-    def windows(batch: dict) -> dict:
+    def window_rows(batch: dict) -> dict:
         rows = {}
         tags = [[names[i] for i in tag_ids] for tag_ids in batch["ner_tags"]]
         for sentence in sentence_windows(batch["tokens"], tags, tokenizer, config):
@@ -404,7 +406,7 @@ def tokenize_and_align(dataset: Dataset, tokenizer, config) -> Dataset:
                     rows.setdefault(key, []).append(values)
         return rows
 
-    return dataset.map(windows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    return dataset.map(window_rows, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 
 def load_klue_split(file: str | Path | None = None, max_sentences: int | None = None) -> Dataset:

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from koelectra_crf import registration  # noqa: F401  (the Auto classes load this model's folders, no remote code)
+from koelectra_crf.onnx_model import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.serving import is_onnx_folder, load_onnx_pipeline
 from koelectra_crf.usage import UsageError
 
 
@@ -21,7 +21,7 @@ def default_device() -> str:
 
 def load_pipeline(model: str, device: str | None = None, **pipeline_kwargs) -> KoElectraCrfTokenClassificationPipeline:
     """The CRF pipeline of a model folder or Hub id, in evaluation mode, on `device` (default: the GPU when there is
-    one); of an ONNX export folder (`serving.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
+    one); of an ONNX export folder (`onnx_model.export_onnx`), on the CPU with onnxruntime. `pipeline_kwargs` (e.g.
     `respace=True`) become its defaults for every call."""
     if is_onnx_folder(model):
         if device not in (None, "cpu"):

@@ -243,9 +243,9 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         r"""The model's inputs for `texts`, what `tokenizer(texts, return_tensors="pt")` is for other models:
         `model(**model.prepare_inputs(texts, tokenizer))` works for both tag units.
 
-        Texts are read as the pipeline reads them (Unicode NFC, the tokenizer of this model, `config.tokenization`)
-        and cut into overlapping windows of `config.max_length` tokens (`stride`, default `config.stride`, shared):
-        nothing is truncated. One row per window.
+        Texts are read as the pipeline reads them (Unicode NFC, the tokenizer of this model,
+        `config.encoder_tokenization`) and cut into overlapping windows of `config.max_length` tokens (`stride`,
+        default `config.stride`, shared): nothing is truncated. One row per window.
 
         Args:
             texts (`str` or `list[str]`): the texts.

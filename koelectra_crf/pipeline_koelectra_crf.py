@@ -224,7 +224,7 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         normalized = [nfc_with_offsets(sentence) for sentence in sentences]
         if respace:
             normalized = [respaced_with_offsets(text, kiwi_space(text), spans) for text, spans in normalized]
-        encoded = encode_texts([text for text, _ in normalized], self.tokenizer, self.model.config.tokenization)
+        encoded = encode_texts([text for text, _ in normalized], self.tokenizer, self.model.config.encoder_tokenization)
         return [
             # No spans when the text is NFC already (offsets unchanged): a list of a span per character is walked
             # item by item each time the pipeline moves a batch between devices.

@@ -1,7 +1,7 @@
 """From emission scores to tags, probabilities and the training loss: the one owner of that step (remote code).
 
 An [`EmissionTagger`] is built once from a model's config. The PyTorch model is encoder + head + its tagger; the ONNX
-model (`koelectra_crf.serving`) is an onnxruntime session + a tagger over the exported CRF scores; the pipeline,
+model (`koelectra_crf.onnx_model`) is an onnxruntime session + a tagger over the exported CRF scores; the pipeline,
 calibration and every later decoding feature ask the model's `tagger`. With a CRF (`config.use_crf`) the tags of a
 sequence are scored together (`LinearChainCRF`); without one each position's tag is an independent softmax.
 

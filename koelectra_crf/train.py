@@ -35,6 +35,7 @@ from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
     HfArgumentParser,
+    PreTrainedTokenizerBase,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
@@ -42,7 +43,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification, formats
 from koelectra_crf.alignment import NerDataCollator
-from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
+from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, RENAMED_SETTINGS
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction, check_types
 from koelectra_crf.metrics import label_types
@@ -99,15 +100,19 @@ class ModelArguments:
 
 def _head_arguments() -> type:
     """A dataclass of the head's settings, made from `KoElectraCrfConfig`'s own fields: the same names, defaults
-    and help (the config docstring's Args) as the config, so each setting is declared once."""
+    and help (the config docstring's Args) as the config, so each setting is declared once. A renamed setting
+    (`RENAMED_SETTINGS`) still takes its old flag, so that older command lines keep working."""
     config_fields = {f.name: f for f in dataclasses.fields(KoElectraCrfConfig)}
     docs = dict(re.findall(r"^ {8}(\w+) \(`[^\n]*\n((?: {12}.*\n)+)", KoElectraCrfConfig.__doc__, re.MULTILINE))
     head = []
     for name, annotation in vars(KoElectraCrfConfig)["__annotations__"].items():
         if name == "encoder":  # comes from ModelArguments
             continue
-        help_text = " ".join(docs[name].split())
-        head.append((name, annotation, field(default=config_fields[name].default, metadata={"help": help_text})))
+        metadata = {"help": " ".join(docs[name].split())}
+        old_flags = [f"--{old}" for old, new in RENAMED_SETTINGS.items() if new == name]
+        if old_flags:
+            metadata["aliases"] = old_flags
+        head.append((name, annotation, field(default=config_fields[name].default, metadata=metadata)))
     return dataclasses.make_dataclass("HeadArguments", head)
 
 
@@ -231,6 +236,8 @@ def parse_arguments(argv: list[str]) -> tuple:
             raise UsageError(f"--config {preset_file}: not a JSON file ({error})") from None
         if not isinstance(preset, dict):
             raise UsageError(f"--config {preset_file}: expected a JSON object of settings, not {type(preset).__name__}")
+        # A preset written before a setting was renamed names it as its old flag did.
+        preset = {RENAMED_SETTINGS.get(name, name): value for name, value in preset.items()}
         unknown = set(preset) - {action.dest for action in parser._actions} | ({"config"} & set(preset))
         if unknown:
             raise UsageError(f"--config {preset_file}: unknown settings {sorted(unknown)} (`--help` lists them)")
@@ -373,8 +380,9 @@ def use_special_tokens_of(tokenizer, model) -> None:
             setattr(config, name, getattr(tokenizer, name))
 
 
-def write_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
-    """One JSON line per sentence: its guid, text and predicted character tags."""
+def write_evaluation_predictions(path: Path, predictions: list[SentencePrediction]) -> None:
+    """One JSON line per evaluated sentence: its guid, text and predicted character tags (`predictions_SPLIT.jsonl`;
+    `formats.write_predictions` is the one that writes the pipeline's entities in a data format)."""
     with path.open("w", encoding="utf-8") as file:
         for p in predictions:
             record = {"guid": p.guid, "sentence": p.text, "tags": p.predicted_tags}
@@ -389,22 +397,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_input(model_args, head_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
     if training_args.resume_from_checkpoint is not None and (output_dir / TRAIN_RESULTS_FILE).is_file():
-        logger.warning(
-            "%s holds a run whose training has ended (%s): nothing to resume, nothing changed. To train it again, "
-            "start afresh there with --overwrite_output_dir true (without --resume_from_checkpoint), or choose "
-            "another --output_dir.",
-            output_dir,
-            TRAIN_RESULTS_FILE,
-        )
-        results = output_dir / "eval_results.json"
-        return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+        return results_of_finished_run(output_dir)
     # Before any work: a run that would lose or mix with a previous one stops here.
-    overwrite = output_args.overwrite_output_dir
-    checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, overwrite)
-    if checkpoint is None and overwrite:
-        with training_args.main_process_first(local=False, desc="clearing the output folder"):
-            if training_args.should_save:
-                delete_previous_run(output_dir)
+    checkpoint = prepare_output_dir(output_dir, training_args, output_args.overwrite_output_dir)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     # The Trainer would push checkpoints and a card of its own; the finished folder is uploaded below instead.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -412,57 +407,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     raw = load_data(data_args)
     labels = training_labels(raw, data_args.entity_types)
-    if data_args.max_train_samples is not None:
-        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
-    if data_args.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
-    if data_args.pseudo_label_file is not None:
-        pseudo = load_pseudo_labelled(
-            data_args.pseudo_label_file, data_args.pseudo_label_threshold, data_args.pseudo_label_confidence
-        )
-        logger.info("self-training: %d pseudo-labelled sentences join %d labelled ones", len(pseudo), len(raw["train"]))
-        raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
-        )
-        model = build_model(model_args, head_args, labels, len(tokenizer))
-    except OSError as error:  # what transformers raises for a model, encoder or tokenizer it cannot find or read
-        flags = (
-            [f"--model_name_or_path {model_args.model_name_or_path}"]
-            if model_args.model_name_or_path
-            else [f"--encoder_name_or_path {model_args.encoder_name_or_path}"]
-        )
-        if model_args.tokenizer_name_or_path:
-            flags.append(f"--tokenizer_name_or_path {model_args.tokenizer_name_or_path}")
-        reason = str(error).splitlines()[0]
-        raise UsageError(f"{' / '.join(flags)}: cannot be loaded ({reason}); give a folder or a Hub id") from error
+    limit_splits_and_add_pseudo_labels(raw, data_args)
+    tokenizer, model = load_tokenizer_and_model(model_args, head_args, labels)
     use_special_tokens_of(tokenizer, model)
     choose_cpu_threads(model, processes=training_args.world_size)
     if training_args.device.type == "cpu":  # pinned memory only helps copies to a GPU (torch warns about it)
         training_args.dataloader_pin_memory = False
 
-    callbacks = []
-    if data_args.spacing_augmentation:  # rows made per epoch, seeded by the run's seed (see spacing.py)
-        train_dataset = SpacingAugmentation(
-            raw["train"], tokenizer, model.config, data_args.spacing_augmentation,
-            data_args.spacing_remove_rate, data_args.spacing_insert_rate, training_args.seed,
-        )  # fmt: skip
-        callbacks.append(SpacingAugmentationCallback(train_dataset))
-    else:
-        with training_args.main_process_first(desc="tokenizing"):
-            train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
-    if training_args.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
-    trainer = NerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=raw["validation"],
-        data_collator=NerDataCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(model, tokenizer, raw, data_args, training_args)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
@@ -476,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         predictions["test"] = trainer.last_predictions
     if trainer.is_world_process_zero():
         for split, split_predictions in predictions.items():
-            write_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
+            write_evaluation_predictions(output_dir / f"predictions_{split}.jsonl", split_predictions)
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.model_name_or_path
@@ -490,6 +442,101 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if push_to_hub or output_args.push_dry_run:
             upload(output_dir, training_args.hub_model_id, dry_run=output_args.push_dry_run)
     return metrics
+
+
+def results_of_finished_run(output_dir: Path) -> dict[str, float]:
+    """What `--resume_from_checkpoint` gives in a folder whose training has ended: a warning that nothing is left to
+    resume and the run's evaluation results, the folder untouched (rerunning a finished job is then harmless)."""
+    logger.warning(
+        "%s holds a run whose training has ended (%s): nothing to resume, nothing changed. To train it again, "
+        "start afresh there with --overwrite_output_dir true (without --resume_from_checkpoint), or choose "
+        "another --output_dir.",
+        output_dir,
+        TRAIN_RESULTS_FILE,
+    )
+    results = output_dir / "eval_results.json"
+    return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+
+
+def prepare_output_dir(output_dir: Path, training_args: NerTrainingArguments, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (`checkpoint_to_resume`, which refuses a folder whose run would be lost), after
+    deleting what a previous run left when starting afresh with `overwrite` (once, by the main process)."""
+    checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, overwrite)
+    if checkpoint is None and overwrite:
+        with training_args.main_process_first(local=False, desc="clearing the output folder"):
+            if training_args.should_save:
+                delete_previous_run(output_dir)
+    return checkpoint
+
+
+def limit_splits_and_add_pseudo_labels(raw: DatasetDict, data_args: DataArguments) -> None:
+    """Cut the training and validation splits to `--max_train_samples`/`--max_eval_samples`, then add the confident
+    sentences of `--pseudo_label_file` to the training split (self-training), in place. `main` calls it once the
+    labels are chosen, which therefore come from the uncut data."""
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
+    if data_args.max_eval_samples is not None:
+        raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
+    if data_args.pseudo_label_file is not None:
+        pseudo = load_pseudo_labelled(
+            data_args.pseudo_label_file, data_args.pseudo_label_threshold, data_args.pseudo_label_confidence
+        )
+        logger.info("self-training: %d pseudo-labelled sentences join %d labelled ones", len(pseudo), len(raw["train"]))
+        raw["train"] = concatenate_datasets([raw["train"], with_label_names(pseudo, label_names(raw["train"]))])
+
+
+def load_tokenizer_and_model(
+    model_args: ModelArguments, head_args: HeadArguments, labels: list[str]
+) -> tuple[PreTrainedTokenizerBase, KoElectraCrfForTokenClassification]:
+    """The tokenizer (`--tokenizer_name_or_path`, else the model's or the encoder's) and the model to train
+    (`build_model`). One that cannot be found or read is refused (`UsageError`) naming the flags it came from."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.encoder_name_or_path
+        )
+        return tokenizer, build_model(model_args, head_args, labels, len(tokenizer))
+    except OSError as error:  # what transformers raises for a model, encoder or tokenizer it cannot find or read
+        flags = (
+            [f"--model_name_or_path {model_args.model_name_or_path}"]
+            if model_args.model_name_or_path
+            else [f"--encoder_name_or_path {model_args.encoder_name_or_path}"]
+        )
+        if model_args.tokenizer_name_or_path:
+            flags.append(f"--tokenizer_name_or_path {model_args.tokenizer_name_or_path}")
+        reason = str(error).splitlines()[0]
+        raise UsageError(f"{' / '.join(flags)}: cannot be loaded ({reason}); give a folder or a Hub id") from error
+
+
+def build_trainer(
+    model: KoElectraCrfForTokenClassification,
+    tokenizer: PreTrainedTokenizerBase,
+    raw: DatasetDict,
+    data_args: DataArguments,
+    training_args: NerTrainingArguments,
+) -> NerTrainer:
+    """The `NerTrainer` over the training rows (made afresh every epoch with `--spacing_augmentation`, else once)
+    and the raw validation split (evaluated by characters, not rows), with early stopping when asked."""
+    callbacks = []
+    if data_args.spacing_augmentation:  # rows made per epoch, seeded by the run's seed (see spacing.py)
+        train_dataset = SpacingAugmentation(
+            raw["train"], tokenizer, model.config, data_args.spacing_augmentation,
+            data_args.spacing_remove_rate, data_args.spacing_insert_rate, training_args.seed,
+        )  # fmt: skip
+        callbacks.append(SpacingAugmentationCallback(train_dataset))
+    else:
+        with training_args.main_process_first(desc="tokenizing"):
+            train_dataset = tokenize_and_align(raw["train"], tokenizer, model.config)
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+    return NerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=raw["validation"],
+        data_collator=NerDataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
 
 
 def checkpoint_to_resume(output_dir: Path, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:

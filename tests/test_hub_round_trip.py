@@ -15,7 +15,7 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub.errors import EntryNotFoundError
-from tiny import TINY_TEXT, character_tokenizer, run_as_hub_user, tiny_model
+from tiny import TINY_TEXT, as_saved_before_encoder_tokenization, character_tokenizer, run_as_hub_user, tiny_model
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
@@ -106,12 +106,14 @@ def entity_spans(results: list[list[dict]]) -> dict[str, list[list]]:
     return {str(i): [[e["start"], e["end"], e["entity_group"]] for e in entities] for i, entities in enumerate(results)}
 
 
-def tiny_ner(folder: Path, tag_unit: str, vocabulary: str = "") -> KoElectraCrfTokenClassificationPipeline:
+def tiny_ner(
+    folder: Path, tag_unit: str, vocabulary: str = "", **config_kwargs
+) -> KoElectraCrfTokenClassificationPipeline:
     """A random tiny model that finds entities now and then, with windows short enough that long texts have several;
-    its tokenizer knows the characters of `TEXTS` and of `vocabulary`."""
+    its tokenizer knows the characters of `TEXTS` and of `vocabulary`. `config_kwargs`: other settings of its config."""
     torch.manual_seed(0)
     tokenizer = character_tokenizer(folder, texts=[TINY_TEXT, unicodedata.normalize("NFC", TEXTS[2]), vocabulary])
-    model = tiny_model(tokenizer.vocab_size, tag_unit=tag_unit, max_length=32, stride=8)
+    model = tiny_model(tokenizer.vocab_size, tag_unit=tag_unit, max_length=32, stride=8, **config_kwargs)
     with torch.no_grad():
         model.classifier.bias.copy_(torch.linspace(1.0, 0.0, len(KLUE_LABELS)))
     return KoElectraCrfTokenClassificationPipeline(model=model, tokenizer=tokenizer)
@@ -216,6 +218,39 @@ def test_trainer_checkpoints_and_final_folder_load_everywhere(tmp_path):
         assert result["missing_files"] == [], folder
         assert result["classes"][-1] == "KoElectraCrfTokenClassificationPipeline"
         assert result["entities"] == json.loads(json.dumps(expected)), folder
+
+
+# A Hub user's process loads a folder whose config.json names `encoder_tokenization` by its old name, tags texts
+# and re-saves the config into ./resaved.
+OLD_CONFIG_USER = """
+import json, sys
+from transformers import AutoConfig, pipeline
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+config.save_pretrained("resaved")
+ner = pipeline("token-classification", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "encoder_tokenization": config.encoder_tokenization, "old_attribute": hasattr(config, "tokenization"),
+    "resaved": json.load(open("resaved/config.json")), "entities": ner(texts, aggregation_strategy="simple"),
+    "imported_koelectra_crf": "koelectra_crf" in sys.modules,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_a_folder_saved_before_encoder_tokenization_was_renamed_loads_through_the_remote_code(tmp_path):
+    """A folder whose config.json says `tokenization` (the setting's old name) loads through the Auto classes with
+    the setting, tags as the model it was saved from, and re-saves with the new name only."""
+    ner = tiny_ner(tmp_path / "tokenizer", "character", encoder_tokenization="char")
+    expected = ner(TEXTS, aggregation_strategy="simple")
+    assert any(expected[0])
+    ner.save_pretrained(tmp_path / "old")
+    as_saved_before_encoder_tokenization(tmp_path / "old")
+    result = run_as_hub_user(OLD_CONFIG_USER, tmp_path / "old", TEXTS, tmp_path)
+    assert result["imported_koelectra_crf"] is False
+    assert result["encoder_tokenization"] == "char" and result["old_attribute"] is False
+    assert result["resaved"]["encoder_tokenization"] == "char" and "tokenization" not in result["resaved"]
+    assert result["entities"] == json.loads(json.dumps(expected))
 
 
 @pytest.mark.parametrize("tag_unit", TAG_UNITS)

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import TINY_TEXT, character_tokenizer, tiny_encoder_config, tiny_model
+from tiny import TINY_TEXT, as_saved_before_encoder_tokenization, character_tokenizer, tiny_encoder_config, tiny_model
 from transformers import AutoModel
 
-from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, bio_constraints
+from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification, bio_constraints
 from koelectra_crf.alignment import encode_texts
 
 
@@ -110,6 +110,26 @@ def test_saved_config_names_its_tag_unit_so_a_changed_default_cannot_change_a_sa
         assert loaded.state_dict().keys() == model.state_dict().keys()
         for name, value in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_a_config_json_with_the_old_name_of_encoder_tokenization_loads_and_saves_the_new_name(tmp_path):
+    """`encoder_tokenization` was called `tokenization`: a folder saved then loads with its setting (the model reads
+    its texts as before) and saves the new name only."""
+    tokenizer = character_tokenizer(tmp_path / "tok")
+    model = tiny_model(tokenizer.vocab_size, encoder_tokenization="char")
+    model.save_pretrained(tmp_path / "old")
+    as_saved_before_encoder_tokenization(tmp_path / "old")
+    loaded = KoElectraCrfForTokenClassification.from_pretrained(tmp_path / "old")
+    assert loaded.config.encoder_tokenization == "char" and not hasattr(loaded.config, "tokenization")
+    expected, inputs = model.prepare_inputs([TINY_TEXT], tokenizer), loaded.prepare_inputs([TINY_TEXT], tokenizer)
+    assert torch.equal(inputs["input_ids"], expected["input_ids"])
+    assert torch.equal(loaded(**inputs).logits, model(**expected).logits)
+    loaded.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["encoder_tokenization"] == "char" and "tokenization" not in saved
+    assert KoElectraCrfConfig(tokenization="char").encoder_tokenization == "char"
+    with pytest.raises(ValueError, match="tokenization='subword' .* contradicts encoder_tokenization='char'"):
+        KoElectraCrfConfig(tokenization="subword", encoder_tokenization="char")
 
 
 def test_constraint_masks_are_rebuilt_when_loading(tmp_path):

@@ -62,7 +62,7 @@ def oracle_forward(model, tokenizer, texts_and_spans):
     config = model.config
     emissions_by_ids = {}
     for text, spans in texts_and_spans:
-        encoded = encode_texts([text], tokenizer, config.tokenization)[0]
+        encoded = encode_texts([text], tokenizer, config.encoder_tokenization)[0]
         tags = unit_labels(encoded, char_tags(text, spans), config.tag_unit)
         label_ids = [config.label2id[tag] for tag in tags]
         for start, end in encoded.windows(config.max_length, config.stride):
@@ -93,14 +93,18 @@ def real_tokenizers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "tokenizer_name,tokenization,tag_unit",
+    "tokenizer_name,encoder_tokenization,tag_unit",
     [("wordpiece", "subword", "token"), ("sentencepiece", "subword", "token"), ("wordpiece", "char", "token"),
      ("sentencepiece", "char", "token"), ("characters", "char", "token"), ("wordpiece", "subword", "character"),
      ("sentencepiece", "subword", "character")],
 )  # fmt: skip
-def test_pipeline_recovers_gold_entities_through_real_tokenizers(tmp_path, tokenizer_name, tokenization, tag_unit):
+def test_pipeline_recovers_gold_entities_through_real_tokenizers(
+    tmp_path, tokenizer_name, encoder_tokenization, tag_unit
+):
     tokenizer = real_tokenizers(tmp_path)[tokenizer_name]
-    model = tiny_model(len(tokenizer), tokenization=tokenization, tag_unit=tag_unit, max_length=48, stride=12)
+    model = tiny_model(
+        len(tokenizer), encoder_tokenization=encoder_tokenization, tag_unit=tag_unit, max_length=48, stride=12
+    )
     filler = "오늘은 날씨가 맑고 바람이 분다. " * 120  # ~2,300 characters of text without entities
     marked = MARKED + (MARKED_INSIDE_TOKENS if tag_unit == "character" else [])
     texts = [strip_entity_marks(text) for text in marked]
@@ -581,7 +585,7 @@ def unit_tag_ids(ner, text: str, entities: list[dict]) -> torch.Tensor:
     """The tag ids (1, U) of the text's units that give `entities` (aggregated): B-X on an entity's first unit, I-X on
     the others, O elsewhere; an independent route back from the output to the tags."""
     config = ner.model.config
-    (encoded,) = encode_texts([text], ner.tokenizer, config.tokenization)
+    (encoded,) = encode_texts([text], ner.tokenizer, config.encoder_tokenization)
     tags = []
     for start, _ in encoded.unit_spans(config.tag_unit):
         entity = next((e for e in entities if e["start"] <= start < e["end"]), None)

@@ -18,7 +18,7 @@ from koelectra_crf import KLUE_LABELS, KoElectraCrfForTokenClassification, KoEle
 from koelectra_crf.cli import main
 from koelectra_crf.data import read_klue_tsv
 from koelectra_crf.loading import load_pipeline
-from koelectra_crf.serving import EXPORT_INFO_FILE, KoElectraCrfOnnxModel, export_onnx, load_onnx_pipeline
+from koelectra_crf.onnx_model import EXPORT_INFO_FILE, KoElectraCrfOnnxModel, export_onnx, load_onnx_pipeline
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]
 TEXTS = [TINY_TEXT, "   김철수  서울 \t 2024년 😀😀 李 ABC   ", TINY_TEXT * 12]  # the last one: 9 windows
@@ -148,7 +148,7 @@ def test_int8_export_quantizes_the_weights_and_keeps_the_output_format(saved, tm
     encoder = reference.model.encoder.config
     kept = [[encoder.intermediate_size, encoder.hidden_size]] * encoder.num_hidden_layers if quantize == "int8" else []
     assert float_matrices_read(graph) == kept
-    # A second export in the process keeps the length dynamic too (see serving._forget_lstm_kernels).
+    # A second export in the process keeps the length dynamic too (see onnx_model._forget_lstm_kernels).
     assert [[axis.dim_param for axis in i.type.tensor_type.shape.dim] for i in graph.input] == [["batch", "length"]] * 3
     ner = load_onnx_pipeline(tmp_path)
     for text, entities in zip(TEXTS, ner(TEXTS, aggregation_strategy="simple"), strict=True):
@@ -181,7 +181,7 @@ NO_TRAINING_PACKAGES = """
 import json, sys
 for name in ("datasets", "accelerate", "evaluate", "seqeval", "sklearn", "matplotlib", "koelectra_crf.data"):
     sys.modules[name] = None  # importing any of them now fails
-from koelectra_crf.serving import load_onnx_pipeline
+from koelectra_crf.onnx_model import load_onnx_pipeline
 ner = load_onnx_pipeline(sys.argv[1])
 print(json.dumps(ner(json.loads(sys.argv[2]), aggregation_strategy="simple")))
 """

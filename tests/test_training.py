@@ -415,6 +415,18 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(smoke_run, tmp_path
         assert contents() == before  # weights, results, card, checkpoints: byte for byte
 
 
+def test_the_old_name_of_encoder_tokenization_still_works_as_a_flag_and_in_a_preset(tmp_path):
+    """`--encoder_tokenization` was `--tokenization`: command lines and presets written then still set it."""
+    preset = tmp_path / "preset.json"
+    preset.write_text('{"tokenization": "char"}')
+    for arguments in (["--encoder_tokenization", "char"], ["--tokenization", "char"], ["--config", str(preset)]):
+        _, head_args, *_ = train.parse_arguments([*arguments, "--output_dir", str(tmp_path / "out")])
+        assert head_args.encoder_tokenization == "char", arguments
+    _, head_args, *_ = train.parse_arguments(["--config", str(preset), "--output_dir", str(tmp_path), "--tokenization",
+                                              "subword"])  # fmt: skip
+    assert head_args.encoder_tokenization == "subword"  # a flag overrides the preset, whichever name either uses
+
+
 def refused_training(capsys, monkeypatch, *args) -> str:
     """The one line on stderr with which `training/run.py ARGS` refuses its input (exit status 2, no traceback)."""
     monkeypatch.setattr(sys, "argv", ["run.py", *map(str, args)])

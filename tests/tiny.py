@@ -44,6 +44,15 @@ def tiny_model(vocab_size: int, labels=KLUE_LABELS, model_type: str = "electra",
     return KoElectraCrfForTokenClassification(config).eval()
 
 
+def as_saved_before_encoder_tokenization(folder: Path) -> None:
+    """Rewrite `folder`'s config.json as the package wrote it before `encoder_tokenization` was renamed: under the
+    key `tokenization`."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenization"] = config.pop("encoder_tokenization")
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
 FRESH_PROCESS = """
 import json, sys, torch
 from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer, pipeline

@@ -1,4 +1,5 @@
-"""Serving with onnxruntime: the network as one ONNX graph, the CRF and the pipeline unchanged around it.
+"""The ONNX export and its onnxruntime model: the network as one ONNX graph, the CRF and the pipeline unchanged
+around it.
 
 `export_onnx` (the `koelectra-crf export` command) writes a folder:
 
@@ -6,7 +7,7 @@
   `tag_unit="character"`, `(batch, characters)`) to `logits` `(batch, length or characters, num_labels)` float32,
   batch and lengths dynamic; int8 weights with `quantize="int8"` (onnxruntime's dynamic quantization);
 - `crf.safetensors`: the CRF's transition scores (absent for a model without CRF);
-- `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `tokenization`;
+- `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `encoder_tokenization`;
 - `onnx_export.json`: the graph's inputs, its quantization, the versions used, and the largest difference of its
   logits from PyTorch's on the export's sample. Its presence marks the folder as an export.
 
@@ -131,7 +132,7 @@ def sample_inputs(
     """A padded batch of two windows, as the pipeline builds and pads them: the graph's inputs, by name."""
     config = model.config
     windows = []
-    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.tokenization):
+    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.encoder_tokenization):
         start, end = encoded.windows(config.max_length, config.stride)[0]
         windows.append(encoded.window(start, end, config.tag_unit))
     padding = {"input_ids": tokenizer.pad_token_id}  # every other input pads with 0, as the pipeline's collation
@@ -163,7 +164,7 @@ def export_onnx(
     """
     try:
         import onnx
-        import onnxruntime  # noqa: F401  (checked here: the export is verified with it)
+        import onnxruntime  # checked here: the export is verified with it
     except ImportError as error:
         raise ImportError(f"ONNX export needs {INSTALL_HINT}") from error
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -174,70 +175,112 @@ def export_onnx(
         model = copy.deepcopy(model).float().eval()
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = sample_inputs(model, tokenizer)
-    axes = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
-    axes["characters"] = torch.export.Dim("characters")
-    character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes"}
-    dynamic_shapes = {name: {0: axes["batch"], 1: axes["characters" if name in character_inputs else "length"]}
-                      for name in inputs}  # fmt: skip
-    _forget_lstm_kernels()
     with tempfile.TemporaryDirectory() as work:
-        exported = Path(work, ONNX_FILE)
-        with _exporters_notes_silenced():
-            torch.onnx.export(
-                EmissionGraph(model).eval(),
-                (),
-                exported,
-                kwargs=inputs,
-                input_names=list(inputs),
-                output_names=["logits"],
-                dynamic_shapes=dynamic_shapes,
-                dynamo=True,
-                external_data=False,
-                # Opset 23 has `Attention`: the encoder's scaled-dot-product attention becomes one node that
-                # onnxruntime (>= 1.23) runs as one kernel, instead of a dozen nodes with guards against masked rows.
-                opset_version=ATTENTION_OPSET,
-            )
-        graph = onnx.load(exported)
-        _declare_output_shape(graph, "characters" if model.config.tag_unit == "character" else "length")
-        onnx.save(graph, exported)
-        target = output_dir / ONNX_FILE
-        if quantize is not None:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            prepared = Path(work, "prepared.onnx")
-            quant_pre_process(exported, prepared, skip_symbolic_shape=True)
-            kept_float = [] if quantize == "int8-full" else feed_forward_outputs(onnx.load(prepared), model)
-            # Weights per output channel (one scale per column keeps small columns apart from large ones). The op
-            # types are named because the quantizer reads ONNX's `Attention` as onnxruntime's own contrib op and
-            # writes an invalid graph; attention's products are of activations, not weights, anyway.
-            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=kept_float)  # fmt: skip
+        exported = _export_graph(model, inputs, Path(work))
+        if quantize is None:
+            (output_dir / ONNX_FILE).write_bytes(exported.read_bytes())
         else:
-            target.write_bytes(exported.read_bytes())
-
-    if model.crf is not None:
-        save_file({name: value.detach().contiguous() for name, value in model.crf.state_dict().items()},
-                  output_dir / CRF_FILE)  # fmt: skip
-    model.config.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+            _quantize_graph(exported, output_dir / ONNX_FILE, quantize, model, Path(work))
+    _save_beside_graph(model, tokenizer, output_dir)
     info = {
         "inputs": list(inputs),
         "output": "logits",
         "quantize": quantize,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
-    info_file = output_dir / EXPORT_INFO_FILE
-    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _write_export_info(output_dir, info)  # before the check: its presence is what makes the folder loadable
+    info["sample_max_abs_difference"] = difference = _largest_difference_from_pytorch(model, inputs, output_dir)
+    _write_export_info(output_dir, info)
+    if quantize is None and difference > 1e-3:
+        raise RuntimeError(f"the exported graph's logits differ from PyTorch's by {difference:.3g} on the sample")
+    return output_dir
+
+
+def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, torch.export.Dim]]:
+    """The graph's dynamic axes: batch for every input, then the characters for the character inputs and the
+    length (tokens) for the others, so that a window of any size runs on the one graph."""
+    axes = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
+    axes["characters"] = torch.export.Dim("characters")
+    character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes"}
+    return {name: {0: axes["batch"], 1: axes["characters" if name in character_inputs else "length"]}
+            for name in inputs}  # fmt: skip
+
+
+def _export_graph(model: KoElectraCrfForTokenClassification, inputs: dict[str, torch.Tensor], work: Path) -> Path:
+    """Export `model`'s `EmissionGraph` from the sample `inputs` into `work` and return the float32 graph's path,
+    its output axes named (`_declare_output_shape`)."""
+    import onnx
+
+    exported = work / ONNX_FILE
+    _forget_lstm_kernels()
+    with _exporters_notes_silenced():
+        torch.onnx.export(
+            EmissionGraph(model).eval(),
+            (),
+            exported,
+            kwargs=inputs,
+            input_names=list(inputs),
+            output_names=["logits"],
+            dynamic_shapes=_dynamic_shapes(inputs),
+            dynamo=True,
+            external_data=False,
+            # Opset 23 has `Attention`: the encoder's scaled-dot-product attention becomes one node that
+            # onnxruntime (>= 1.23) runs as one kernel, instead of a dozen nodes with guards against masked rows.
+            opset_version=ATTENTION_OPSET,
+        )
+    graph = onnx.load(exported)
+    _declare_output_shape(graph, "characters" if model.config.tag_unit == "character" else "length")
+    onnx.save(graph, exported)
+    return exported
+
+
+def _quantize_graph(
+    exported: Path, target: Path, quantize: str, model: KoElectraCrfForTokenClassification, work: Path
+) -> None:
+    """Write the graph `exported` to `target` with int8 weights (`quantize`, see [`export_onnx`]), preparing it in
+    `work` first as onnxruntime's quantizer asks."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = work / "prepared.onnx"
+    quant_pre_process(exported, prepared, skip_symbolic_shape=True)
+    kept_float = [] if quantize == "int8-full" else feed_forward_outputs(onnx.load(prepared), model)
+    # Weights per output channel (one scale per column keeps small columns apart from large ones). The op
+    # types are named because the quantizer reads ONNX's `Attention` as onnxruntime's own contrib op and
+    # writes an invalid graph; attention's products are of activations, not weights, anyway.
+    quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=kept_float)  # fmt: skip
+
+
+def _save_beside_graph(
+    model: KoElectraCrfForTokenClassification, tokenizer: PreTrainedTokenizerBase, output_dir: Path
+) -> None:
+    """What the pipeline needs besides the graph: the CRF's transition scores (decoding stays outside the graph,
+    see the module docstring), the config and the tokenizer."""
+    if model.crf is not None:
+        save_file({name: value.detach().contiguous() for name, value in model.crf.state_dict().items()},
+                  output_dir / CRF_FILE)  # fmt: skip
+    model.config.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+
+def _write_export_info(output_dir: Path, info: dict) -> None:
+    """Write `info` as the folder's `onnx_export.json` (see the module docstring)."""
+    (output_dir / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _largest_difference_from_pytorch(
+    model: KoElectraCrfForTokenClassification, inputs: dict[str, torch.Tensor], output_dir: Path
+) -> float:
+    """The largest absolute difference between the logits of the export in `output_dir` (through onnxruntime) and
+    `model`'s on the sample `inputs`, at the positions that are tagged: what shows that the export computes the
+    model (and how far int8 weights move it)."""
     with torch.no_grad():
         expected = model(**inputs).logits
         logits = KoElectraCrfOnnxModel.from_pretrained(output_dir)(**inputs).logits
     mask = inputs.get("tag_mask", inputs["attention_mask"]).bool()
-    info["sample_max_abs_difference"] = difference = (logits - expected)[mask].abs().max().item()
-    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if quantize is None and difference > 1e-3:
-        raise RuntimeError(f"the exported graph's logits differ from PyTorch's by {difference:.3g} on the sample")
-    return output_dir
+    return (logits - expected)[mask].abs().max().item()
 
 
 # What torch's exporter says on every export of this model that a user can do nothing about: its own deprecations,
