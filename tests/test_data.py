@@ -11,9 +11,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from tiny import character_tokenizer, tiny_model
 from transformers import DataCollatorForTokenClassification
 
-from koelectra_crf import bulk
 from koelectra_crf.alignment import NerDataCollator
-from koelectra_crf.analysis import speed
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
@@ -22,12 +20,12 @@ from koelectra_crf.data import (
     load_klue_ner,
     normalize_hub_split,
     read_klue_tsv,
-    read_sentences,
     strip_entity_marks,
     tags_to_ids,
     tokenize_and_align,
     with_label_names,
 )
+from koelectra_crf.inputs import read_records, read_texts
 
 # The Hub's `klue`/`ner` ClassLabel order (alphabetical by type): a different order than KLUE_LABELS on purpose.
 HUB_NAMES = ["B-DT", "I-DT", "B-LC", "I-LC", "B-OG", "I-OG", "B-PS", "I-PS", "B-QT", "I-QT", "B-TI", "I-TI", "O"]
@@ -245,13 +243,13 @@ def test_a_file_that_is_not_utf8_is_refused_by_name_and_line(tmp_path):
 @pytest.mark.parametrize(
     "read",
     [
-        lambda path: list(bulk.read_texts(path)),  # `predict --input`: auto-detected format
-        lambda path: list(bulk.read_texts(path, "text")),
-        lambda path: list(bulk.read_texts(path, "jsonl")),
-        lambda path: list(read_sentences(path)),  # `pseudo-label --input`
-        lambda path: speed.read_sentences(path),  # `benchmark --input`
+        lambda path: list(read_records(path)),  # `predict`, `pseudo-label`: auto-detected format
+        lambda path: list(read_records(path, "text")),
+        lambda path: list(read_records(path, "tsv")),
+        lambda path: list(read_records(path, "jsonl")),
+        lambda path: read_texts(path),  # `benchmark`, `adapt`
     ],
-    ids=["predict-auto", "predict-text", "predict-jsonl", "pseudo-label", "benchmark"],
+    ids=["auto", "text", "tsv", "jsonl", "texts"],
 )
 @pytest.mark.parametrize(
     "content, line",
