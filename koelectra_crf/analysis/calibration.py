@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import tokenize_and_align
-from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
+from koelectra_crf.evaluation import SentencePrediction, predict_dataset
+from koelectra_crf.inputs import TextRecord, tagged_records
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.tagger import EmissionTagger
@@ -137,9 +138,9 @@ def calibrate(
     """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split (`entity`: the exact entity
     probability, `entity_token_mean`: the mean marginal of the entity's units)."""
     predictions = predict_dataset(ner, dataset, batch_size)
-    token_outputs = run_pipeline(
-        ner, [p.text for p in predictions], batch_size, aggregation_strategy="none", ignore_labels=[]
-    )
+    records = [TextRecord(p.guid, p.text) for p in predictions]
+    tagged = tagged_records(ner, records, batch_size, aggregation_strategy="none", ignore_labels=[])
+    token_outputs = [result for _, result in tqdm(tagged, total=len(records), desc="tagging", unit="sentence")]
     return {
         "token": calibration_summary(*token_confidences(predictions, token_outputs), num_bins),
         "entity": calibration_summary(*entity_confidences(predictions), num_bins),
