@@ -74,7 +74,7 @@ def resume(path: Path, records: Iterable[TextRecord], truncate: bool = True) -> 
                 written = json.loads(line)
             except ValueError:  # not JSON, or not UTF-8
                 written = None
-            if not isinstance(written, dict) or not {"text", "entities"} <= written.keys():
+            if not isinstance(written, dict) or "text" not in written or not {"entities", "analyses"} & written.keys():
                 raise UsageError(f"{path}:{number}: not an output line ({line[:100]!r}): another file?")
             if "id" not in written:
                 raise UsageError(

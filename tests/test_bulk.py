@@ -154,6 +154,19 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path,
         assert notes.read_bytes() == content + b"half a line"
 
 
+def test_a_rerun_with_top_k_resumes_its_analyses(saved, inputs, tmp_path):
+    folder, _ = saved
+    output = tmp_path / "analyses.jsonl"
+    arguments = ["--input", inputs / "texts.txt", "--output", output, "--top_k", 2, "--batch_size", 1]
+    predict(folder, *arguments)
+    written = output.read_bytes()
+    lines = [json.loads(line) for line in written.decode("utf-8").splitlines()]
+    assert [list(line) for line in lines] == [["id", "text", "analyses"]] * len(TEXTS)
+    output.write_bytes(written[: len(written) // 2])  # as if stopped halfway
+    predict(folder, *arguments)
+    assert output.read_bytes() == written
+
+
 def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes(saved, tmp_path, capsys):
     """A JSON `\\ud800` escape is a lone surrogate in Python, which UTF-8 cannot hold: the output line escapes it
     again (valid UTF-8, the input's text when read back), the entities are the pipeline's, a rerun resumes, and
