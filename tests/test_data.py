@@ -11,7 +11,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from tiny import character_tokenizer, tiny_model
 from transformers import DataCollatorForTokenClassification
 
-from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.alignment import NerDataCollator, pad_inputs
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
@@ -215,6 +215,17 @@ def test_collator_pads_token_windows_like_transformers_and_character_keys_to_the
     for i, row in enumerate(rows):
         assert batch["labels"][i, len(row["labels"]) :].eq(-100).all()
         assert batch["char_codes"][i, : len(row["char_codes"])].tolist() == row["char_codes"]
+
+
+def test_tensor_values_pad_along_their_first_dimension_in_their_dtype():
+    """Calibration pads windows' emissions (length, tags) and gold tags with the same function as model inputs."""
+    emissions = [torch.randn(3, 4), torch.randn(1, 4)]
+    gold = [torch.tensor([1, 2, 0]), torch.tensor([3])]
+    batch = pad_inputs([{"emissions": e, "labels": g} for e, g in zip(emissions, gold, strict=True)], None, 4)
+    assert batch["emissions"].dtype == torch.float32 and batch["emissions"].shape == (2, 4, 4)
+    assert torch.equal(batch["emissions"][0, :3], emissions[0]) and torch.equal(batch["emissions"][1, :1], emissions[1])
+    assert batch["emissions"][0, 3:].eq(0).all() and batch["emissions"][1, 1:].eq(0).all()
+    assert batch["labels"].tolist() == [[1, 2, 0, -100], [3, -100, -100, -100]]
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.alignment import NerDataCollator, pad_inputs
 from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import tokenize_and_align
 from koelectra_crf.evaluation import SentencePrediction, predict_dataset
@@ -179,10 +178,9 @@ def padded_batches(windows: list[tuple[torch.Tensor, torch.Tensor]], device, siz
     """The windows of `gold_windows` padded into batches of `size` (small enough for the CRF's buffers)."""
     batches = []
     for i in range(0, len(windows), size):
-        chunk = windows[i : i + size]
-        emissions = pad_sequence([e for e, _ in chunk], batch_first=True).to(device)
-        gold = pad_sequence([g for _, g in chunk], batch_first=True, padding_value=IGNORE_INDEX).to(device)
-        batches.append((emissions, gold, gold != IGNORE_INDEX))
+        batch = pad_inputs([{"emissions": e, "labels": g} for e, g in windows[i : i + size]], pad_token_id=None)
+        gold = batch["labels"].to(device)
+        batches.append((batch["emissions"].to(device), gold, gold != IGNORE_INDEX))
     return batches
 
 
