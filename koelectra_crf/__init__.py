@@ -16,14 +16,12 @@ trust_remote_code=True)` works in any process, without this package. There, for 
 tokenizer=tokenizer)`.
 """
 
-import logging
-
 from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, TokenClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import LinearChainCRF, bio_constraints
-from .modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
+from .modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput, log_messages_dropped
 from .pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
 
 
@@ -46,22 +44,12 @@ AutoModel.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 AutoModelForTokenClassification.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 
 
-class _DropOverwriteWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "already registered. Overwriting pipeline" not in record.getMessage()
-
-
 # Replacing the entry is the point (see above): transformers' "already registered, overwriting" warning is dropped
 # from its logger for this one call, nothing else about logging changes.
-_registry_logger = logging.getLogger("transformers.pipelines.base")
-_overwrite_filter = _DropOverwriteWarning()
-_registry_logger.addFilter(_overwrite_filter)
-try:
+with log_messages_dropped("transformers.pipelines.base", "already registered. Overwriting pipeline"):
     PIPELINE_REGISTRY.register_pipeline(
         TASK, pipeline_class=TokenClassificationDispatch, pt_model=AutoModelForTokenClassification, type="text"
     )
-finally:
-    _registry_logger.removeFilter(_overwrite_filter)
 
 __all__ = [
     "KLUE_LABELS",
