@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.loading import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ner = load_pipeline(args.model, "cpu")
-    sentences = read_sentences(SENTENCES, args.sentences)
+    sentences = read_texts(SENTENCES, args.sentences)
     read = ner._read(sentences)
     tokens = BY_TOKENS(ner, read)
     orders = {"tokens": BY_TOKENS, "characters": by_characters}

@@ -29,7 +29,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
-from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def pipeline_class_at(revision: str) -> type:
 
 def long_texts(count: int, characters: int) -> list[str]:
     """`count` texts of consecutive KLUE sentences, each at least `characters` long."""
-    sentences, texts = iter(read_sentences(SENTENCES)), []
+    sentences, texts = iter(read_texts(SENTENCES)), []
     for _ in range(count):
         text = next(sentences)
         while len(text) < characters:

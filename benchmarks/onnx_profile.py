@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForTokenClassification
 
-from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.onnx_model import ONNX_FILE, load_onnx_pipeline
 
 SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="(default: torch's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    batches = captured_batches(args.onnx, read_sentences(SENTENCES, args.sentences), args.batch_size)
+    batches = captured_batches(args.onnx, read_texts(SENTENCES, args.sentences), args.batch_size)
     pytorch = top(profile_pytorch(args.model, batches), TORCH_PRODUCTS)
     onnx = top(profile_onnx(args.onnx, batches, args.threads), ONNX_PRODUCTS)
     report = {

@@ -32,9 +32,10 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import NerDataCollator
-from koelectra_crf.analysis.speed import read_sentences, throughput
+from koelectra_crf.analysis.speed import throughput
 from koelectra_crf.data import load_klue_ner, load_klue_split, tokenize_and_align
 from koelectra_crf.evaluation import evaluate_dataset
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.loading import load_pipeline
 from koelectra_crf.onnx_model import ONNX_FILE, export_onnx
 
@@ -87,7 +88,7 @@ def worker(args: argparse.Namespace) -> None:
     ner = load_pipeline(str(args.folder), "cpu")
     load_seconds = time.perf_counter() - started
     loaded_rss_mb = peak_rss_mb()
-    sentences = read_sentences(args.sentences_file, args.sentences)
+    sentences = read_texts(args.sentences_file, args.sentences)
     result = {
         "load_seconds": load_seconds,
         "peak_rss_after_loading_mb": loaded_rss_mb,

@@ -23,7 +23,7 @@ from koelectra_crf import (
     KoElectraCrfForTokenClassification,
     KoElectraCrfTokenClassificationPipeline,
 )
-from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.inputs import read_texts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 E5 = SHARED / "encoders/multilingual-e5-small-ko"
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--random_encoder", action="store_true")
     args = parser.parse_args()
-    texts = read_sentences(SENTENCES, args.sentences)
+    texts = read_texts(SENTENCES, args.sentences)
     tokenizer = AutoTokenizer.from_pretrained(E5)
     device = 0 if torch.cuda.is_available() else -1
 

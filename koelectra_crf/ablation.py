@@ -21,7 +21,7 @@ from pathlib import Path
 from koelectra_crf.analysis import plots
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
 from koelectra_crf.metrics import metric_types
-from koelectra_crf.train import TRAIN_RESULTS_FILE, parse_arguments
+from koelectra_crf.train import TRAIN_RESULTS_FILE, latest_checkpoint, parse_arguments
 
 TRAIN_MODULE = "koelectra_crf.train"
 RESULTS_FILE = "eval_results.json"
@@ -88,12 +88,6 @@ def launch_subprocess(command: list[str]) -> int:
 
 def run_dir(output_dir: Path, variant: str, seed: int) -> Path:
     return output_dir / variant / f"seed-{seed}"
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The `checkpoint-N` folder with the highest N, if any."""
-    checkpoints = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _alive(pid: int) -> bool:

@@ -4,15 +4,16 @@ fine-tuning on it (Gururangan et al., ACL 2020, "Don't Stop Pretraining"), in th
     koelectra-crf adapt ENCODER --input raw.tsv --output DIR [any TrainingArguments flag]
     accelerate launch -m koelectra_crf.adapt --encoder_name_or_path ENCODER --input_file raw.tsv --output_dir DIR
 
-The input is one text per line, or `<id>\\t<text>` (KLUE's raw sentence file), or a KLUE TSV file
-(`data.read_sentences`). A text longer than `--max_length` tokens is cut into several sequences, never truncated.
-The output folder holds the encoder with its masked-LM head and the tokenizer: training takes it as
-`--encoder_name_or_path`. An encoder saved without a masked-LM head (a sentence-embedding model such as e5) gets a
-fresh one, which transformers' load report lists. As for training, a non-empty output folder is refused unless
-`--resume_from_checkpoint last` continues the run in it or `--overwrite_output_dir true` replaces it. Resumed from a
-checkpoint saved at the end of an epoch (`--save_strategy epoch`), a run ends with the uninterrupted run's weights;
-from one inside an epoch, the first batch after it gets other random masks (transformers restores the random state
-only after fetching that batch, and the masks are drawn as it is fetched).
+The input is one text per line, `<id>\\t<text>` lines (KLUE's raw sentence file), JSONL with a `text` field, or a KLUE
+TSV file (`inputs.read_records`, its format told by extension and content). A text longer than `--max_length` tokens is
+cut into several sequences, never truncated. The output folder holds the encoder with its masked-LM head and the
+tokenizer: training takes it as `--encoder_name_or_path`. An encoder saved without a masked-LM head (a
+sentence-embedding model such as e5) gets a fresh one, which transformers' load report lists. As for training, a
+non-empty output folder is refused unless `--resume_from_checkpoint last` continues the run in it or
+`--overwrite_output_dir true` replaces it. Resumed from a checkpoint saved at the end of an epoch
+(`--save_strategy epoch`), a run ends with the uninterrupted run's weights; from one inside an epoch, the first batch
+after it gets other random masks (transformers restores the random state only after fetching that batch, and the masks
+are drawn as it is fetched).
 """
 
 import logging
@@ -32,7 +33,7 @@ from transformers import (
     set_seed,
 )
 
-from koelectra_crf.data import read_sentences
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.threads import choose_cpu_threads
 from koelectra_crf.train import RESUME_LAST, checkpoint_to_resume, delete_previous_run
 
@@ -43,7 +44,9 @@ logger = logging.getLogger(__name__)
 class AdaptArguments:
     encoder_name_or_path: str = field(metadata={"help": "The encoder to adapt (Hub id or folder)."})
     input_file: str = field(
-        metadata={"help": "Raw text: a text per line, `<id>\\t<text>` lines, or a KLUE TSV file (its sentences)."}
+        metadata={
+            "help": "Raw text: a text per line, `<id>\\t<text>` lines, JSONL, or a KLUE TSV file (its sentences)."
+        }
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for the MLM loss."})
     max_length: int = field(
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # float32 master weights whatever the checkpoint's dtype (e5's are float16), as for fine-tuning.
     model = AutoModelForMaskedLM.from_pretrained(adapt_args.encoder_name_or_path, dtype=torch.float32)
     choose_cpu_threads(model, processes=training_args.world_size)
-    texts = [text for _, text in read_sentences(adapt_args.input_file)]
+    texts = read_texts(adapt_args.input_file)
     with training_args.main_process_first(desc="tokenizing"):
         dataset = sequences(texts, tokenizer, adapt_args.max_length)
     logger.info("adapting %s on %d texts (%d sequences)", adapt_args.encoder_name_or_path, len(texts), len(dataset))

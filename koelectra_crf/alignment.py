@@ -236,16 +236,23 @@ def pad_inputs(rows: list[dict], pad_token_id: int | None, pad_to_multiple_of: i
     to its own longest length (rounded up to `pad_to_multiple_of`): `input_ids` with `pad_token_id`, `labels` with
     -100, `offset_mapping` with (0, 0), every other key with 0 (False for the boolean `tag_mask`); a key with one
     value per row (`overflow_to_sample_mapping`) gives a tensor of shape (rows,). The per-character keys (`char_*`,
-    and `labels`, `tag_mask` with `tag_unit="character"`) are as long as the characters, not the tokens."""
+    and `labels`, `tag_mask` with `tag_unit="character"`) are as long as the characters, not the tokens. A key whose
+    values are tensors (a window's emissions, (length, tags), say) is padded along their first dimension, in their
+    dtype."""
     pad_values = {"input_ids": pad_token_id or 0, "labels": IGNORE_INDEX, "offset_mapping": (0, 0)}
     batch = {}
     for key in rows[0]:
         values = [row[key] for row in rows]
-        if isinstance(values[0], (list, tuple)):
+        if isinstance(values[0], (list, tuple, torch.Tensor)):
             length = max(len(value) for value in values)
             if pad_to_multiple_of:
                 length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
             pad = pad_values.get(key, 0)
+            if isinstance(values[0], torch.Tensor):
+                batch[key] = values[0].new_full((len(values), length, *values[0].shape[1:]), pad)
+                for padded, value in zip(batch[key], values, strict=True):
+                    padded[: len(value)] = value
+                continue
             values = [list(value) + [pad] * (length - len(value)) for value in values]
         # Explicit dtypes: rows without characters to tag give empty lists, which torch would make float.
         tensor = torch.tensor(values, dtype=torch.bool if key == "tag_mask" else torch.long)

@@ -115,10 +115,13 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="entities of texts, one JSON line per text")
     _model_arguments(predict)
     predict.add_argument("texts", nargs="*", help="texts to tag (default: --input, else stdin)")
-    predict.add_argument("--input", type=Path, help="file of texts: text lines, JSONL with a `text` field, KLUE TSV")
+    predict.add_argument(
+        "--input", type=Path, help="file of texts: text lines, <id>\\t<text> lines, JSONL with a `text` field, KLUE TSV"
+    )
     predict.add_argument(
         "--input_format", choices=options.INPUT_FORMATS, default="auto",
-        help="(default: auto: jsonl for *.jsonl, klue for a file starting with '## ', else text)",
+        help="(default: auto: jsonl for *.jsonl, klue for a file starting with '## ', tsv for *.tsv or a file whose "
+        "first non-blank line holds a tab, else text)",
     )  # fmt: skip
     predict.add_argument(
         "--output", type=Path,
@@ -369,7 +372,7 @@ def _positive_int(value: str) -> int:
 def _predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    from koelectra_crf import bulk, onnx_model
+    from koelectra_crf import bulk, inputs, onnx_model
 
     control = {"top_k": args.top_k}
     if args.lexicon is not None:
@@ -390,34 +393,40 @@ def _predict(args: argparse.Namespace) -> None:
         return
     batch_size = args.batch_size
     if args.texts:
-        texts, total = args.texts, len(args.texts)
+        records = [inputs.TextRecord(f"arg-{number}", text) for number, text in enumerate(args.texts, start=1)]
+        total = len(records)
     elif args.input:
-        texts, total = bulk.read_texts(args.input, args.input_format), bulk.count_texts(args.input, args.input_format)
+        records = inputs.read_records(args.input, args.input_format)
+        total = inputs.count_records(args.input, args.input_format)
     else:
-        texts, total = (line.rstrip("\n") for line in sys.stdin if line.strip()), None
+        records, total = inputs.line_records(sys.stdin, "<stdin>"), None
         if sys.stdin.isatty():  # typed in: answer each text as it is entered, not once a batch of them is
             batch_size = 1
     ner = _load_pipeline(args.model, args.device, respace=args.respace, **control)
-    for line in tqdm(bulk.tagged_lines(ner, texts, batch_size), total=total, desc="tagging", unit="text"):
-        print(line, end="", flush=True)  # each line as soon as it is tagged, for a reader at the other end of a pipe
+    tagged = inputs.tagged_records(ner, records, batch_size, aggregation_strategy="simple")
+    for record, entities in tqdm(tagged, total=total, desc="tagging", unit="text"):
+        # Each line as soon as it is tagged, for a reader at the other end of a pipe.
+        print(bulk.output_line(*record, entities), end="", flush=True)
 
 
 def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
     """`predict --output_format` other than jsonl: the entities of every text of `--input` as data that an annotation
     tool and the training read (`formats.write_predictions`), written once all are tagged; `control` (a lexicon) goes
     to the pipeline."""
-    from koelectra_crf import bulk, formats
-    from koelectra_crf.data import refuse_input_as_output
-    from koelectra_crf.evaluation import run_pipeline
+    from tqdm.auto import tqdm
 
-    refuse_input_as_output(args.input, args.output)
-    texts = list(bulk.read_texts(args.input, args.input_format))
-    results = run_pipeline(
-        _load_pipeline(args.model, args.device, respace=args.respace, **control), texts, args.batch_size,
-        aggregation_strategy="simple",
-    )  # fmt: skip
+    from koelectra_crf import formats, inputs
+
+    inputs.refuse_input_as_output(args.input, args.output)
+    records = list(inputs.read_records(args.input, args.input_format))
+    ner = _load_pipeline(args.model, args.device, respace=args.respace, **control)
+    tagged = inputs.tagged_records(ner, records, args.batch_size, aggregation_strategy="simple")
+    results = [entities for _, entities in tqdm(tagged, total=len(records), desc="tagging", unit="text")]
     try:
-        count = formats.write_predictions(texts, results, args.output, args.output_format)
+        count = formats.write_predictions(
+            [record.text for record in records], results, args.output, args.output_format,
+            ids=[record.id for record in records],
+        )  # fmt: skip
     except ValueError as error:  # a text the format cannot hold (checked before anything is written)
         raise UsageError(f"--output_format {args.output_format}: {error}") from error
     print(f"{count} texts written to {args.output} ({args.output_format})")
@@ -442,10 +451,9 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
-    from koelectra_crf import pseudo_label
-    from koelectra_crf.data import is_klue_tsv
+    from koelectra_crf import inputs, pseudo_label
 
-    if args.thresholds and not is_klue_tsv(args.input):
+    if args.thresholds and not inputs.is_klue_tsv(args.input):
         raise UsageError(
             f"--thresholds scores against gold tags: {args.input} is not a labelled KLUE TSV file (give one, or leave "
             "out --thresholds)"
@@ -589,9 +597,10 @@ def _attention(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
+    from koelectra_crf import inputs
     from koelectra_crf.analysis import speed
 
-    sentences = speed.read_sentences(args.input, args.num_sentences)
+    sentences = inputs.read_texts(args.input, args.num_sentences)
     results = speed.run_benchmark(args.model, sentences, args.batch_sizes, args.devices or speed.benchmark_devices())
     speed.write_benchmark(results, args.output_dir)
     print(speed.benchmark_table(results), end="")

@@ -11,8 +11,6 @@ import unicodedata
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -21,6 +19,7 @@ from huggingface_hub import constants
 
 from koelectra_crf.alignment import OUTSIDE, encode_texts, entity_type, nfc_with_offsets, unit_labels
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, KLUE_LABELS
+from koelectra_crf.inputs import KLUE_HEADER_PREFIX, utf8_required
 from koelectra_crf.usage import UsageError
 
 HUB_DATASET = ("klue", "ner")
@@ -30,8 +29,6 @@ HUB_DATASET = ("klue", "ner")
 # Forbidding `<`/`>` keeps stray brackets literal: `<<레이:PS>>` is `<` + mark + `>`, and a broken mark such
 # as `<일:;LC>` is plain text in the official files (its characters are all tagged `O` there).
 _MARK = re.compile(rf"<([^<>]+):({'|'.join(ENTITY_TYPES)})>")
-
-_HEADER_PREFIX = "## "
 
 
 class KlueFormatError(UsageError):
@@ -93,33 +90,6 @@ def _count_ill_formed(tags: list[str]) -> int:
     )
 
 
-def is_klue_tsv(path: str | Path) -> bool:
-    """Whether `path` looks like a KLUE NER TSV file: its first line a `## ` comment or sentence header."""
-    with open(path, encoding="utf-8-sig") as file, utf8_required(path):
-        return file.readline().startswith("## ")
-
-
-def refuse_input_as_output(input_path: str | Path, output: Path) -> None:
-    """Raise when `output` is the file `input_path` (or a link to it): a command writing there would lose its input."""
-    if output.exists() and output.samefile(input_path):
-        raise UsageError(f"--output {output} is the input file: choose another --output")
-
-
-def read_sentences(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(guid, sentence) of every non-blank line, read as they are asked for: `<id>\\t<sentence>` (the raw KLUE file
-    `klue-ner-train-sentences.tsv`), or a sentence (guid `line-<number>`); or of every sentence of a KLUE TSV file."""
-    if is_klue_tsv(path):
-        yield from ((sentence["guid"], sentence["sentence"]) for sentence in read_klue_tsv(path))
-        return
-    with open(path, encoding="utf-8-sig") as file, utf8_required(path):
-        for number, line in enumerate(file, start=1):
-            line = line.rstrip("\n")
-            guid, tab, sentence = line.partition("\t")
-            guid, sentence = (guid, sentence) if tab else (f"line-{number}", line)
-            if sentence.strip():
-                yield guid, sentence
-
-
 class _AnyTags:
     """The tags `read_klue_tsv(any_tags=True)` accepts: `O` and `B-X`/`I-X` of any type X."""
 
@@ -173,14 +143,14 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
     with open(path, encoding="utf-8-sig") as f, utf8_required(path, KlueFormatError):
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\n")  # only the newline: a trailing space may be a character or text
-            if line == "" or line.startswith(_HEADER_PREFIX):
+            if line == "" or line.startswith(KLUE_HEADER_PREFIX):
                 if tokens:
                     finish()
                 elif header is not None and sentences:
                     raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
                 header, tokens, tags = None, [], []
                 if line:
-                    guid, tab, marked = line[len(_HEADER_PREFIX) :].partition("\t")
+                    guid, tab, marked = line[len(KLUE_HEADER_PREFIX) :].partition("\t")
                     # Before the first sentence, `## ` lines are the file's comments (the last one before
                     # the characters is the first header); after it every `## ` line is a sentence header.
                     if tab:
@@ -226,27 +196,6 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
             stacklevel=2,
         )
     return sentences
-
-
-@contextmanager
-def utf8_required(path: str | Path, error: type[UsageError] = UsageError):
-    """Turn a decoding error while reading the text file `path` into an `error` that names the file and line and
-    says how to convert it (Korean text often comes in CP949)."""
-    try:
-        yield
-    except UnicodeDecodeError:
-        # The reader decodes in blocks: find the first bad line. A line break never falls inside a UTF-8 character,
-        # so lines decode on their own.
-        with open(path, "rb") as file:
-            for line_no, line in enumerate(file, start=1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as bad:
-                    raise error(
-                        f"{path}:{line_no}: not UTF-8 (byte {line[bad.start]:#04x}); the file must be UTF-8, convert "
-                        "it first (e.g. `iconv -f cp949 -t utf-8` for a legacy Korean encoding)"
-                    ) from None
-        raise
 
 
 def tags_to_ids(tag_names: list[str], label2id: dict[str, int]) -> list[int]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans, entity_type, spans_to_char_tags
 from koelectra_crf.data import example_tag_names, label_names
+from koelectra_crf.inputs import TextRecord, tagged_records
 from koelectra_crf.metrics import klue_ner_metrics, label_types
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.spacing import DEFAULT_INSERT_RATE, DEFAULT_REMOVE_RATE, condition_rates, perturb_dataset
@@ -58,15 +59,6 @@ class SentencePrediction:
         return spans_to_char_tags(len(self.text), self.predicted_spans)
 
 
-def run_pipeline(
-    ner: KoElectraCrfTokenClassificationPipeline, texts: Sequence[str], batch_size: int = 8, **pipeline_kwargs
-) -> list[list[dict]]:
-    """The pipeline's output for every text, with a progress bar."""
-    # A generator makes the pipeline stream its results (a list would come back only once all are done).
-    outputs = ner((text for text in texts), batch_size=batch_size, **pipeline_kwargs)
-    return list(tqdm(outputs, total=len(texts), desc="tagging", unit="sentence"))
-
-
 def predict_dataset(
     ner: KoElectraCrfTokenClassificationPipeline, dataset: Dataset, batch_size: int = 8
 ) -> list[SentencePrediction]:
@@ -74,7 +66,9 @@ def predict_dataset(
     entity type the model lacks is refused ([`check_types`])."""
     check_types(dataset, model_labels(ner.model))
     names = label_names(dataset)
-    entities = run_pipeline(ner, dataset["sentence"], batch_size, aggregation_strategy="simple")
+    records = map(TextRecord, dataset["guid"], dataset["sentence"])
+    tagged = tagged_records(ner, records, batch_size, aggregation_strategy="simple")
+    entities = [result for _, result in tqdm(tagged, total=len(dataset), desc="tagging", unit="sentence")]
     return [
         SentencePrediction(
             example["guid"],

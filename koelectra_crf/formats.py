@@ -71,16 +71,14 @@ from koelectra_crf.alignment import OUTSIDE, char_tags_to_spans, nfc_with_offset
 from koelectra_crf.bulk import output_line
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
 from koelectra_crf.data import (
-    is_klue_tsv,
     klue_features,
     load_klue_ner,
     mark_entities,
     read_klue_tsv,
-    refuse_input_as_output,
     strip_entity_marks,
     tags_to_ids,
-    utf8_required,
 )
+from koelectra_crf.inputs import is_klue_tsv, refuse_input_as_output, utf8_required
 from koelectra_crf.options import READ_FORMATS, TAG_SCHEMES, TOKEN_UNITS, WRITE_FORMATS
 from koelectra_crf.usage import UsageError
 
@@ -759,25 +757,28 @@ def write_predictions(
     output_format: str = "auto",
     tag_scheme: str = "bio",
     model_version: str = "koelectra-crf",
+    ids: Iterable[str | int] | None = None,
 ) -> int:
     """Write the pipeline's entities of texts (`aggregation_strategy="simple"`: `entity_group`, `start`, `end`,
     `word`, `score`) as data a tool or the training reads back: `jsonl` (`predict`'s lines, scores included),
     `label-studio` (tasks with `predictions` to correct: each region's `value.score`, and as the prediction's
-    `score` its least probable entity's, to sort tasks by), or any other of `WRITE_FORMATS` (no scores).
+    `score` its least probable entity's, to sort tasks by), or any other of `WRITE_FORMATS` (no scores). Each
+    example's id is the text's of `ids` (such as the input records' ids), its index without them.
     Returns the number of texts."""
     texts, results = list(texts), list(results)
-    if len(texts) != len(results):
-        raise ValueError(f"{len(texts)} texts but {len(results)} results")
+    ids = range(len(texts)) if ids is None else list(ids)
+    if not len(texts) == len(results) == len(ids):
+        raise ValueError(f"{len(texts)} texts, {len(results)} results and {len(ids)} ids: give one of each per text")
     output_format = output_format_of(path) if output_format == "auto" else output_format
     if output_format == "jsonl":
-        _write(path, (output_line(text, entities) for text, entities in zip(texts, results, strict=True)))
+        _write(path, map(output_line, ids, texts, results))
         return len(texts)
     examples, scores = [], []
-    for n, (text, entities) in enumerate(zip(texts, results, strict=True)):
+    for n, (example_id, text, entities) in enumerate(zip(ids, texts, results, strict=True)):
         if any("entity_group" not in entity for entity in entities):
             raise ValueError(f"text {n + 1}: results need entity_group (the pipeline's aggregation_strategy='simple')")
         pairs = sorted(((e["start"], e["end"], e["entity_group"]), e["score"]) for e in entities)
-        examples.append(make_example(n, text, [span for span, _ in pairs], f"text {n + 1}"))
+        examples.append(make_example(example_id, text, [span for span, _ in pairs], f"text {n + 1}"))
         scores.append([score for _, score in pairs])
     if output_format != "label-studio":
         return write_examples(examples, path, output_format, tag_scheme)

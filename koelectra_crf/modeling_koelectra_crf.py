@@ -2,6 +2,8 @@
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -191,13 +193,8 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         model = cls(config)
         # Transformers' load report would list the checkpoint's weights a token classifier does not use (pooler,
         # pre-training heads) or lacks (a pooler); the encoder weights that matter are checked right below instead.
-        report_logger = logging.getLogger("transformers.modeling_utils")
-        no_report = _DropLoadReport()
-        report_logger.addFilter(no_report)
-        try:
+        with log_messages_dropped("transformers.modeling_utils", "LOAD REPORT"):
             encoder = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.float32)
-        finally:
-            report_logger.removeFilter(no_report)
         missing, _ = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
         if missing:
             raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {missing[:5]}")
@@ -387,9 +384,20 @@ def _qualified_name(code: type) -> str:
     return f"{code.__module__.rsplit('.', 1)[-1]}.{code.__name__}"
 
 
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
+@contextmanager
+def log_messages_dropped(logger_name: str, text: str) -> Iterator[None]:
+    """Inside the block, the records of the logger `logger_name` whose message holds `text` are dropped; its other
+    records, and the logger after the block, are as they were."""
+    logger = logging.getLogger(logger_name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 __all__ = [

@@ -42,7 +42,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from koelectra_crf import registration  # noqa: F401  (AutoTokenizer reads the export's config.json, no remote code)
-from koelectra_crf.alignment import encode_texts
+from koelectra_crf.alignment import encode_texts, pad_inputs
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
 from koelectra_crf.crf import LinearChainCRF
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfOutput
@@ -135,15 +135,11 @@ def sample_inputs(
     for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.encoder_tokenization):
         start, end = encoded.windows(config.max_length, config.stride)[0]
         windows.append(encoded.window(start, end, config.tag_unit))
-    padding = {"input_ids": tokenizer.pad_token_id}  # every other input pads with 0, as the pipeline's collation
-    inputs = {}
-    for name in windows[0]:
-        if name == "tag_mask" and config.tag_unit == "token":
-            continue  # positions to decode: the graph does not need them (the BiLSTM reads the attention mask)
-        length = max(len(window[name]) for window in windows)
-        rows = [list(map(int, w[name])) + [padding.get(name, 0)] * (length - len(w[name])) for w in windows]
-        inputs[name] = torch.tensor(rows, dtype=torch.long)
-    return inputs
+    inputs = pad_inputs(windows, tokenizer.pad_token_id)
+    if config.tag_unit == "token":  # positions to decode: the graph does not need them (the BiLSTM reads the mask)
+        del inputs["tag_mask"]
+    # The graph takes every input as int64, as `KoElectraCrfOnnxModel.forward` feeds them (`tag_mask` too).
+    return {name: tensor.long() for name, tensor in inputs.items()}
 
 
 def export_onnx(

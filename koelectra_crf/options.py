@@ -4,8 +4,8 @@ The command line builds its parser from these, so this module imports only the s
 `koelectra-crf --help` and `koelectra-crf COMMAND --help` start without torch, transformers or datasets.
 """
 
-INPUT_FORMATS = ("auto", "text", "jsonl", "klue")
-"""Formats of raw input texts (`bulk.read_texts`)."""
+INPUT_FORMATS = ("auto", "text", "tsv", "jsonl", "klue")
+"""Formats of raw input texts (`inputs.read_records`)."""
 
 READ_FORMATS = ("auto", "jsonl", "doccano", "label-studio", "conll", "conll-char", "klue", "datasets")
 """Formats of labelled data that `formats.read_examples` reads."""

@@ -1,8 +1,9 @@
 """`koelectra-crf pseudo-label`: tag raw text with a trained model, as KLUE NER TSV, for self-training.
 
-Each input line is a sentence, or `<id>\\t<sentence>` (the raw KLUE file `klue-ner-train-sentences.tsv`); or the
-input is a labelled KLUE TSV file (its first line starts with `## `), whose sentences are tagged afresh. The output
-is a KLUE v1.1 TSV file (`data.read_klue_tsv` and `load_klue_ner` read it) of the predicted entities, and beside it
+The input, read by `inputs.read_records` (its format told by extension and content), is sentence lines,
+`<id>\\t<sentence>` lines (the raw KLUE file `klue-ner-train-sentences.tsv`), JSONL with a `text` field, or a labelled
+KLUE TSV file, whose sentences are tagged afresh; each sentence's id is its guid in the output. The output is a KLUE
+v1.1 TSV file (`data.read_klue_tsv` and `load_klue_ner` read it) of the predicted entities, and beside it
 `<output>.confidence.jsonl`: one line per sentence with its `guid`, the CRF's probability of the whole predicted
 tag sequence (`sequence_probability`) and of its least likely entity (`min_entity_probability`, 1 without
 entities). Self-training (`--pseudo_label_file` in `koelectra_crf.train`) keeps the sentences above a threshold
@@ -14,26 +15,20 @@ the same way and [`kept_quality`] scores, for each threshold, the sentences kept
 
 Streaming: raw input is read line by line and each result is written as it comes, so memory does not grow with
 the file (a labelled KLUE TSV input, read and checked by `data.read_klue_tsv`, is held whole). A sentence the TSV
-format cannot hold (a tab or a `<text:TYPE>`-like mark in it) is skipped and counted.
+format cannot hold (a tab or a `<text:TYPE>`-like mark in it, or a tab or line break in its id) is skipped and
+counted.
 """
 
 import json
 from collections.abc import Iterator
-from itertools import tee
 from pathlib import Path
 
 from datasets import Dataset
 from tqdm.auto import tqdm
 
 from koelectra_crf.alignment import spans_to_char_tags
-from koelectra_crf.data import (
-    load_klue_ner,
-    mark_entities,
-    read_klue_tsv,
-    read_sentences,
-    refuse_input_as_output,
-    strip_entity_marks,
-)
+from koelectra_crf.data import load_klue_ner, mark_entities, read_klue_tsv, strip_entity_marks
+from koelectra_crf.inputs import TextRecord, read_records, refuse_input_as_output, tagged_records
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.options import CONFIDENCE_SUFFIX, CONFIDENCES
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
@@ -59,9 +54,13 @@ def klue_block(guid: str, text: str, spans: list[tuple[int, int, str]]) -> str:
     )
 
 
-def _representable(text: str) -> bool:
-    """Whether the TSV format round-trips the text: no tab or line break, and no `<text:TYPE>` mark of its own."""
-    return not any(char in text for char in "\t\n\r") and strip_entity_marks(text)[0] == text
+def _representable(record: TextRecord) -> bool:
+    """Whether the TSV format round-trips the record: no tab or line break in its id or text, and no `<text:TYPE>`
+    mark in its text."""
+    return (
+        not any(char in f"{record.id}{record.text}" for char in "\t\n\r")
+        and strip_entity_marks(record.text)[0] == record.text
+    )
 
 
 def check_output(input_path: Path, output: Path) -> None:
@@ -82,22 +81,20 @@ def pseudo_label(
     check_output(Path(input_path), Path(output))
     counts = {"written": 0, "skipped": 0}
 
-    def representable() -> Iterator[tuple[str, str]]:
-        for guid, text in read_sentences(input_path):
-            if _representable(text):
-                yield guid, text
+    def representable() -> Iterator[TextRecord]:
+        for record in read_records(input_path):
+            if _representable(record):
+                yield record
             else:
                 counts["skipped"] += 1
 
-    sentences, to_tag = tee(representable())
-    # A generator makes the pipeline stream: results come back in input order, batch by batch.
-    results = ner((text for _, text in to_tag), batch_size=batch_size, aggregation_strategy="simple",
-                  return_sequence_probability=True)  # fmt: skip
-    results = tqdm(results, desc="pseudo-labelling", unit="sentence")
+    tagged = tagged_records(ner, representable(), batch_size, aggregation_strategy="simple",
+                            return_sequence_probability=True)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as tsv, open(confidence_path(output), "w", encoding="utf-8") as scores:
         tsv.write(HEADER)
-        for (guid, text), result in zip(sentences, results, strict=True):
+        for (record_id, text), result in tqdm(tagged, desc="pseudo-labelling", unit="sentence"):
+            guid = str(record_id)  # a JSONL input's id may be an integer; guids read back as strings
             entities = result["entities"]
             tsv.write(klue_block(guid, text, [(e["start"], e["end"], e["entity_group"]) for e in entities]))
             record = {

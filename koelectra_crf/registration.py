@@ -12,13 +12,11 @@ Both additions leave every other model as it was:
 Python runs this module once per process, whichever name is asked for first.
 """
 
-import logging
-
 from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, TokenClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from koelectra_crf.configuration_koelectra_crf import KoElectraCrfConfig
-from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
+from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification, log_messages_dropped
 from koelectra_crf.pipeline_koelectra_crf import TASK, KoElectraCrfTokenClassificationPipeline
 
 
@@ -36,23 +34,13 @@ class TokenClassificationDispatch(TokenClassificationPipeline):
         return TokenClassificationPipeline(model=model, **kwargs)
 
 
-class _DropOverwriteWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "already registered. Overwriting pipeline" not in record.getMessage()
-
-
 AutoConfig.register(KoElectraCrfConfig.model_type, KoElectraCrfConfig)
 AutoModel.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 AutoModelForTokenClassification.register(KoElectraCrfConfig, KoElectraCrfForTokenClassification)
 
 # Replacing the entry is the point (see above): transformers' "already registered, overwriting" warning is dropped
 # from its logger for this one call, nothing else about logging changes.
-_registry_logger = logging.getLogger("transformers.pipelines.base")
-_overwrite_filter = _DropOverwriteWarning()
-_registry_logger.addFilter(_overwrite_filter)
-try:
+with log_messages_dropped("transformers.pipelines.base", "already registered. Overwriting pipeline"):
     PIPELINE_REGISTRY.register_pipeline(
         TASK, pipeline_class=TokenClassificationDispatch, pt_model=AutoModelForTokenClassification, type="text"
     )
-finally:
-    _registry_logger.removeFilter(_overwrite_filter)

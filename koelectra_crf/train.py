@@ -38,7 +38,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification, formats
@@ -539,6 +538,14 @@ def build_trainer(
     )
 
 
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The `checkpoint-N` folder (as the Trainer names them) in `folder` with the highest N; None when it holds none
+    (or does not exist)."""
+    steps = {int(path.name.removeprefix("checkpoint-")): path for path in folder.glob("checkpoint-*")
+             if path.is_dir() and re.fullmatch(r"checkpoint-[0-9]+", path.name)}  # fmt: skip
+    return steps[max(steps)] if steps else None
+
+
 def checkpoint_to_resume(output_dir: Path, resume_from_checkpoint: str | None, overwrite: bool) -> str | None:
     """The checkpoint to resume from (None: train from the start), after making sure that a run in `output_dir`
     loses nothing that nobody asked to lose (as transformers' `run_ner.py` does).
@@ -549,14 +556,14 @@ def checkpoint_to_resume(output_dir: Path, resume_from_checkpoint: str | None, o
     """
     if resume_from_checkpoint is not None:
         if resume_from_checkpoint.lower() in RESUME_LAST:
-            last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+            last = latest_checkpoint(output_dir)
             if last is None:
                 raise UsageError(
                     f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder "
                     "to resume from (a run saves them with --save_strategy); leave out --resume_from_checkpoint to "
                     "train from the start"
                 )
-            return last
+            return str(last)
         if not Path(resume_from_checkpoint).is_dir():
             raise UsageError(
                 f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder (give a checkpoint-N "

@@ -18,11 +18,10 @@ from koelectra_crf.ablation import (
     STUDIES,
     check_arguments,
     claim,
-    latest_checkpoint,
     run_ablation,
 )
 from koelectra_crf.cli import build_parser, main
-from koelectra_crf.train import parse_arguments
+from koelectra_crf.train import latest_checkpoint, parse_arguments
 
 VARIANTS = ABLATION.variants
 
@@ -161,10 +160,12 @@ def test_a_failed_run_stops_the_ablation(tmp_path):
 
 
 def test_latest_checkpoint_is_the_highest_step(tmp_path):
-    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-x", "runs"):
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-x", "checkpoint-2-11", "runs"):
         (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-12").write_text("a file, not a checkpoint")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert latest_checkpoint(tmp_path / "runs") is None
+    assert latest_checkpoint(tmp_path / "missing") is None
 
 
 def test_status_reads_done_running_and_missing(tmp_path, capsys):

@@ -14,9 +14,10 @@ from test_cli import refusal
 from tiny import TINY_TEXT, character_tokenizer, tiny_model
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfTokenClassificationPipeline
-from koelectra_crf.bulk import output_line, read_texts, resume, tag_file
+from koelectra_crf.bulk import output_line, resume, tag_file
 from koelectra_crf.cli import main
 from koelectra_crf.data import strip_entity_marks
+from koelectra_crf.inputs import read_records
 from koelectra_crf.pseudo_label import klue_block
 
 MARKED = [
@@ -27,6 +28,7 @@ MARKED = [
     "<삼성전자:OG>는 <3월:DT>에 <서울:LC>에서 <이재용:PS> 회장과 만났다. " * 4,  # several windows
 ] * 3
 TEXTS = [strip_entity_marks(marked)[0] for marked in MARKED]
+SENTENCE_IDS = [f"klue-ner-v1_train_{k:05d}_wikitree" for k in range(len(TEXTS))]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,12 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """The same texts as text lines (with a blank line), JSONL and a KLUE TSV file."""
+    """The same texts as text lines (with a blank line), JSONL, a KLUE TSV file and `<id>\\t<sentence>` lines (as
+    KLUE's raw `klue-ner-train-sentences.tsv`)."""
     folder = tmp_path_factory.mktemp("inputs")
     (folder / "texts.txt").write_text("\n".join(TEXTS[:2]) + "\n\n" + "\n".join(TEXTS[2:]) + "\n", encoding="utf-8")
+    lines = [f"{sentence_id}\t{text}\n" for sentence_id, text in zip(SENTENCE_IDS, TEXTS, strict=True)]
+    (folder / "klue-ner-train-sentences.tsv").write_text("".join(lines), encoding="utf-8")
     records = [json.dumps({"id": k, "text": text}, ensure_ascii=False) for k, text in enumerate(TEXTS)]
     (folder / "texts.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
     blocks = [klue_block(f"test-{k}", *strip_entity_marks(marked)) for k, marked in enumerate(MARKED)]
@@ -59,21 +64,54 @@ def predict(*args) -> None:
     main(["predict", *map(str, args), "--device", "cpu"])
 
 
-def test_every_input_format_gives_one_line_per_text_in_order(saved, inputs, tmp_path):
+def test_every_input_format_gives_one_line_per_text_in_order_with_its_id(saved, inputs, tmp_path):
     folder, ner = saved
     expected = ner(TEXTS, aggregation_strategy="simple", batch_size=4)
     assert sum(map(len, expected)) > 0
+    ids = {
+        "texts.txt": [f"line-{number}" for number in (1, 2, *range(4, len(TEXTS) + 2))],  # line 3 is blank
+        "texts.jsonl": list(range(len(TEXTS))),
+        "klue.tsv": [f"test-{k}" for k in range(len(TEXTS))],
+        "klue-ner-train-sentences.tsv": SENTENCE_IDS,
+    }
     outputs = []
-    for name in ("texts.txt", "texts.jsonl", "klue.tsv"):
-        assert list(read_texts(inputs / name)) == TEXTS
+    for name, name_ids in ids.items():
+        assert [tuple(record) for record in read_records(inputs / name)] == list(zip(name_ids, TEXTS, strict=True))
         predict(folder, "--input", inputs / name, "--output", tmp_path / f"{name}.jsonl", "--batch_size", 4)
-        outputs.append((tmp_path / f"{name}.jsonl").read_bytes())
-        lines = [json.loads(line) for line in outputs[-1].decode("utf-8").splitlines()]
+        lines = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [list(line) for line in lines] == [["id", "text", "entities"]] * len(TEXTS)
+        assert [line["id"] for line in lines] == name_ids
         assert [line["text"] for line in lines] == TEXTS
         assert [line["entities"] for line in lines] == json.loads(json.dumps(expected))
-    assert outputs[0] == outputs[1] == outputs[2]
+        outputs.append([line | {"id": None} for line in lines])
+    assert all(output == outputs[0] for output in outputs)
     with pytest.raises(ValueError, match=r'texts.txt:1: expected a JSON object with a "text" string'):
-        list(read_texts(inputs / "texts.txt", "jsonl"))
+        list(read_records(inputs / "texts.txt", "jsonl"))
+
+
+def test_id_and_sentence_lines_tag_the_sentence_and_write_the_id(saved, inputs, tmp_path, capsys):
+    """`<id>\\t<sentence>` lines (KLUE's raw sentence file) are told by a tab in the first line whatever the file's
+    name: the sentence alone is tagged, its id written beside it, printed or to a file; `--input_format text` tags
+    each whole line instead."""
+    folder, ner = saved
+    source = tmp_path / "sentences.txt"
+    source.write_bytes((inputs / "klue-ner-train-sentences.tsv").read_bytes())
+    expected = json.loads(json.dumps(ner(TEXTS, aggregation_strategy="simple", batch_size=4)))
+    predict(folder, "--input", source, "--output", tmp_path / "out.jsonl", "--batch_size", 4)
+    capsys.readouterr()
+    predict(folder, "--input", source, "--batch_size", 4)
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    lines = [json.loads(line) for line in printed.splitlines()]
+    assert [(line["id"], line["text"], line["entities"]) for line in lines] == list(
+        zip(SENTENCE_IDS, TEXTS, expected, strict=True)
+    )
+    predict(folder, "--input", source, "--input_format", "text", "--batch_size", 4)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["id"], line["text"]) for line in lines] == [
+        (f"line-{number}", f"{sentence_id}\t{text}")
+        for number, (sentence_id, text) in enumerate(zip(SENTENCE_IDS, TEXTS, strict=True), start=1)
+    ]
 
 
 def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path, capsys):
@@ -85,7 +123,7 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path,
 
     stopped = tmp_path / "stopped.jsonl"  # as if stopped while writing line 4
     stopped.write_bytes(b"".join(lines[:3]) + lines[3][:10])
-    assert resume(stopped, TEXTS, truncate=False) == 3
+    assert resume(stopped, read_records(inputs / "texts.txt"), truncate=False) == 3
     predict(folder, "--input", inputs / "texts.txt", "--output", stopped, "--batch_size", 1)
     assert stopped.read_bytes() == reference
     predict(folder, "--input", inputs / "texts.txt", "--output", stopped, "--batch_size", 1)  # nothing left to do
@@ -95,6 +133,14 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path,
     other.write_text("\n".join(reversed(TEXTS)) + "\n", encoding="utf-8")
     refused = refusal(capsys, "predict", folder, "--input", other, "--output", stopped, alone=False)
     assert refused.endswith(f"{stopped}:1: its text is not the input's text 1: another input's output?")
+    refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.jsonl", "--output", stopped, alone=False)
+    assert refused.endswith(f"{stopped}:1: its id 'line-1' is not the input's id 0 of text 1: another input's output?")
+    without_ids = tmp_path / "without-ids.jsonl"  # as an earlier koelectra-crf wrote it: refused, left as it was
+    without_ids.write_text(json.dumps({"text": TEXTS[0], "entities": []}) + "\n", encoding="utf-8")
+    refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.txt", "--output", without_ids, alone=False)
+    assert refused.endswith(f'{without_ids}:1: an output line without "id", written by an earlier koelectra-crf: tag '
+                            "into a new --output")  # fmt: skip
+    assert json.loads(without_ids.read_text(encoding="utf-8")) == {"text": TEXTS[0], "entities": []}
     jsonl = (inputs / "texts.jsonl").read_bytes()
     refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.jsonl", "--output", inputs / "texts.jsonl",
                       alone=False)  # fmt: skip
@@ -106,6 +152,19 @@ def test_a_rerun_continues_after_the_last_complete_line(saved, inputs, tmp_path,
         refused = refusal(capsys, "predict", folder, "--input", inputs / "texts.txt", "--output", notes, alone=False)
         assert re.fullmatch(rf"koelectra-crf predict: error: {notes}:1: not an output line .*another file\?", refused)
         assert notes.read_bytes() == content + b"half a line"
+
+
+def test_a_rerun_with_top_k_resumes_its_analyses(saved, inputs, tmp_path):
+    folder, _ = saved
+    output = tmp_path / "analyses.jsonl"
+    arguments = ["--input", inputs / "texts.txt", "--output", output, "--top_k", 2, "--batch_size", 1]
+    predict(folder, *arguments)
+    written = output.read_bytes()
+    lines = [json.loads(line) for line in written.decode("utf-8").splitlines()]
+    assert [list(line) for line in lines] == [["id", "text", "analyses"]] * len(TEXTS)
+    output.write_bytes(written[: len(written) // 2])  # as if stopped halfway
+    predict(folder, *arguments)
+    assert output.read_bytes() == written
 
 
 def test_lone_surrogates_of_a_jsonl_input_are_tagged_and_written_back_as_escapes(saved, tmp_path, capsys):
@@ -148,12 +207,12 @@ def test_lines_break_only_at_line_ends(saved, tmp_path):
     ]:
         (tmp_path / name).write_text(content, encoding="utf-8", newline="")
         assert "\u2028" in (tmp_path / name).read_text(encoding="utf-8")
-        assert list(read_texts(tmp_path / name)) == texts
+        assert [record.text for record in read_records(tmp_path / name)] == texts
         output = tmp_path / f"{name}.out.jsonl"
         predict(folder, "--input", tmp_path / name, "--output", output, "--batch_size", 1)
         written = output.read_bytes()
         assert [json.loads(line)["text"] for line in written.split(b"\n")[:-1]] == texts
-        assert resume(output, texts, truncate=False) == len(texts)
+        assert resume(output, read_records(tmp_path / name), truncate=False) == len(texts)
         predict(folder, "--input", tmp_path / name, "--output", output)
         assert output.read_bytes() == written
 
@@ -176,7 +235,7 @@ def test_memory_does_not_grow_with_the_input(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < whole / 10, (peak, whole)
-    assert output.read_text(encoding="utf-8") == output_line(line, []) * 100_000
+    assert output.read_text(encoding="utf-8") == "".join(output_line(f"line-{n}", line, []) for n in range(1, 100_001))
 
 
 def test_printing_without_output_reads_the_same_formats(saved, inputs, capsys):

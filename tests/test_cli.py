@@ -128,8 +128,9 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
     texts = ["김철수는 서울에서 사과를 샀다.", "이재용 회장이 찾았다."]
     expected = reference_pipeline(texts, aggregation_strategy="simple")
 
-    def check(output: str) -> None:
+    def check(output: str, ids: list[str]) -> None:
         lines = [json.loads(line) for line in output.splitlines()]
+        assert [line["id"] for line in lines] == ids
         assert [line["text"] for line in lines] == texts
         for line, entities in zip(lines, expected, strict=True):
             assert [{**e, "score": 0} for e in line["entities"]] == [{**e, "score": 0} for e in entities]
@@ -138,13 +139,13 @@ def test_predict_prints_one_json_line_per_text(model_dir, reference_pipeline, tm
         assert sum(len(line["entities"]) for line in lines) > 0
 
     run("predict", model_dir, *texts, "--device", "cpu")
-    check(capsys.readouterr().out)
+    check(capsys.readouterr().out, ["arg-1", "arg-2"])
     (tmp_path / "texts.txt").write_text(texts[0] + "\n\n" + texts[1] + "\n", encoding="utf-8")
     run("predict", model_dir, "--input", tmp_path / "texts.txt", "--device", "cpu")
-    check(capsys.readouterr().out)
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(texts)))
+    check(capsys.readouterr().out, ["line-1", "line-3"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n\n".join(texts)))
     run("predict", model_dir, "--device", "cpu")
-    check(capsys.readouterr().out)
+    check(capsys.readouterr().out, ["line-1", "line-3"])
 
 
 def test_predict_gives_the_k_best_analyses_and_applies_a_lexicon(model_dir, reference_pipeline, tmp_path, capsys):
@@ -644,6 +645,7 @@ def test_predicted_annotations_read_back_as_training_data(model_dir, reference_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Label Studio's pre-annotations are read, and said so
         examples = formats.read_examples(output, "conll-char" if output_format == "conll-char" else "auto")
+    assert [e["id"] for e in examples] == [f"line-{number}" for number in range(1, len(texts) + 1)]
     assert [e["text"] for e in examples] == texts
     assert [e["entities"] for e in examples] == expected
 

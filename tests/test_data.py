@@ -11,9 +11,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from tiny import character_tokenizer, tiny_model
 from transformers import DataCollatorForTokenClassification
 
-from koelectra_crf import bulk
-from koelectra_crf.alignment import NerDataCollator
-from koelectra_crf.analysis import speed
+from koelectra_crf.alignment import NerDataCollator, pad_inputs
 from koelectra_crf.configuration_koelectra_crf import KLUE_LABELS
 from koelectra_crf.data import (
     KlueFormatError,
@@ -22,12 +20,12 @@ from koelectra_crf.data import (
     load_klue_ner,
     normalize_hub_split,
     read_klue_tsv,
-    read_sentences,
     strip_entity_marks,
     tags_to_ids,
     tokenize_and_align,
     with_label_names,
 )
+from koelectra_crf.inputs import read_records, read_texts
 
 # The Hub's `klue`/`ner` ClassLabel order (alphabetical by type): a different order than KLUE_LABELS on purpose.
 HUB_NAMES = ["B-DT", "I-DT", "B-LC", "I-LC", "B-OG", "I-OG", "B-PS", "I-PS", "B-QT", "I-QT", "B-TI", "I-TI", "O"]
@@ -219,6 +217,17 @@ def test_collator_pads_token_windows_like_transformers_and_character_keys_to_the
         assert batch["char_codes"][i, : len(row["char_codes"])].tolist() == row["char_codes"]
 
 
+def test_tensor_values_pad_along_their_first_dimension_in_their_dtype():
+    """Calibration pads windows' emissions (length, tags) and gold tags with the same function as model inputs."""
+    emissions = [torch.randn(3, 4), torch.randn(1, 4)]
+    gold = [torch.tensor([1, 2, 0]), torch.tensor([3])]
+    batch = pad_inputs([{"emissions": e, "labels": g} for e, g in zip(emissions, gold, strict=True)], None, 4)
+    assert batch["emissions"].dtype == torch.float32 and batch["emissions"].shape == (2, 4, 4)
+    assert torch.equal(batch["emissions"][0, :3], emissions[0]) and torch.equal(batch["emissions"][1, :1], emissions[1])
+    assert batch["emissions"][0, 3:].eq(0).all() and batch["emissions"][1, 1:].eq(0).all()
+    assert batch["labels"].tolist() == [[1, 2, 0, -100], [3, -100, -100, -100]]
+
+
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
     plain = read_klue_tsv(write(tmp_path, "## g1\tA 씨\nA\tB-PS\n \tO\n씨\tO\n"))
     path = tmp_path / "bom.tsv"
@@ -245,13 +254,13 @@ def test_a_file_that_is_not_utf8_is_refused_by_name_and_line(tmp_path):
 @pytest.mark.parametrize(
     "read",
     [
-        lambda path: list(bulk.read_texts(path)),  # `predict --input`: auto-detected format
-        lambda path: list(bulk.read_texts(path, "text")),
-        lambda path: list(bulk.read_texts(path, "jsonl")),
-        lambda path: list(read_sentences(path)),  # `pseudo-label --input`
-        lambda path: speed.read_sentences(path),  # `benchmark --input`
+        lambda path: list(read_records(path)),  # `predict`, `pseudo-label`: auto-detected format
+        lambda path: list(read_records(path, "text")),
+        lambda path: list(read_records(path, "tsv")),
+        lambda path: list(read_records(path, "jsonl")),
+        lambda path: read_texts(path),  # `benchmark`, `adapt`
     ],
-    ids=["predict-auto", "predict-text", "predict-jsonl", "pseudo-label", "benchmark"],
+    ids=["auto", "text", "tsv", "jsonl", "texts"],
 )
 @pytest.mark.parametrize(
     "content, line",

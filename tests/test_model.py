@@ -1,16 +1,21 @@
-"""The model: loss and predictions over tagged positions only, initialisation, from_encoder, batching."""
+"""The model: loss and predictions over tagged positions only, initialisation, from_encoder (and the logging it
+hides), batching."""
 
 import itertools
 import json
+import logging
+import sys
 
 import pytest
 import torch
+from processes import run_command
 from safetensors.torch import load_file, save_file
 from tiny import TINY_TEXT, as_saved_before_encoder_tokenization, character_tokenizer, tiny_encoder_config, tiny_model
 from transformers import AutoModel
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification, bio_constraints
 from koelectra_crf.alignment import encode_texts
+from koelectra_crf.modeling_koelectra_crf import log_messages_dropped
 
 
 def _batch(tokenizer, texts):
@@ -141,6 +146,24 @@ def test_constraint_masks_are_rebuilt_when_loading(tmp_path):
     actual = (loaded.crf.allowed_start, loaded.crf.allowed_transitions, loaded.crf.allowed_end)
     for buffer, value in zip(actual, expected, strict=True):
         assert torch.equal(buffer, value)
+
+
+def test_log_messages_dropped_drops_the_matching_records_inside_the_block_only(caplog):
+    logger = logging.getLogger("koelectra_crf.tests")
+    with caplog.at_level(logging.INFO, logger="koelectra_crf.tests"):
+        with log_messages_dropped("koelectra_crf.tests", "LOAD REPORT"):
+            logger.warning("LOAD REPORT of a checkpoint")
+            logger.warning("another warning")
+        logger.warning("LOAD REPORT after the block")
+    assert [record.getMessage() for record in caplog.records] == ["another warning", "LOAD REPORT after the block"]
+
+
+def test_importing_the_package_does_not_say_it_replaces_the_pipeline_entry():
+    """Replacing transformers' "token-classification" entry is the point (`TokenClassificationDispatch`): its warning
+    about it is not shown; the logger's other warnings still are."""
+    shown = "logging.getLogger('transformers.pipelines.base').warning('another warning')"
+    completed = run_command([sys.executable, "-c", f"import logging, koelectra_crf; {shown}"], timeout=120)
+    assert "Overwriting pipeline" not in completed.stderr and "another warning" in completed.stderr
 
 
 def test_from_encoder_keeps_encoder_weights_in_float32(tmp_path, capfd):

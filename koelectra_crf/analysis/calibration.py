@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.alignment import NerDataCollator, pad_inputs
 from koelectra_crf.crf import IGNORE_INDEX
 from koelectra_crf.data import tokenize_and_align
-from koelectra_crf.evaluation import SentencePrediction, predict_dataset, run_pipeline
+from koelectra_crf.evaluation import SentencePrediction, predict_dataset
+from koelectra_crf.inputs import TextRecord, tagged_records
 from koelectra_crf.modeling_koelectra_crf import KoElectraCrfForTokenClassification
 from koelectra_crf.options import CALIBRATION_BINS
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
@@ -144,9 +144,9 @@ def calibrate(
     """Token- and entity-level `calibration_summary` of the pipeline on a KLUE split (`entity`: the exact entity
     probability, `entity_token_mean`: the mean marginal of the entity's units)."""
     predictions = predict_dataset(ner, dataset, batch_size)
-    token_outputs = run_pipeline(
-        ner, [p.text for p in predictions], batch_size, aggregation_strategy="none", ignore_labels=[]
-    )
+    records = [TextRecord(p.guid, p.text) for p in predictions]
+    tagged = tagged_records(ner, records, batch_size, aggregation_strategy="none", ignore_labels=[])
+    token_outputs = [result for _, result in tqdm(tagged, total=len(records), desc="tagging", unit="sentence")]
     return {
         "token": calibration_summary(*token_confidences(predictions, token_outputs), num_bins),
         "entity": calibration_summary(*entity_confidences(predictions), num_bins),
@@ -185,10 +185,9 @@ def padded_batches(windows: list[tuple[torch.Tensor, torch.Tensor]], device, siz
     """The windows of `gold_windows` padded into batches of `size` (small enough for the CRF's buffers)."""
     batches = []
     for i in range(0, len(windows), size):
-        chunk = windows[i : i + size]
-        emissions = pad_sequence([e for e, _ in chunk], batch_first=True).to(device)
-        gold = pad_sequence([g for _, g in chunk], batch_first=True, padding_value=IGNORE_INDEX).to(device)
-        batches.append((emissions, gold, gold != IGNORE_INDEX))
+        batch = pad_inputs([{"emissions": e, "labels": g} for e, g in windows[i : i + size]], pad_token_id=None)
+        gold = batch["labels"].to(device)
+        batches.append((batch["emissions"].to(device), gold, gold != IGNORE_INDEX))
     return batches
 
 

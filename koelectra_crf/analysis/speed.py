@@ -7,24 +7,16 @@ what a user of the pipeline waits for. Each measurement starts after a warm-up o
 
 import json
 import time
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from koelectra_crf import data
 from koelectra_crf.loading import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 WARMUP_SENTENCES = 8
-
-
-def read_sentences(path: Path, limit: int | None = None) -> list[str]:
-    """The first `limit` sentences (all when None) of a file that `data.read_sentences` reads: sentence lines,
-    `<id>\\t<sentence>` lines or KLUE TSV."""
-    return [sentence for _, sentence in islice(data.read_sentences(path), limit)]
 
 
 def latency_ms(ner: KoElectraCrfTokenClassificationPipeline, sentences: list[str]) -> dict[str, float]:
