@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from koelectra_crf import inputs, usage
+from koelectra_crf import inputs, options, usage
 from koelectra_crf.inputs import TextRecord, detect_input_format, read_records
 from koelectra_crf.usage import UsageError
 
@@ -103,8 +103,8 @@ def test_the_reader_imports_the_standard_library_only():
     def outside_the_standard_library(module) -> set[str]:
         return {name for name in top_level_imports(module) if name.split(".")[0] not in sys.stdlib_module_names}
 
-    assert outside_the_standard_library(inputs) == {"koelectra_crf.usage"}
-    assert outside_the_standard_library(usage) == set()
+    assert outside_the_standard_library(inputs) == {"koelectra_crf.options", "koelectra_crf.usage"}
+    assert outside_the_standard_library(options) == outside_the_standard_library(usage) == set()
 
 
 def test_tagged_records_pairs_each_record_with_its_result_as_the_pipeline_streams():
