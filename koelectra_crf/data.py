@@ -11,6 +11,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Container
 from pathlib import Path
 
 import datasets
@@ -121,31 +122,12 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
     header = None  # (line number, guid, marked sentence) of the sentence being read
     tokens: list[str] = []
     tags: list[str] = []
-
-    composed = 0  # sentences that were not in NFC
-
-    def finish() -> None:
-        nonlocal composed
-        line_no, guid, marked = header
-        extra = sorted({tag[2:] for tag in tags if tag != OUTSIDE} - set(ENTITY_TYPES)) if any_tags else []
-        plain, _ = strip_entity_marks(marked, (*ENTITY_TYPES, *extra))
-        joined = "".join(tokens)
-        if unicodedata.normalize("NFC", joined) != unicodedata.normalize("NFC", plain):
-            raise KlueFormatError(
-                f"{path}:{line_no}: the characters below this header join to {joined!r}, "
-                f"but the header's text without marks is {plain!r}"
-            )
-        text, spans = nfc_with_offsets(joined)
-        composed += text != joined
-        sentence_tags = [tags[start] for start, _ in spans]
-        sentences.append({"guid": guid, "sentence": text, "tokens": list(text), "ner_tags": sentence_tags})
-
     with open(path, encoding="utf-8-sig") as f, utf8_required(path, KlueFormatError):
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\n")  # only the newline: a trailing space may be a character or text
             if line == "" or line.startswith(KLUE_HEADER_PREFIX):
                 if tokens:
-                    finish()
+                    sentences.append(_klue_sentence(path, header, tokens, tags, any_tags))
                 elif header is not None and sentences:
                     raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
                 header, tokens, tags = None, [], []
@@ -158,44 +140,74 @@ def read_klue_tsv(path: str | Path, any_tags: bool = False) -> list[dict]:
                     elif sentences:
                         raise KlueFormatError(f"{path}:{line_no}: sentence header without a tab: {line!r}")
                 continue
-            columns = line.split("\t")
-            if len(columns) != 2:
-                raise KlueFormatError(
-                    f"{path}:{line_no}: expected 2 tab-separated columns 'CHAR<tab>TAG', found {len(columns)}: {line!r}"
-                )
-            char, tag = columns
-            if header is None:
-                raise KlueFormatError(f"{path}:{line_no}: character line outside a sentence: {line!r}")
-            if not char:
-                raise KlueFormatError(
-                    f"{path}:{line_no}: empty character before the tab (a space is written as ' '): {line!r}"
-                )
-            if len(char) != 1:
-                raise KlueFormatError(f"{path}:{line_no}: expected one character before the tab, found {char!r}")
-            if tag not in label_set:
-                raise KlueFormatError(f"{path}:{line_no}: unknown tag {tag!r}: the tags are {', '.join(KLUE_LABELS)}")
+            char, tag = _klue_character_line(path, line_no, line, header is not None, label_set)
             tokens.append(char)
             tags.append(tag)
     if tokens:  # the last sentence need not end with a blank line
-        finish()
+        sentences.append(_klue_sentence(path, header, tokens, tags, any_tags))
     elif header is not None and sentences:
         raise KlueFormatError(f"{path}:{header[0]}: sentence header without characters")
     if not sentences:
         raise KlueFormatError(f"{path}: no sentences (the file is empty or holds only `## ` comment lines)")
+    _warn_of_repairs(path, sentences)
+    return [{key: value for key, value in sentence.items() if key != "composed"} for sentence in sentences]
 
+
+def _klue_character_line(
+    path: str | Path, line_no: int, line: str, in_sentence: bool, label_set: Container[str]
+) -> tuple[str, str]:
+    """(character, tag) of a `CHAR\tTAG` line of a KLUE TSV file, or a [`KlueFormatError`] saying what is wrong."""
+    columns = line.split("\t")
+    if len(columns) != 2:
+        raise KlueFormatError(
+            f"{path}:{line_no}: expected 2 tab-separated columns 'CHAR<tab>TAG', found {len(columns)}: {line!r}"
+        )
+    char, tag = columns
+    if not in_sentence:
+        raise KlueFormatError(f"{path}:{line_no}: character line outside a sentence: {line!r}")
+    if not char:
+        raise KlueFormatError(f"{path}:{line_no}: empty character before the tab (a space is written as ' '): {line!r}")
+    if len(char) != 1:
+        raise KlueFormatError(f"{path}:{line_no}: expected one character before the tab, found {char!r}")
+    if tag not in label_set:
+        raise KlueFormatError(f"{path}:{line_no}: unknown tag {tag!r}: the tags are {', '.join(KLUE_LABELS)}")
+    return char, tag
+
+
+def _klue_sentence(
+    path: str | Path, header: tuple[int, str, str], tokens: list[str], tags: list[str], any_tags: bool
+) -> dict:
+    """One sentence of a KLUE TSV file from its header and character lines, in NFC (`composed`: whether it was not),
+    checked against the header's text."""
+    line_no, guid, marked = header
+    extra = sorted({tag[2:] for tag in tags if tag != OUTSIDE} - set(ENTITY_TYPES)) if any_tags else []
+    plain, _ = strip_entity_marks(marked, (*ENTITY_TYPES, *extra))
+    joined = "".join(tokens)
+    if unicodedata.normalize("NFC", joined) != unicodedata.normalize("NFC", plain):
+        raise KlueFormatError(
+            f"{path}:{line_no}: the characters below this header join to {joined!r}, "
+            f"but the header's text without marks is {plain!r}"
+        )
+    text, spans = nfc_with_offsets(joined)
+    sentence_tags = [tags[start] for start, _ in spans]
+    return {"guid": guid, "sentence": text, "tokens": list(text), "ner_tags": sentence_tags, "composed": text != joined}
+
+
+def _warn_of_repairs(path: str | Path, sentences: list[dict]) -> None:
+    """Warn of the sentences of a KLUE TSV file that were composed to NFC, and of ill-formed BIO tags kept."""
+    composed = sum(sentence["composed"] for sentence in sentences)
     if composed:
         warnings.warn(
             f"{path}: {composed} sentences not in Unicode NFC (decomposed Hangul?) were composed; a composed "
             "character takes the tag of its first character",
-            stacklevel=2,
+            stacklevel=3,
         )
     ill_formed = sum(_count_ill_formed(sentence["ner_tags"]) for sentence in sentences)
     if ill_formed:
         warnings.warn(
             f"{path}: {ill_formed} ill-formed BIO tags (I-X not after B-X or I-X), kept as they are",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return sentences
 
 
 def tags_to_ids(tag_names: list[str], label2id: dict[str, int]) -> list[int]:
