@@ -97,6 +97,55 @@ def path_score(reference: CRF, emissions: torch.Tensor, path: list[int]) -> floa
     return (score + end[tags[-1]]).item()
 
 
+def implementations_agree(ours, ours_other, reference, emissions, tags, mask) -> dict:
+    """How far our two implementations are from pytorch-crf on one batch: log-likelihoods (relative), emission
+    gradients, and Viterbi paths (where they differ, the gap between the two paths' exact float64 scores, which
+    float32 rounding alone should explain). `OTHER` in a key stands for the other implementation's name."""
+    with torch.no_grad():
+        ll_ours = ours.log_likelihood(emissions, tags, mask).double()
+        ll_reference = reference(emissions, tags, mask, reduction="none").double()
+        ll_other = ours_other.log_likelihood(emissions, tags, mask).double()
+        paths_ours = ours.decode(emissions, mask).tolist()
+        paths_reference = reference.decode(emissions, mask)
+    gradients = []
+    for crf in (ours, reference):
+        loss = crf(emissions, tags, mask).sum() if crf is reference else crf.log_likelihood(emissions, tags, mask).sum()
+        gradients.append(torch.autograd.grad(loss, emissions)[0])
+    relative = ((ll_ours - ll_reference).abs() / ll_reference.abs()).max().item()
+    relative_other = ((ll_other - ll_reference).abs() / ll_reference.abs()).max().item()
+    differing = [b for b, row in enumerate(paths_reference) if paths_ours[b][: len(row)] != row]
+    score_gaps = [
+        path_score(reference, emissions[b], paths_reference[b]) - path_score(reference, emissions[b], paths_ours[b])
+        for b in differing
+    ]
+    return {
+        "ll_max_relative_difference": relative,
+        "ll_max_relative_difference_OTHER_implementation": relative_other,
+        "ll_equal_within_1e-4": relative <= 1e-4 and relative_other <= 1e-4,
+        "emission_gradient_max_abs_difference": (gradients[0] - gradients[1]).abs().max().item(),
+        "decode_paths_identical": not differing,
+        "decode_rows_differing": len(differing),
+        "decode_differing_rows_max_exact_score_gap": max(score_gaps, default=0.0),
+    }
+
+
+def baseline_agrees(baseline, ours, emissions, tags, mask, rounds: dict[str, list[float]]) -> dict:
+    """The `--compare_with` revision's CRF against ours: its times, our times over its, and its outputs' distance
+    from ours."""
+    with torch.no_grad():
+        same = torch.equal(baseline.decode(emissions, mask), ours.decode(emissions, mask))
+        ll_difference = baseline.log_likelihood(emissions, tags, mask) - ours.log_likelihood(emissions, tags, mask)
+        marginals_difference = (baseline.marginals(emissions, mask) - ours.marginals(emissions, mask)).abs().max()
+    names = ("ll", "decode", "marginals")
+    return {
+        "baseline_ms": {name: statistics.median(rounds[f"{name}_baseline"]) for name in names},
+        "ours_over_baseline": {name: median_ratio(rounds, f"{name}_ours", f"{name}_baseline") for name in names},
+        "baseline_decode_paths_identical": same,
+        "baseline_ll_max_abs_difference": ll_difference.abs().max().item(),
+        "baseline_marginals_max_abs_difference": marginals_difference.item(),
+    }
+
+
 def bench_length(length: int, args: argparse.Namespace, device: torch.device, baseline_module=None) -> dict:
     generator = torch.Generator().manual_seed(length)
     batch, num_tags = args.batch, args.num_tags
@@ -112,26 +161,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device, ba
     lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator).clamp(min=1)
     mask = (torch.arange(length) < lengths[:, None]).to(device)
 
-    # Agreement.
-    with torch.no_grad():
-        ll_ours = ours.log_likelihood(emissions, tags, mask).double()
-        ll_reference = reference(emissions, tags, mask, reduction="none").double()
-        ll_other = ours_other.log_likelihood(emissions, tags, mask).double()
-        paths_ours = ours.decode(emissions, mask).tolist()
-        paths_reference = reference.decode(emissions, mask)
-    gradients = []
-    for crf in (ours, reference):
-        loss = crf(emissions, tags, mask).sum() if crf is reference else crf.log_likelihood(emissions, tags, mask).sum()
-        gradients.append(torch.autograd.grad(loss, emissions)[0])
-    gradient_difference = (gradients[0] - gradients[1]).abs().max().item()
-    relative = ((ll_ours - ll_reference).abs() / ll_reference.abs()).max().item()
-    relative_other = ((ll_other - ll_reference).abs() / ll_reference.abs()).max().item()
-    differing = [b for b, row in enumerate(paths_reference) if paths_ours[b][: len(row)] != row]
-    # Where the paths differ, both should be best paths: equal exact (float64) scores up to float32 rounding.
-    score_gaps = [
-        path_score(reference, emissions[b], paths_reference[b]) - path_score(reference, emissions[b], paths_ours[b])
-        for b in differing
-    ]
+    agreement = implementations_agree(ours, ours_other, reference, emissions, tags, mask)
 
     def backward(loss: torch.Tensor) -> None:
         loss.backward()
@@ -173,21 +203,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device, ba
         )
     )
     times = {name: statistics.median(values) for name, values in rounds.items()}
-    compared = {}
-    if baseline_module is not None:
-        with torch.no_grad():
-            same = torch.equal(baseline.decode(emissions, mask), ours.decode(emissions, mask))
-            ll_difference = (baseline.log_likelihood(emissions, tags, mask) - ll_ours.float()).abs().max().item()
-            marginals_difference = (baseline.marginals(emissions, mask) - ours.marginals(emissions, mask)).abs().max()
-        compared = {
-            "baseline_ms": {name: times[f"{name}_baseline"] for name in ("ll", "decode", "marginals")},
-            "ours_over_baseline": {
-                name: median_ratio(rounds, f"{name}_ours", f"{name}_baseline") for name in ("ll", "decode", "marginals")
-            },
-            "baseline_decode_paths_identical": same,
-            "baseline_ll_max_abs_difference": ll_difference,
-            "baseline_marginals_max_abs_difference": marginals_difference.item(),
-        }
+    compared = {} if baseline_module is None else baseline_agrees(baseline, ours, emissions, tags, mask, rounds)
     return {
         "ll_fwd_bwd_ms": {"ours": times["ll_ours"], "pytorch_crf": times["ll_reference"]},
         "ll_fwd_bwd_speedup": median_ratio(rounds, "ll_reference", "ll_ours"),
@@ -198,13 +214,7 @@ def bench_length(length: int, args: argparse.Namespace, device: torch.device, ba
         "ll_forward_no_grad_ms_ours": times["ll_forward_ours"],
         "marginals_no_grad_ms_ours": times["marginals_ours"],
         "marginals_over_ll_forward": median_ratio(rounds, "marginals_ours", "ll_forward_ours"),
-        "ll_max_relative_difference": relative,
-        f"ll_max_relative_difference_{other}_implementation": relative_other,
-        "ll_equal_within_1e-4": relative <= 1e-4 and relative_other <= 1e-4,
-        "emission_gradient_max_abs_difference": gradient_difference,
-        "decode_paths_identical": not differing,
-        "decode_rows_differing": len(differing),
-        "decode_differing_rows_max_exact_score_gap": max(score_gaps, default=0.0),
+        **{name.replace("OTHER", other): value for name, value in agreement.items()},
         **compared,
     }
 
