@@ -487,6 +487,7 @@ def test_morpheme_features_flag_trains_a_model_that_reads_them(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["morpheme_features"] is True
     assert "characters.morphemes.weight" in load_file(tmp_path / "model.safetensors")
     assert results["eval_entity_f1"] > 30  # templated sentences: it learns them (about 60 after 4 epochs)
+    assert "Kiwi morpheme features (tagging needs `pip install kiwipiepy`)" in (tmp_path / "README.md").read_text()
 
 
 def test_training_without_files_when_the_hub_is_unreachable_says_to_give_them_at_once(tmp_path, capsys, monkeypatch):
