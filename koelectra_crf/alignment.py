@@ -520,8 +520,6 @@ def morpheme_codes(texts: list[str]) -> list[list[int]]:
     count the code points of the string it is given, so the codes line up with the text's characters. Needs kiwipiepy
     (ImportError with the install command when it is missing).
     """
-    if not texts:
-        return []
     kiwi = _loaded_kiwi("morpheme_features=True (in the model's config) analyses each text")
     return [_morpheme_codes(text, tokens) for text, tokens in zip(texts, kiwi.tokenize(texts), strict=True)]
 
@@ -530,6 +528,7 @@ _TAG_INDEX = {tag: index for index, tag in enumerate(MORPHEME_TAGS)}
 
 
 def _morpheme_codes(text: str, tokens) -> list[int]:
+    """The codes of `text`'s characters (`morpheme_codes`) from Kiwi's tokens of it."""
     tags: list[int | None] = [None] * len(text)
     starts, ends = [False] * len(text), [False] * len(text)
     for token in tokens:
