@@ -132,6 +132,22 @@ def test_windows_carry_the_codes_of_the_whole_text_and_training_rows_the_same(to
     assert [row["char_morphemes"] for row in decomposed] == [row["char_morphemes"] for row in rows]
 
 
+def test_the_pipeline_analyses_each_text_once_whatever_its_windows(tokenizer, monkeypatch):
+    ner = KoElectraCrfTokenClassificationPipeline(model=morpheme_model(tokenizer), tokenizer=tokenizer)
+    analysed = []
+
+    def counted(texts: list[str]) -> list[list[int]]:
+        analysed.extend(texts)
+        return morpheme_codes(texts)
+
+    monkeypatch.setattr(alignment, "morpheme_codes", counted)
+    texts = [TINY_TEXT * 5, *TEXTS]  # the first one: several windows
+    for batch_size in (1, 4):
+        analysed.clear()
+        ner(texts, batch_size=batch_size)
+        assert sorted(analysed) == sorted(texts)
+
+
 def oracle_logits(model, inputs) -> list[torch.Tensor]:
     """Each row's emission scores over its characters, written out: features [h_k; P[p]; E[c]] (then M[m] with
     morpheme features), the BiLSTM over the row's characters alone, the linear layer."""
