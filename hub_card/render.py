@@ -72,6 +72,8 @@ def render_model_card(
     metadata = card_metadata(model_id, license, on_klue, base_model, example_texts, evaluated_on, results)
     config = model.config
     parts = [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm
+    if config.morpheme_features:  # the one thing the remote code needs beyond torch and transformers
+        parts.insert(1, "Kiwi morpheme features (tagging needs `pip install kiwipiepy`)")
     examples = "\n\n".join(
         f"> {text}\n\n" + "\n".join(f"- `{e['word']}` {e['entity_group']} ({e['score']:.2f})" for e in output)
         for text, output in zip(example_texts, outputs, strict=True)

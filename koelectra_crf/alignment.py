@@ -26,6 +26,9 @@ when the entity goes on right after it (KLUE labels a space inside an entity ``I
 
 Long texts are cut into overlapping windows of `max_length` tokens (special tokens included) sharing `stride`
 tokens, so every character is tagged and none is dropped.
+
+With `config.morpheme_features` each character also carries a morpheme code (`morpheme_codes`: Kiwi's analysis of the
+whole text, before it is windowed), so that every window of a text, in training and at inference, reads the same one.
 """
 
 import difflib
@@ -54,6 +57,8 @@ class EncodedText:
         tagged: whether each token carries a tag (at most one token per character does).
         prefix_ids, suffix_ids: the special tokens the tokenizer puts around a sequence (e.g. [CLS] / [SEP]).
         type_id: token type id of a single sequence; None when the model takes no token type ids.
+        morphemes: the morpheme code of each character of the text (`morpheme_codes`) when the model reads them
+            (`config.morpheme_features`); None otherwise.
     """
 
     text: str
@@ -63,6 +68,7 @@ class EncodedText:
     prefix_ids: list[int]
     suffix_ids: list[int]
     type_id: int | None = 0
+    morphemes: list[int] | None = None
 
     def windows(self, max_length: int, stride: int) -> list[tuple[int, int]]:
         """Content-token ranges [start, end) of overlapping windows that together cover every token."""
@@ -138,6 +144,8 @@ class EncodedText:
             inputs["char_token_index"] = [k + offset for _, _, k in units]
             inputs["char_position_ids"] = [i - self.char_spans[k][0] for _, (i, _), k in units]
             inputs["char_codes"] = [ord(self.text[i]) for _, (i, _), _ in units]
+            if self.morphemes is not None:
+                inputs["char_morphemes"] = [self.morphemes[i] for _, (i, _), _ in units]
         if labels is not None:
             if tag_unit == "token":
                 inputs["labels"] = [IGNORE_INDEX] * len(input_ids)
@@ -148,8 +156,11 @@ class EncodedText:
         return inputs
 
 
-def encode_texts(texts: list[str], tokenizer, encoder_tokenization: str) -> list[EncodedText]:
-    """Tokenize whole texts (one batched tokenizer call) and align their tokens with characters."""
+def encode_texts(
+    texts: list[str], tokenizer, encoder_tokenization: str, morpheme_features: bool = False
+) -> list[EncodedText]:
+    """Tokenize whole texts (one batched tokenizer call) and align their tokens with characters; with
+    `morpheme_features`, also analyse them (one batched Kiwi call, `morpheme_codes`)."""
     if not tokenizer.is_fast:
         raise ValueError("koelectra-crf needs a fast tokenizer (character offsets); got a slow one")
     if encoder_tokenization == "subword":
@@ -165,7 +176,8 @@ def encode_texts(texts: list[str], tokenizer, encoder_tokenization: str) -> list
     else:
         raise ValueError(f"unknown encoder_tokenization {encoder_tokenization!r}: use 'subword' or 'char'")
     uses_token_types = "token_type_ids" in tokenizer.model_input_names
-    return [_align(texts[k], batch, k, positions[k], uses_token_types) for k in range(len(texts))]
+    morphemes = morpheme_codes(texts) if morpheme_features else [None] * len(texts)
+    return [_align(texts[k], batch, k, positions[k], uses_token_types, morphemes[k]) for k in range(len(texts))]
 
 
 def model_inputs(
@@ -188,7 +200,9 @@ def model_inputs(
             raise ValueError(f"text {index} is a {type(original).__name__}, not a string")
     normalized = [nfc_with_offsets(original) for original in texts]
     encoded_texts = (
-        encode_texts([text for text, _ in normalized], tokenizer, config.encoder_tokenization) if texts else []
+        encode_texts([text for text, _ in normalized], tokenizer, config.encoder_tokenization, config.morpheme_features)
+        if texts
+        else []
     )
     rows = []
     for index, ((text, char_spans), encoded) in enumerate(zip(normalized, encoded_texts, strict=True)):
@@ -276,7 +290,9 @@ class NerDataCollator:
         return pad_inputs(features, self.pad_token_id, self.pad_to_multiple_of)
 
 
-def _align(text: str, batch, index: int, char_positions: list[int] | None, uses_token_types: bool) -> EncodedText:
+def _align(
+    text: str, batch, index: int, char_positions: list[int] | None, uses_token_types: bool, morphemes: list[int] | None
+) -> EncodedText:
     ids = batch["input_ids"][index]
     sequence_ids = batch.sequence_ids(index)
     content = [i for i, sequence_id in enumerate(sequence_ids) if sequence_id is not None]
@@ -296,6 +312,7 @@ def _align(text: str, batch, index: int, char_positions: list[int] | None, uses_
         prefix_ids=list(ids[:first]),
         suffix_ids=list(ids[last:]) if content else [],
         type_id=(batch["token_type_ids"][index][first] if content else 0) if uses_token_types else None,
+        morphemes=morphemes,
     )
 
 
@@ -457,24 +474,82 @@ def respaced_with_offsets(
 
 
 KIWI_MISSING = (
-    "respace=True re-spaces texts with Kiwi (kiwipiepy, a Korean morphological analyser), which is not installed: "
-    "pip install kiwipiepy"
+    "{purpose} with Kiwi (kiwipiepy, a Korean morphological analyser), which is not installed: pip install kiwipiepy"
 )
 
 
 @cache
 def _kiwi():
-    try:
+    """The process's Kiwi, None without kiwipiepy."""
+    try:  # (an import inside try/except is one transformers does not require of remote code)
         from kiwipiepy import Kiwi
     except ImportError:
-        raise ImportError(KIWI_MISSING) from None
+        return None
     return Kiwi(num_workers=1)  # `space` of one text runs on one thread whatever this is; -1 starts one per core
 
 
+def _loaded_kiwi(purpose: str):
+    """The process's Kiwi (kiwipiepy, LGPL-3.0: an optional dependency, imported and loaded on first use, once per
+    process), or an ImportError saying that `purpose` needs it and how to install it."""
+    kiwi = _kiwi()
+    if kiwi is None:
+        raise ImportError(KIWI_MISSING.format(purpose=purpose))
+    return kiwi
+
+
 def kiwi_space(text: str) -> str:
-    """`text` re-spaced by Kiwi's `Kiwi.space` (kiwipiepy, LGPL-3.0: an optional dependency, imported and loaded on
-    first use, once per process; ImportError with the install command when it is missing)."""
-    return _kiwi().space(text)
+    """`text` re-spaced by Kiwi's `Kiwi.space` (ImportError with the install command when kiwipiepy is missing)."""
+    return _loaded_kiwi("respace=True re-spaces texts").space(text)
+
+
+MORPHEME_TAGS = (
+    "NNG", "NNP", "NNB", "NR", "NP", "VV", "VA", "VX", "VCP", "VCN", "MM", "MAG", "MAJ", "IC",
+    "JKS", "JKC", "JKG", "JKO", "JKB", "JKV", "JKQ", "JX", "JC", "EP", "EF", "EC", "ETN", "ETM",
+    "XPN", "XSN", "XSV", "XSA", "XSM", "XR", "SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB", "SL", "SH", "SN",
+    "UN", "W_URL", "W_EMAIL", "W_HASHTAG", "W_MENTION", "W_SERIAL", "W_EMOJI", "Z_CODA", "Z_SIOT",
+)  # fmt: skip
+"""Kiwi's part-of-speech tags (kiwipiepy's tag set, its user-dictionary tags USER0-4 aside), numbered by their place
+here in the codes of `morpheme_codes`: append only, as a trained model's morpheme embedding has a row per code. Kiwi
+marks a verb or adjective as regular or irregular (VV-R, VA-I, ...): that suffix is dropped. Any tag not here (a
+newer Kiwi's) has one shared index, `len(MORPHEME_TAGS)`."""
+
+MORPHEME_CODES = 1 + 4 * (len(MORPHEME_TAGS) + 1)
+"""How many morpheme codes there are (`morpheme_codes`): 0, then four per tag and for the tags not in the list."""
+
+
+def morpheme_codes(texts: list[str]) -> list[list[int]]:
+    """For each character of each text, a code of the morphemes Kiwi finds there (one batched `Kiwi.tokenize` call):
+    0 where no morpheme covers it (spaces), else 1 + 4 * tag + 2 * starts + ends, `tag` the index in `MORPHEME_TAGS`
+    of the first morpheme covering the character, `starts` / `ends` whether any morpheme starts / ends there.
+
+    Several morphemes can cover one character: 했 is 하/VV + 었/EP, so its code is VV's, starting and ending. A morpheme
+    Kiwi restores without a character of its own (the 이/VCP of 영화다) covers none and marks nothing. Kiwi's offsets
+    count the code points of the string it is given, so the codes line up with the text's characters. Needs kiwipiepy
+    (ImportError with the install command when it is missing).
+    """
+    kiwi = _loaded_kiwi("morpheme_features=True (in the model's config) analyses each text")
+    return [_morpheme_codes(text, tokens) for text, tokens in zip(texts, kiwi.tokenize(texts), strict=True)]
+
+
+_TAG_INDEX = {tag: index for index, tag in enumerate(MORPHEME_TAGS)}
+
+
+def _morpheme_codes(text: str, tokens) -> list[int]:
+    """The codes of `text`'s characters (`morpheme_codes`) from Kiwi's tokens of it."""
+    tags: list[int | None] = [None] * len(text)
+    starts, ends = [False] * len(text), [False] * len(text)
+    for token in tokens:
+        if token.len == 0:
+            continue
+        first, last = token.start, token.start + token.len - 1
+        starts[first] = ends[last] = True
+        tag = _TAG_INDEX.get(token.tag.split("-")[0], len(MORPHEME_TAGS))
+        for i in range(first, last + 1):
+            if tags[i] is None:
+                tags[i] = tag
+    return [
+        0 if tag is None else 1 + 4 * tag + 2 * start + end for tag, start, end in zip(tags, starts, ends, strict=True)
+    ]
 
 
 def _nfc(text: str) -> str:

@@ -86,6 +86,11 @@ class KoElectraCrfConfig(PreTrainedConfig):
         max_char_position (`int`, defaults to 8):
             With `tag_unit="character"`: offsets inside a token have embeddings up to this; later offsets share
             the last one.
+        morpheme_features (`bool`, defaults to `False`):
+            With `tag_unit="character"`: also embed, per character, whether a morpheme starts and whether one ends
+            there and the part-of-speech tag of the morpheme covering it, from the Korean morphological analyser
+            Kiwi (`alignment.morpheme_codes`), which tagging then needs: `pip install kiwipiepy`. Off by default
+            until a study shows its gain.
     """
 
     model_type = "koelectra-crf"
@@ -110,6 +115,7 @@ class KoElectraCrfConfig(PreTrainedConfig):
     char_embedding_size: int = 32
     char_buckets: int = 4096
     max_char_position: int = 8
+    morpheme_features: bool = False
 
     def __post_init__(self, labels: list[str] | None = None, **kwargs):
         self._read_renamed_settings(kwargs)
@@ -125,6 +131,11 @@ class KoElectraCrfConfig(PreTrainedConfig):
         if self.encoder_tokenization not in ENCODER_TOKENIZATIONS:
             raise ValueError(
                 f"encoder_tokenization must be one of {ENCODER_TOKENIZATIONS}, got {self.encoder_tokenization!r}"
+            )
+        if self.morpheme_features and self.tag_unit != "character":
+            raise ValueError(
+                "morpheme_features=True needs tag_unit='character' (the token head takes no morpheme features), "
+                f"got tag_unit={self.tag_unit!r}"
             )
         if self.multi_sample_dropout < 1:
             raise ValueError(f"multi_sample_dropout must be >= 1, got {self.multi_sample_dropout}")

@@ -303,9 +303,8 @@ def sentence_windows(sentences: list[list[str]], tags: list[list[str]], tokenize
     """The model input rows of each sentence (its characters, and their tag names): one row per window, as
     [`tokenize_and_align`] makes them (see there). For the rows of a sentence changed on the fly, such as the training
     data's spacing augmentation (`spacing.SpacingAugmentation`)."""
-    encoded_texts = encode_texts(
-        ["".join(characters) for characters in sentences], tokenizer, config.encoder_tokenization
-    )
+    texts = ["".join(characters) for characters in sentences]
+    encoded_texts = encode_texts(texts, tokenizer, config.encoder_tokenization, config.morpheme_features)
     rows = []
     for encoded, sentence_tags in zip(encoded_texts, tags, strict=True):
         label_ids = tags_to_ids(unit_labels(encoded, sentence_tags, config.tag_unit), config.label2id)

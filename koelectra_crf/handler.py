@@ -16,7 +16,8 @@ text: `[{"start": 0, "end": 4, "label": "OG"}]`, a type, "ANY" or "O") and `lexi
 
     {"inputs": "삼성전자 주가가 올랐다.", "parameters": {"top_k": 3, "lexicon": {"삼성전자": "OG"}}}
 
-Needs only torch and transformers otherwise: the folder carries the model's and the pipeline's code.
+Needs only torch and transformers otherwise (and kiwipiepy for a model with `morpheme_features`): the folder carries the
+model's and the pipeline's code.
 """
 
 from typing import Any

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, BatchEncoding, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .alignment import NerDataCollator, model_inputs, pad_inputs
+from .alignment import MORPHEME_CODES, NerDataCollator, model_inputs, pad_inputs
 from .configuration_koelectra_crf import KLUE_LABELS, KoElectraCrfConfig
 from .crf import LinearChainCRF
 
@@ -109,8 +109,10 @@ class KoElectraCrfCharacterFeatures(nn.Module):
     characters), `P` a learned embedding of the offset (a boundary inside a token is usually at a fixed offset from
     its start: the name before a particle), `E` a learned embedding of the character itself (Korean particles and
     suffixes such as 의, 는, 에서, 씨 are what ends an entity), hashed by code point so that any tokenizer works
-    without a character vocabulary. The BiLSTM over these features (when there is one) lets every character see
-    its neighbours, including across token boundaries.
+    without a character vocabulary. With `config.morpheme_features`, `[ ... ; M[m(c)] ]`: a learned embedding of the
+    character's morpheme code m(c) (`alignment.morpheme_codes`: Kiwi's part-of-speech tag there and whether a
+    morpheme starts or ends there; nearly every entity starts and ends at a morpheme boundary). The BiLSTM over
+    these features (when there is one) lets every character see its neighbours, including across token boundaries.
     """
 
     def __init__(self, config: KoElectraCrfConfig):
@@ -118,10 +120,14 @@ class KoElectraCrfCharacterFeatures(nn.Module):
         self.config = config
         self.positions = nn.Embedding(config.max_char_position, config.char_embedding_size)
         self.characters = nn.Embedding(config.char_buckets, config.char_embedding_size)
+        self.morphemes = None
+        if config.morpheme_features:
+            self.morphemes = nn.Embedding(MORPHEME_CODES, config.char_embedding_size)
 
     @property
     def output_size(self) -> int:
-        return self.config.encoder.hidden_size + 2 * self.config.char_embedding_size
+        embeddings = 2 if self.morphemes is None else 3
+        return self.config.encoder.hidden_size + embeddings * self.config.char_embedding_size
 
     def forward(
         self,
@@ -129,14 +135,19 @@ class KoElectraCrfCharacterFeatures(nn.Module):
         char_token_index: torch.LongTensor,
         char_position_ids: torch.LongTensor,
         char_codes: torch.LongTensor,
+        char_morphemes: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        """Character features (B, C, H + 2E) from token states (B, T, H) and, each (B, C), the position of each
-        character's token among the T, the character's offset inside that token, and its code point."""
+        """Character features (B, C, H + 2E), or (B, C, H + 3E) with morpheme features, from token states (B, T, H)
+        and, each (B, C), the position of each character's token among the T, the character's offset inside that
+        token, its code point and (with morpheme features) its morpheme code."""
         index = char_token_index.unsqueeze(-1).expand(-1, -1, token_states.shape[-1])
         states = token_states.gather(1, index)
         offsets = self.positions(char_position_ids.clamp(max=self.config.max_char_position - 1))
         characters = self.characters(char_codes % self.config.char_buckets)
-        return torch.cat([states, offsets.to(states.dtype), characters.to(states.dtype)], dim=-1)
+        features = [states, offsets.to(states.dtype), characters.to(states.dtype)]
+        if self.morphemes is not None:
+            features.append(self.morphemes(char_morphemes).to(states.dtype))
+        return torch.cat(features, dim=-1)
 
 
 class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
@@ -149,8 +160,9 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
     With `config.tag_unit="character"` the encoder still reads subword tokens, but the BiLSTM, the emission layer
     and the CRF run over the text's non-space characters ([`KoElectraCrfCharacterFeatures`]), trained on the KLUE
     character tags themselves: an entity may start or end inside a token (최정원|의). The inputs then also hold,
-    per window, the characters' `char_token_index`, `char_position_ids` and `char_codes`, which
-    `alignment.EncodedText.window` builds; `labels`, `tag_mask`, `logits` and `predictions` are per character.
+    per window, the characters' `char_token_index`, `char_position_ids` and `char_codes` (and `char_morphemes` with
+    `config.morpheme_features`), which `alignment.EncodedText.window` builds; `labels`, `tag_mask`, `logits` and
+    `predictions` are per character.
     """
 
     # The loss is a mean per sequence, not a sum over tokens: let the Trainer average it over accumulation steps.
@@ -258,9 +270,11 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         Returns:
             [`BatchEncoding`]: `input_ids`, `attention_mask` (and `token_type_ids` if the encoder takes them),
             `tag_mask` (the positions to tag) and with `tag_unit="character"` `char_token_index`,
-            `char_position_ids` and `char_codes`; `labels` with `entities`; and two the model passes through to its
-            output: `offset_mapping` (rows, positions, 2), the characters [start, end) of the text that each tagged
-            position stands for ((0, 0) elsewhere), and `overflow_to_sample_mapping` (rows,), the text of each row.
+            `char_position_ids` and `char_codes` (and `char_morphemes` with `config.morpheme_features`: the texts
+            are analysed by Kiwi, `pip install kiwipiepy`); `labels` with `entities`; and two the model passes
+            through to its output: `offset_mapping` (rows, positions, 2), the characters [start, end) of the text
+            that each tagged position stands for ((0, 0) elsewhere), and `overflow_to_sample_mapping` (rows,), the
+            text of each row.
         """
         rows = model_inputs([texts] if isinstance(texts, str) else texts, tokenizer, self.config, entities, stride)
         if return_tensors is None:
@@ -311,6 +325,7 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         char_token_index: torch.LongTensor | None = None,
         char_position_ids: torch.LongTensor | None = None,
         char_codes: torch.LongTensor | None = None,
+        char_morphemes: torch.LongTensor | None = None,
         offset_mapping: torch.LongTensor | None = None,
         overflow_to_sample_mapping: torch.LongTensor | None = None,
         return_predictions: bool | None = None,
@@ -332,6 +347,10 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
                 For each character of the window: the position of its token in `input_ids`, its offset inside that
                 token, its code point ([`KoElectraCrfCharacterFeatures`]). `labels` and `tag_mask` are then per
                 character, padded at the end. [`prepare_inputs`] builds them.
+            char_morphemes (`torch.LongTensor` of shape `(batch_size, num_characters)`, needed with
+                `config.morpheme_features`):
+                The morpheme code of each character of the window (`alignment.morpheme_codes`, 0 in the padding).
+                [`prepare_inputs`] builds them.
             offset_mapping (`torch.LongTensor` of shape `(batch_size, sequence_length, 2)`, *optional*),
             overflow_to_sample_mapping (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Not used by the model: passed through to the output, so that it says which characters of which text
@@ -358,7 +377,12 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
                     "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window: "
                     "build the inputs with `model.prepare_inputs(texts, tokenizer)`, not with the tokenizer alone"
                 )
-            states = self.characters(states, char_token_index, char_position_ids, char_codes)
+            if self.config.morpheme_features and char_morphemes is None:
+                raise ValueError(
+                    "morpheme_features=True needs char_morphemes (each character's Kiwi morpheme code) for each "
+                    "window: build the inputs with `model.prepare_inputs(texts, tokenizer)`"
+                )
+            states = self.characters(states, char_token_index, char_position_ids, char_codes, char_morphemes)
             if tag_mask is None:
                 tag_mask = default_tag_mask(self.config, char_codes, labels)
             sequence_mask = tag_mask

@@ -4,8 +4,9 @@ around it.
 `export_onnx` (the `koelectra-crf export` command) writes a folder:
 
 - `model.onnx`: encoder + BiLSTM + emission layer, from int64 inputs of shape `(batch, length)` (and, with
-  `tag_unit="character"`, `(batch, characters)`) to `logits` `(batch, length or characters, num_labels)` float32,
-  batch and lengths dynamic; int8 weights with `quantize="int8"` (onnxruntime's dynamic quantization);
+  `tag_unit="character"`, `(batch, characters)`, `char_morphemes` among them with `morpheme_features`) to `logits`
+  `(batch, length or characters, num_labels)` float32, batch and lengths dynamic; int8 weights with
+  `quantize="int8"` (onnxruntime's dynamic quantization);
 - `crf.safetensors`: the CRF's transition scores (absent for a model without CRF);
 - `config.json` and the tokenizer: labels, windows (`max_length`, `stride`), `tag_unit`, `encoder_tokenization`;
 - `onnx_export.json`: the graph's inputs, its quantization, the versions used, and the largest difference of its
@@ -100,6 +101,7 @@ class EmissionGraph(nn.Module):
         char_token_index: torch.Tensor | None = None,
         char_position_ids: torch.Tensor | None = None,
         char_codes: torch.Tensor | None = None,
+        char_morphemes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -107,7 +109,7 @@ class EmissionGraph(nn.Module):
         states = self.model.encoder(**encoder_inputs, return_dict=True).last_hidden_state
         mask = attention_mask
         if self.model.characters is not None:  # as in the model's forward: the sequence is the characters
-            states = self.model.characters(states, char_token_index, char_position_ids, char_codes)
+            states = self.model.characters(states, char_token_index, char_position_ids, char_codes, char_morphemes)
             mask = tag_mask
         if self.forward_lstm is not None:
             lengths = mask.sum(-1)
@@ -132,7 +134,7 @@ def sample_inputs(
     """A padded batch of two windows, as the pipeline builds and pads them: the graph's inputs, by name."""
     config = model.config
     windows = []
-    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.encoder_tokenization):
+    for encoded in encode_texts(SAMPLE_TEXTS, tokenizer, config.encoder_tokenization, config.morpheme_features):
         start, end = encoded.windows(config.max_length, config.stride)[0]
         windows.append(encoded.window(start, end, config.tag_unit))
     inputs = pad_inputs(windows, tokenizer.pad_token_id)
@@ -197,7 +199,7 @@ def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, torc
     length (tokens) for the others, so that a window of any size runs on the one graph."""
     axes = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
     axes["characters"] = torch.export.Dim("characters")
-    character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes"}
+    character_inputs = {"tag_mask", "char_token_index", "char_position_ids", "char_codes", "char_morphemes"}
     return {name: {0: axes["batch"], 1: axes["characters" if name in character_inputs else "length"]}
             for name in inputs}  # fmt: skip
 

@@ -217,14 +217,17 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
     def _read(self, sentences: list[str], respace: bool = False) -> list[_Text]:
         """Each text as the model reads it, tokenized in one batched call: its NFC form (decomposed Hangul would be
         unknown jamo to the model), re-spaced by Kiwi with `respace`, whose offsets `postprocess` maps back into the
-        caller's string."""
+        caller's string; with `config.morpheme_features` analysed by Kiwi too, as it is read (re-spaced, if so)."""
         for sentence in sentences:
             if not isinstance(sentence, str):
                 raise ValueError(f"expected a string, got {type(sentence).__name__}")
         normalized = [nfc_with_offsets(sentence) for sentence in sentences]
         if respace:
             normalized = [respaced_with_offsets(text, kiwi_space(text), spans) for text, spans in normalized]
-        encoded = encode_texts([text for text, _ in normalized], self.tokenizer, self.model.config.encoder_tokenization)
+        config = self.model.config
+        encoded = encode_texts(
+            [text for text, _ in normalized], self.tokenizer, config.encoder_tokenization, config.morpheme_features
+        )
         return [
             # No spans when the text is NFC already (offsets unchanged): a list of a span per character is walked
             # item by item each time the pipeline moves a batch between devices.

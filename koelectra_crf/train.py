@@ -41,7 +41,7 @@ from transformers import (
 
 from hub_card.render import render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification, formats
-from koelectra_crf.alignment import NerDataCollator
+from koelectra_crf.alignment import NerDataCollator, morpheme_codes
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, RENAMED_SETTINGS
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction, check_types
@@ -254,7 +254,8 @@ def parse_arguments(argv: list[str]) -> tuple:
 
 def check_input(model_args: ModelArguments, head_args, data_args: DataArguments, training_args) -> None:
     """Refuse (`UsageError`), before any work, files that do not exist or do not make the splits training needs,
-    head settings that the model's config refuses, and an upload without a repository."""
+    head settings that the model's config refuses (or that need Kiwi where it is not installed), and an upload
+    without a repository."""
     files = {
         "--train_file": data_args.train_file,
         "--validation_file": data_args.validation_file,
@@ -284,6 +285,11 @@ def check_input(model_args: ModelArguments, head_args, data_args: DataArguments,
         KoElectraCrfConfig(**dataclasses.asdict(head_args))
     except ValueError as error:
         raise UsageError(f"{error} (see `--help` for the head's settings)") from None
+    if head_args.morpheme_features:
+        try:
+            morpheme_codes([""])  # loads Kiwi now, so that training without it stops before any work
+        except ImportError as error:
+            raise UsageError(f"--morpheme_features: {error}") from None
     pseudo = data_args.pseudo_label_file
     if pseudo is not None and not confidence_path(Path(pseudo)).is_file():
         raise UsageError(

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, ElectraTokenizerFast, Trainer, pipeline
 from transformers.trainer_utils import align_special_tokens
 
 from hub_card.render import render_model_card
-from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, formats, train
+from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, alignment, formats, train
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.cli import main as cli_main
 from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
@@ -454,6 +454,7 @@ def test_training_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys
         ("--learning_rate", "fast"): "argument --learning_rate/--learning-rate: invalid float value: 'fast'",
         ("--no_such_flag", "1"): "unrecognized arguments: --no_such_flag 1",
         ("--tag_unit", "word"): "tag_unit must be one of ('token', 'character'), got 'word'",
+        ("--morpheme_features", "true", "--tag_unit", "token"): "morpheme_features=True needs tag_unit='character'",
         ("--train_file", tmp_path / "missing.tsv"): f"--train_file {tmp_path / 'missing.tsv'}: does not exist",
         ("--train_file", three_columns): f"{three_columns}:3: expected 2 tab-separated columns 'CHAR<tab>TAG', found 3",
         ("--output_dir", previous): f"--output_dir {previous} is not empty (model.safetensors): it holds a previous",
@@ -467,6 +468,26 @@ def test_training_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys
         assert expected in line, (args, line)
     assert (previous / "model.safetensors").read_text() == "a finished model"
     assert not (tmp_path / "out").exists()
+
+
+def test_morpheme_features_without_kiwi_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)  # as if not installed: importing it raises ImportError
+    alignment._kiwi.cache_clear()
+    try:
+        line = refused_training(capsys, monkeypatch, *smoke_arguments(tmp_path / "out", "--morpheme_features", "true"))
+    finally:
+        alignment._kiwi.cache_clear()
+    assert "--morpheme_features: morpheme_features=True" in line and line.endswith("pip install kiwipiepy")
+    assert not (tmp_path / "out").exists()
+
+
+def test_morpheme_features_flag_trains_a_model_that_reads_them(tmp_path):
+    results = run_training(tmp_path, "--morpheme_features", "true", "--num_train_epochs", "4", "--fgm_epsilon", "0",
+                           "--rdrop_alpha", "0")  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text())["morpheme_features"] is True
+    assert "characters.morphemes.weight" in load_file(tmp_path / "model.safetensors")
+    assert results["eval_entity_f1"] > 30  # templated sentences: it learns them (about 60 after 4 epochs)
+    assert "Kiwi morpheme features (tagging needs `pip install kiwipiepy`)" in (tmp_path / "README.md").read_text()
 
 
 def test_training_without_files_when_the_hub_is_unreachable_says_to_give_them_at_once(tmp_path, capsys, monkeypatch):
