@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 
 from koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import morpheme_codes
-from koelectra_crf.analysis.speed import read_sentences
+from koelectra_crf.inputs import read_texts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 E5 = SHARED / "encoders/multilingual-e5-small-ko"
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    texts = read_sentences(SENTENCES, args.sentences)
+    texts = read_texts(SENTENCES, args.sentences)
     tokenizer = AutoTokenizer.from_pretrained(E5)
     torch.manual_seed(0)
     plain = KoElectraCrfForTokenClassification.from_encoder(str(E5)).eval()

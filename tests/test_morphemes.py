@@ -22,8 +22,8 @@ from koelectra_crf import (
     alignment,
 )
 from koelectra_crf.alignment import MORPHEME_CODES, MORPHEME_TAGS, kiwi_space, model_inputs, morpheme_codes
-from koelectra_crf.analysis.speed import read_sentences
 from koelectra_crf.data import sentence_windows
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.onnx_model import EXPORT_INFO_FILE, export_onnx, load_onnx_pipeline
 
 # Spaces, Latin, digits, hanja, an emoji, a flag (two code points), contracted syllables (샀 = 사 + 었), overlapping
@@ -86,7 +86,7 @@ def test_codes_follow_kiwis_tokens_character_by_character():
 
 
 def test_every_tag_kiwi_gives_klue_sentences_has_its_own_index():
-    sentences = read_sentences(shared_path("data/klue-ner-raw/klue-ner-train-sentences.tsv"), 500)
+    sentences = read_texts(shared_path("data/klue-ner-raw/klue-ner-train-sentences.tsv"), 500)
     codes = [code for text_codes in morpheme_codes(sentences) for code in text_codes if code]
     assert all(decoded(code)[0] != "other" for code in codes)
     assert len({decoded(code)[0] for code in codes}) > 30
