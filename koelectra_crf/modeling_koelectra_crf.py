@@ -132,14 +132,25 @@ class KoElectraCrfCharacterFeatures(nn.Module):
     def forward(
         self,
         token_states: torch.Tensor,
-        char_token_index: torch.LongTensor,
-        char_position_ids: torch.LongTensor,
-        char_codes: torch.LongTensor,
+        char_token_index: torch.LongTensor | None,
+        char_position_ids: torch.LongTensor | None,
+        char_codes: torch.LongTensor | None,
         char_morphemes: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """Character features (B, C, H + 2E), or (B, C, H + 3E) with morpheme features, from token states (B, T, H)
         and, each (B, C), the position of each character's token among the T, the character's offset inside that
-        token, its code point and (with morpheme features) its morpheme code."""
+        token, its code point and (with morpheme features) its morpheme code. Raises a `ValueError` naming what is
+        missing when the caller built its inputs without them (e.g. with the tokenizer alone)."""
+        if char_token_index is None or char_position_ids is None or char_codes is None:
+            raise ValueError(
+                "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window: "
+                "build the inputs with `model.prepare_inputs(texts, tokenizer)`, not with the tokenizer alone"
+            )
+        if self.morphemes is not None and char_morphemes is None:
+            raise ValueError(
+                "morpheme_features=True needs char_morphemes (each character's Kiwi morpheme code) for each "
+                "window: build the inputs with `model.prepare_inputs(texts, tokenizer)`"
+            )
         index = char_token_index.unsqueeze(-1).expand(-1, -1, token_states.shape[-1])
         states = token_states.gather(1, index)
         offsets = self.positions(char_position_ids.clamp(max=self.config.max_char_position - 1))
@@ -372,16 +383,6 @@ class KoElectraCrfForTokenClassification(KoElectraCrfPreTrainedModel):
         )
         states, sequence_mask = encoder_outputs.last_hidden_state, attention_mask
         if self.characters is not None:
-            if char_token_index is None or char_position_ids is None or char_codes is None:
-                raise ValueError(
-                    "tag_unit='character' needs char_token_index, char_position_ids and char_codes for each window: "
-                    "build the inputs with `model.prepare_inputs(texts, tokenizer)`, not with the tokenizer alone"
-                )
-            if self.config.morpheme_features and char_morphemes is None:
-                raise ValueError(
-                    "morpheme_features=True needs char_morphemes (each character's Kiwi morpheme code) for each "
-                    "window: build the inputs with `model.prepare_inputs(texts, tokenizer)`"
-                )
             states = self.characters(states, char_token_index, char_position_ids, char_codes, char_morphemes)
             if tag_mask is None:
                 tag_mask = default_tag_mask(self.config, char_codes, labels)
