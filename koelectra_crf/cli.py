@@ -304,6 +304,10 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     convert_parser.add_argument("source", metavar="IN", help="a file, a datasets folder or a Hub dataset name")
     convert_parser.add_argument("target", metavar="OUT", type=Path, help="the file to write")
     convert_parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    convert_parser.add_argument(
+        "--keep_types", nargs="+", metavar="TYPE",
+        help="keep only the entities of these types (the others' characters become O): data for a model of fewer types",
+    )  # fmt: skip
     convert_parser.add_argument("--input_format", choices=options.READ_FORMATS, default="auto", help="(default: auto)")
     convert_parser.add_argument(
         "--output_format", choices=("auto", *options.WRITE_FORMATS), default="auto",
@@ -441,7 +445,13 @@ def _convert(args: argparse.Namespace) -> None:
     try:
         output_format = formats.output_format_of(args.target) if args.output_format == "auto" else args.output_format
         count = formats.convert(
-            args.source, args.target, args.input_format, output_format, args.output_tag_scheme, **read_options
+            args.source,
+            args.target,
+            args.input_format,
+            output_format,
+            args.output_tag_scheme,
+            args.keep_types,
+            **read_options,
         )
     except UsageError:
         raise

@@ -740,14 +740,29 @@ def convert(
     input_format: str = "auto",
     output_format: str = "auto",
     output_tag_scheme: str = "bio",
+    keep_types: Iterable[str] | None = None,
     **read_options,
 ) -> int:
     """Read labelled data ([`read_examples`], `read_options` such as `tag_scheme`, `split`) and write it as
-    `output_format` ([`write_examples`]); returns the number of examples."""
+    `output_format` ([`write_examples`]), with only the entities of `keep_types` when given ([`only_types`]);
+    returns the number of examples."""
     if Path(input_path).exists():
         refuse_input_as_output(input_path, Path(output_path))
     examples = read_examples(input_path, input_format, **read_options)
+    if keep_types is not None:
+        examples = only_types(examples, keep_types)
     return write_examples(examples, output_path, output_format, output_tag_scheme)
+
+
+def only_types(examples: list[dict], types: Iterable[str]) -> list[dict]:
+    """The examples with the entities of `types` only, the characters of the others outside any entity: data for a
+    model of fewer types (to which the others may be added later with a few examples). A type the examples do not
+    have is refused (`ValueError`): it is more likely a typo than a wish."""
+    types = list(types)
+    missing = [label_type for label_type in types if label_type not in entity_types(examples)]
+    if missing:
+        raise ValueError(f"no entity of type {', '.join(missing)} in the data (its types: {entity_types(examples)})")
+    return [{**example, "entities": [e for e in example["entities"] if e[2] in types]} for example in examples]
 
 
 def write_predictions(

@@ -573,6 +573,19 @@ def test_convert_refuses_bad_data_in_one_line_naming_file_and_line(tmp_path, cap
     assert "cannot tell the output format" in refusal(capsys, "convert", source, tmp_path / "out.xyz")  # before reading
 
 
+def test_convert_keeps_only_the_types_asked_for(klue_file, tmp_path, capsys):
+    run("convert", klue_file, tmp_path / "fewer.tsv", "--keep_types", "PS", "OG")
+    kept = formats.read_examples(tmp_path / "fewer.tsv")
+    original = formats.read_examples(klue_file)
+    assert [example["text"] for example in kept] == [example["text"] for example in original]
+    for before, after in zip(original, kept, strict=True):
+        assert after["entities"] == [entity for entity in before["entities"] if entity[2] in ("PS", "OG")]
+    assert formats.entity_types(kept) == ["PS", "OG"]
+    line = refusal(capsys, "convert", klue_file, tmp_path / "none.tsv", "--keep_types", "PS", "PRD")
+    assert line.endswith("no entity of type PRD in the data (its types: ['PS', 'LC', 'OG', 'DT', 'TI', 'QT'])")
+    assert not (tmp_path / "none.tsv").exists()
+
+
 def test_convert_never_overwrites_a_file_unless_told(klue_file, tmp_path, capsys):
     target = tmp_path / "out.jsonl"
     target.write_text("mine\n", encoding="utf-8")
