@@ -3,6 +3,7 @@
 #
 #   run(command="MINUTES=8 bash training/gpu/study.sh heads", carry=[".gpu"], timeout_s=600)
 #   run(command="MINUTES=8 bash training/gpu/study.sh self-training", carry=[".gpu"], timeout_s=600)
+#   run(command="MINUTES=8 bash training/gpu/study.sh new-types", carry=[".gpu"], timeout_s=600)
 #
 # heads (issue #12): `koelectra-crf ablation --study heads` at each of LEARNING_RATES (a sweep: one output folder
 #   per rate), RUNNERS runners per rate (default 15: every variant × seed at once, one GPU shared), each run
@@ -11,15 +12,20 @@
 #   sentences (and the validation split, to score the kept pseudo-labels per threshold); then one student per seed
 #   and threshold, from the pretrained encoder, on the labelled plus the kept pseudo-labelled sentences, with the
 #   teacher's recipe and its number of steps, at the first of LEARNING_RATES.
+# new-types (issue #37, item 4): one parent per seed, trained on the training split with DT, TI and QT relabelled O
+#   (`convert --keep_types PS LC OG`, validation too) and those three types' labels only (`--entity_types`); then all
+#   six types taught with FEW (default "100 300") of the training sentences, from the parent (`--model_name_or_path`:
+#   the shared labels keep its weights, the new ones start as in a fresh model) and from the encoder alone, each
+#   child scored on the whole validation split (per-type F1 in its eval_results.json).
 #
 # Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
 # summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
 # SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
-# (sequence_probability), RAW_LINES (all 21,008 raw sentences).
+# (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW ("100 300").
 set -uo pipefail
 set -m  # job control: each background job in a process group of its own, so that stopping it stops its trainings
-mode=${1:?usage: study.sh heads|self-training}
+mode=${1:?usage: study.sh heads|self-training|new-types}
 minutes=${MINUTES:-8}
 seeds=${SEEDS:-3}
 learning_rates=${LEARNING_RATES:-5e-5}
@@ -107,7 +113,28 @@ print('--max_steps', state['max_steps'], '--eval_strategy steps --eval_steps', e
     done
     wait_or_stop
     ;;
-*) echo "unknown study $mode: heads or self-training" && exit 2 ;;
+new-types)
+    train_file=../shared/data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv
+    for split in train valid; do
+        source_file=$train_file && [ $split = valid ] && source_file=$validation
+        python3 -m koelectra_crf convert "$source_file" $work/parent-$split.tsv --keep_types PS LC OG --overwrite \
+            || exit 1
+    done
+    for seed in $(seq 0 $((seeds - 1))); do
+        (
+            train $work/parent-s$seed "$seed" --train_file $work/parent-train.tsv \
+                --validation_file $work/parent-valid.tsv --entity_types PS LC OG || exit 1
+            for few in ${FEW:-100 300}; do
+                train $work/child-$few-parent-s$seed "$seed" --max_train_samples "$few" \
+                    --model_name_or_path $work/parent-s$seed &
+                train $work/child-$few-encoder-s$seed "$seed" --max_train_samples "$few" &
+            done
+            wait
+        ) &
+    done
+    wait_or_stop
+    ;;
+*) echo "unknown study $mode: heads, self-training or new-types" && exit 2 ;;
 esac
 
 # One line per run: the best entity F1 of its evaluations so far, and how many there were.
