@@ -34,11 +34,14 @@ def refuse(prog: str, message: str) -> NoReturn:
 
 @contextmanager
 def refusing(prog: str) -> Iterator[None]:
-    """Inside the block, a [`UsageError`] ends the program with [`refuse`], unless `KOELECTRA_CRF_DEBUG` is set to
+    """Inside the block, a [`UsageError`], or an `ImportError` that says what to `pip install` (an optional extra a
+    feature needs, such as kiwipiepy), ends the program with [`refuse`], unless `KOELECTRA_CRF_DEBUG` is set to
     something other than 0 (then it propagates, traceback and all)."""
     try:
         yield
-    except UsageError as error:
+    except (UsageError, ImportError) as error:
+        if isinstance(error, ImportError) and "pip install" not in str(error):
+            raise  # a broken installation, not a missing extra: its traceback tells what is wrong
         if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
             raise
         refuse(prog, str(error))

@@ -36,7 +36,7 @@ from koelectra_crf.data import (
 )
 from koelectra_crf.metrics import klue_ner_metrics
 from koelectra_crf.pseudo_label import CONFIDENCES, confidence_path, klue_block, load_pseudo_labelled
-from koelectra_crf.usage import DEBUG_VARIABLE, UsageError
+from koelectra_crf.usage import DEBUG_VARIABLE, UsageError, refusing
 
 KLUE_VALID = "data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv"
 SUFFIXES = {"label-studio": ".json", "conll": ".conll", "conll-char": ".conll", "klue": ".tsv"}  # others: .jsonl
@@ -461,6 +461,22 @@ def test_predict_respaces_with_kiwi_when_asked(model_dir, reference_pipeline, ca
         assert [{**e, "score": 0} for e in line["entities"]] == [{**e, "score": 0} for e in entities]
         assert all(e["word"] == line["text"][e["start"] : e["end"]] for e in line["entities"])
     assert expected != reference_pipeline(texts, aggregation_strategy="simple")  # precondition: re-spacing matters
+
+
+def test_a_missing_optional_package_is_a_one_line_refusal_saying_what_to_install(model_dir, capsys, monkeypatch):
+    from koelectra_crf import alignment
+
+    monkeypatch.setitem(sys.modules, "kiwipiepy", None)  # as if not installed: importing it raises ImportError
+    alignment._kiwi.cache_clear()
+    try:
+        line = refusal(capsys, "predict", model_dir, "김철수는서울에서", "--device", "cpu", "--respace", alone=False)
+    finally:
+        alignment._kiwi.cache_clear()
+    assert line.startswith("koelectra-crf predict: error: ") and line.endswith("pip install kiwipiepy")
+    monkeypatch.setitem(sys.modules, "broken_module", None)
+    with pytest.raises(ImportError):  # any other ImportError keeps its traceback
+        with refusing("koelectra-crf predict"):
+            import broken_module  # noqa: F401
 
 
 def test_every_refusal_is_one_line_naming_the_problem_and_exit_status_2(model_dir, klue_file, tmp_path, capsys):
