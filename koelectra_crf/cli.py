@@ -133,6 +133,10 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help="jsonl (default): a JSON line per text, streamed and resumable; doccano, label-studio (pre-annotations "
         "with scores), conll, conll-char, klue: data to correct in an annotation tool and train on (needs --output)",
     )  # fmt: skip
+    predict.add_argument(
+        "--overwrite", action="store_true",
+        help="with --output_format other than jsonl: replace an existing --output (a jsonl --output resumes instead)",
+    )  # fmt: skip
     _batch_size_argument(predict)
     _respace_argument(predict)
     predict.add_argument(
@@ -422,6 +426,7 @@ def _predict_annotations(args: argparse.Namespace, control: dict) -> None:
     from koelectra_crf import formats, inputs
 
     inputs.refuse_input_as_output(args.input, args.output)
+    new_output("--output", args.output, args.overwrite)
     records = list(inputs.read_records(args.input, args.input_format))
     ner = _load_pipeline(args.model, args.device, respace=args.respace, **control)
     tagged = inputs.tagged_records(ner, records, args.batch_size, aggregation_strategy="simple")

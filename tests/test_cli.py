@@ -658,7 +658,9 @@ def test_evaluating_data_of_a_type_the_model_lacks_is_refused_naming_it(model_di
 
 
 @pytest.mark.parametrize("output_format", formats.WRITE_FORMATS)
-def test_predicted_annotations_read_back_as_training_data(model_dir, reference_pipeline, tmp_path, output_format):
+def test_predicted_annotations_read_back_as_training_data(
+    model_dir, reference_pipeline, tmp_path, capsys, output_format
+):
     texts = [strip_entity_marks(marked)[0] for marked in MARKED]
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -677,6 +679,13 @@ def test_predicted_annotations_read_back_as_training_data(model_dir, reference_p
     assert [e["id"] for e in examples] == [f"line-{number}" for number in range(1, len(texts) + 1)]
     assert [e["text"] for e in examples] == texts
     assert [e["entities"] for e in examples] == expected
+    if output_format == "jsonl":
+        return  # a jsonl --output is resumed by a second run (tested above), not written again
+    # A second run would lose what the user corrected in the file: refused, unless told
+    flags = ["--input", source, "--output", output, "--output_format", output_format]
+    line = refusal(capsys, "predict", model_dir, *flags)
+    assert line.endswith(f"--output {output} exists: give --overwrite to replace it, or another path")
+    assert formats.read_examples(output, "conll-char" if output_format == "conll-char" else "auto") == examples
 
 
 def test_predict_output_format_needs_an_output_file(model_dir, capsys):
