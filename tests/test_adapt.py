@@ -8,10 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import TINY_TEXT, character_tokenizer, tiny_encoder_config
-from transformers import AutoModel, AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    TrainingArguments,
+)
 
 from koelectra_crf import KoElectraCrfForTokenClassification
-from koelectra_crf.adapt import sequences
+from koelectra_crf.adapt import MaskedPositionsTrainer, sequences
 from koelectra_crf.cli import main as cli_main
 
 RAW = [f"{i}\t{TINY_TEXT[i % 7 :]}" for i in range(12)]
@@ -55,6 +62,36 @@ def test_adapted_encoder_learns_and_fine_tuning_starts_from_it(encoder, tmp_path
     model = KoElectraCrfForTokenClassification.from_encoder(str(output))
     assert torch.equal(model.encoder.state_dict()[name.removeprefix("bert.")], adapted[name])
     assert type(AutoModel.from_pretrained(output)).__name__ == "BertModel"
+
+
+@pytest.mark.parametrize("model_type", ["bert", "electra"])
+def test_scoring_only_masked_positions_gives_the_models_own_loss_and_gradients(model_type, tmp_path):
+    """The oracle: the model's forward pass with all positions through its head and its own loss."""
+    tokenizer = character_tokenizer(tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(tiny_encoder_config(tokenizer.vocab_size, model_type)).eval()  # no dropout
+    batch = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3)(list(sequences(RAW, tokenizer, 16)))
+    masked = int((batch["labels"] != -100).sum())
+    assert 0 < masked < batch["labels"].numel() // 2 and (batch["attention_mask"] == 0).any()  # padded, partly masked
+
+    def loss_and_gradients(compute_loss) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = compute_loss({name: tensor.clone() for name, tensor in batch.items()})
+        loss.backward()
+        return loss.detach(), {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+    trainer = MaskedPositionsTrainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
+    )
+    scored_logits = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, output: scored_logits.append(output))
+    loss, gradients = loss_and_gradients(lambda inputs: trainer.compute_loss(model, inputs))
+    expected_loss, expected_gradients = loss_and_gradients(lambda inputs: model(**inputs).loss)
+    assert scored_logits[0].shape == (1, masked, tokenizer.vocab_size)  # only the masked positions were scored
+    assert scored_logits[1].shape == (*batch["input_ids"].shape, tokenizer.vocab_size)
+    torch.testing.assert_close(loss, expected_loss)
+    for name, gradient in expected_gradients.items():
+        torch.testing.assert_close(gradients[name], gradient, msg=name)
 
 
 def test_long_texts_become_several_sequences_and_lose_nothing(encoder):
