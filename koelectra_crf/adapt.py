@@ -15,11 +15,16 @@ non-empty output folder is refused unless `--resume_from_checkpoint last` contin
 after it gets other random masks (transformers restores the random state only after fetching that batch, and the masks
 are drawn as it is fetched).
 
+With `--validation_file` (held-out raw text, as run_mlm.py's), each evaluation reports the held-out masked-LM loss
+and perplexity, always on the same masked tokens: `--eval_strategy epoch --eval_on_start true` scores the encoder
+before adaptation and after each epoch, and the run ends with one more evaluation (eval_results.json).
+
 Only the masked positions go through the masked-LM head (`MaskedPositionsTrainer`): the loss is the model's own, at
 less cost (`benchmarks/adapt_step.py`).
 """
 
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +56,12 @@ class AdaptArguments:
             "help": "Raw text: a text per line, `<id>\\t<text>` lines, JSONL, or a KLUE TSV file (its sentences)."
         }
     )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Held-out raw text (same formats): its masked-LM loss and perplexity at each evaluation "
+                          "(`--eval_strategy`, `--eval_on_start true` for the encoder before adaptation) and at the "
+                          "end, always with the same masks."},
+    )  # fmt: skip
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for the MLM loss."})
     max_length: int = field(
         default=128, metadata={"help": "Tokens per sequence; longer texts become several sequences."}
@@ -105,6 +116,16 @@ class MaskedPositionsTrainer(Trainer):
         finally:
             hook.remove()
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The held-out masked-LM loss and its perplexity, exp(loss). The masks are drawn from `--seed` at every
+        evaluation, so that evaluations before, during and after adaptation (and of other runs) score the same masked
+        tokens; the training's random state is left as it was, so evaluating changes nothing of the training."""
+        with torch.random.fork_rng():
+            torch.manual_seed(self.args.seed)
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics[f"{metric_key_prefix}_perplexity"] = math.exp(metrics[f"{metric_key_prefix}_loss"])
+        return metrics
+
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((AdaptArguments, TrainingArguments))
@@ -123,19 +144,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     texts = read_texts(adapt_args.input_file)
     with training_args.main_process_first(desc="tokenizing"):
         dataset = sequences(texts, tokenizer, adapt_args.max_length)
+        held_out = None
+        if adapt_args.validation_file:
+            held_out = sequences(read_texts(adapt_args.validation_file), tokenizer, adapt_args.max_length)
     logger.info("adapting %s on %d texts (%d sequences)", adapt_args.encoder_name_or_path, len(texts), len(dataset))
     trainer = MaskedPositionsTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=adapt_args.mlm_probability),
         processing_class=tokenizer,
     )
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
+    metrics = dict(result.metrics)
+    if held_out is not None:
+        metrics.update(evaluation := trainer.evaluate())
+        trainer.save_metrics("eval", evaluation)
     trainer.save_state()
-    return result.metrics
+    return metrics
 
 
 if __name__ == "__main__":

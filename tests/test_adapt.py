@@ -2,6 +2,7 @@
 fine-tuning starts from; nothing of a long text is dropped; a run resumes to the uninterrupted run's weights."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -92,6 +93,22 @@ def test_scoring_only_masked_positions_gives_the_models_own_loss_and_gradients(m
     torch.testing.assert_close(loss, expected_loss)
     for name, gradient in expected_gradients.items():
         torch.testing.assert_close(gradients[name], gradient, msg=name)
+
+
+def test_held_out_perplexity_uses_the_same_masks_and_leaves_the_training_alone(encoder, tmp_path):
+    steps = ["--max_steps", "6", "--save_strategy", "no"]
+    held_out = ["--validation_file", str(tmp_path / "raw.tsv"), "--eval_strategy", "steps", "--eval_steps", "3",
+                "--eval_on_start", "true"]  # fmt: skip
+    adapt(encoder, tmp_path, tmp_path / "plain", *steps)
+    adapt(encoder, tmp_path, tmp_path / "evaluated", *steps, *held_out)
+    plain, evaluated = (load_file(tmp_path / run / "model.safetensors") for run in ("plain", "evaluated"))
+    assert all(torch.equal(plain[name], evaluated[name]) for name in plain)  # evaluating changed nothing
+    history = json.loads((tmp_path / "evaluated" / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # before, at steps 3 and 6, and the final evaluation
+    assert losses[-1] == losses[-2]  # the same weights and the same masks: the same loss
+    final = json.loads((tmp_path / "evaluated" / "eval_results.json").read_text())
+    assert final["eval_perplexity"] == pytest.approx(math.exp(final["eval_loss"]))
 
 
 def test_long_texts_become_several_sequences_and_lose_nothing(encoder):
