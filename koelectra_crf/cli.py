@@ -505,18 +505,24 @@ def _export(args: argparse.Namespace) -> None:
           f"{info['sample_max_abs_difference']:.2g}")  # fmt: skip
 
 
-def _labelled_data(args: argparse.Namespace, file: str | None, flag: str = "--test_file"):
-    """The labelled data of `file` (any format, `formats.load_split`), else of `--dataset_name`, else the Hub's
-    klue/ner validation split; its first `--max_sentences` sentences."""
+def _read_labelled(args: argparse.Namespace, source: str, flag: str, data_format: str, **dataset_options):
+    """The labelled data of `source` as the command's reading options say (`formats.load_split`)."""
     from koelectra_crf import formats
-    from koelectra_crf.data import load_klue_split
 
     options = {"tag_scheme": args.tag_scheme, "token_unit": args.token_unit, "text_column": args.text_column}
-    if file is not None:
-        data = formats.load_split(file, flag, args.data_format, **options)
+    return formats.load_split(source, flag, data_format, **options, **dataset_options)
+
+
+def _labelled_data(args: argparse.Namespace):
+    """The labelled data of `--test_file` (any format), else of `--dataset_name`, else the Hub's klue/ner validation
+    split; its first `--max_sentences` sentences."""
+    from koelectra_crf.data import load_klue_split
+
+    if args.test_file is not None:
+        data = _read_labelled(args, args.test_file, "--test_file", args.data_format)
     elif args.dataset_name is not None:
-        options |= {"config_name": args.dataset_config_name, "split": args.split}
-        data = formats.load_split(args.dataset_name, "--dataset_name", "datasets", **options)
+        data = _read_labelled(args, args.dataset_name, "--dataset_name", "datasets",
+                              config_name=args.dataset_config_name, split=args.split)  # fmt: skip
     else:
         return load_klue_split(None, args.max_sentences)
     return data if args.max_sentences is None else data.select(range(min(args.max_sentences, len(data))))
@@ -526,7 +532,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from koelectra_crf.analysis import report
     from koelectra_crf.evaluation import evaluate_dataset, evaluate_spacing
 
-    data = _labelled_data(args, args.test_file)
+    data = _labelled_data(args)
     ner = _load_pipeline(args.model, args.device, respace=args.respace)
     if not args.spacing:
         metrics, predictions = evaluate_dataset(ner, data, args.batch_size)
@@ -547,7 +553,7 @@ def _errors(args: argparse.Namespace) -> None:
     from koelectra_crf.analysis import errors
     from koelectra_crf.evaluation import predict_dataset
 
-    data = _labelled_data(args, args.test_file)
+    data = _labelled_data(args)
     models = [args.model, *args.compare]
     reports = {}
     for n, model in enumerate(models):
@@ -566,14 +572,12 @@ def _errors(args: argparse.Namespace) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> None:
-    from koelectra_crf import formats
     from koelectra_crf.analysis import calibration
 
-    data = _labelled_data(args, args.test_file)
-    validation = formats.load_split(
-        args.validation_file, "--validation_file", args.data_format, tag_scheme=args.tag_scheme,
-        token_unit=args.token_unit, text_column=args.text_column,
-    ) if args.validation_file else None  # fmt: skip
+    data = _labelled_data(args)
+    validation = None
+    if args.validation_file:
+        validation = _read_labelled(args, args.validation_file, "--validation_file", args.data_format)
     report = calibration.write_calibration(
         _load_pipeline(args.model, args.device),
         data,
