@@ -1,0 +1,101 @@
+"""The tables of docs/results.md's studies, from the folders the study commands write: several seeds of each variant,
+mean ± sample standard deviation, and each variant's difference from the first with its standard error,
+sqrt(s1²/n1 + s2²/n2) (unpaired: variants that share a seed are not paired).
+
+    python training/study_tables.py runs --seeds 0 1 2 \\
+        --variant "as it is=outputs/char-e20-s{seed}" --variant "+ morpheme features=outputs/morph-s{seed}"
+    python training/study_tables.py errors --seeds 0 1 2 --variant "as it is=outputs/errors/char-e20-s{seed}" ...
+    python training/study_tables.py spacing --seeds 0 1 2 --variant "as it is=outputs/robust/char-e20-s{seed}" ...
+
+Each variant is `NAME=FOLDER`, `{seed}` standing for each seed. `runs` reads a training's output folder (the final
+`eval_results.json`: the kept epoch's scores; `trainer_state.json`: its epochs; `config.json`: its entity types),
+`errors` the folder of `koelectra-crf errors` (`errors.json`), `spacing` the folder of `koelectra-crf evaluate
+--spacing as-is noisy none` (`robustness.json`). Prints Markdown.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+ERROR_KINDS = ("boundary", "type", "boundary+type", "spurious", "missed")
+CONDITIONS = ("as-is", "noisy", "none")
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def difference(values: list[float], reference: list[float]) -> str:
+    se = (statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference)) ** 0.5
+    return f"{statistics.mean(values) - statistics.mean(reference):+.2f} (SE {se:.2f})"
+
+
+def read_json(folder: str, name: str) -> dict:
+    return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+
+
+def run_scores(folder: str) -> dict[str, float]:
+    scores = read_json(folder, "eval_results.json")
+    evaluations = [
+        entry for entry in read_json(folder, "trainer_state.json")["log_history"] if "eval_entity_f1" in entry
+    ]
+    best = max(range(len(evaluations)), key=lambda n: evaluations[n]["eval_entity_f1"])
+    labels = read_json(folder, "config.json")["id2label"].values()
+    types = dict.fromkeys(label[2:] for label in labels if label != "O")  # the model's order (KLUE's: PS, LC, OG...)
+    return {"entity F1": scores["eval_entity_f1"], "char F1": scores["eval_char_f1"], "best epoch": best + 1,
+            "epochs": len(evaluations), **{t: scores[f"eval_{t}_f1"] for t in types}}  # fmt: skip
+
+
+def error_scores(folder: str) -> dict[str, float]:
+    counts = read_json(folder, "errors.json")["counts"]
+    errors = sum(counts[kind] for kind in ERROR_KINDS)
+    return {**{kind: counts[kind] for kind in ERROR_KINDS}, "errors": errors,
+            "boundary share %": 100 * counts["boundary"] / errors}  # fmt: skip
+
+
+def spacing_scores(folder: str) -> dict[str, float]:
+    conditions = read_json(folder, "robustness.json")["conditions"]
+    return {f"{metric} {condition}": conditions[condition][metric]
+            for metric in ("entity_f1", "char_f1") for condition in CONDITIONS}  # fmt: skip
+
+
+READERS = {"runs": run_scores, "errors": error_scores, "spacing": spacing_scores}
+
+
+def table(kind: str, variants: list[str], seeds: list[int]) -> str:
+    scores = {}
+    for variant in variants:
+        name, _, pattern = variant.partition("=")
+        per_seed = [READERS[kind](pattern.format(seed=seed)) for seed in seeds]
+        scores[name] = {column: [seed_scores[column] for seed_scores in per_seed] for column in per_seed[0]}
+    columns = list(next(iter(scores.values())))
+    lines = [f"| variant ({len(seeds)} seeds) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [
+        f"| {name} | " + " | ".join(mean_sd(values[c]) for c in columns) + " |" for name, values in scores.items()
+    ]
+    reference_name, reference = next(iter(scores.items()))
+    lines.append("")
+    for name, values in list(scores.items())[1:]:
+        shown = [c for c in columns if c not in ("best epoch", "epochs")]
+        lines.append(f"- {name} − {reference_name}: " + ", ".join(
+            f"{c} {difference(values[c], reference[c])}" for c in shown))  # fmt: skip
+    if kind == "spacing":  # each variant's gaps: a noisy or space-less text against the same model's text as written
+        for name, values in scores.items():
+            gaps = [f"{c} − as written {difference(values[f'entity_f1 {c}'], values['entity_f1 as-is'])}"
+                    for c in CONDITIONS[1:]]  # fmt: skip
+            lines.append(f"- {name}, entity F1: " + ", ".join(gaps))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=READERS)
+    parser.add_argument("--variant", action="append", required=True, help="NAME=FOLDER, {seed} for each seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    print(table(args.kind, args.variant, args.seeds), end="")
+
+
+if __name__ == "__main__":
+    main()
