@@ -4,6 +4,8 @@ the model itself (the Hub's hosted widget cannot run the custom pipeline, so the
 from pathlib import Path
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from koelectra_crf.configuration_koelectra_crf import MIN_TRANSFORMERS
 from koelectra_crf.evaluation import evaluation_mode, model_labels
@@ -102,6 +104,27 @@ def example_outputs(model, tokenizer, texts: list[str]) -> list[list[dict]]:
     return [[{**entity, "score": round(float(entity["score"]), 4)} for entity in result] for result in outputs]
 
 
+def hub_base_model(base_model: str | None) -> str | None:
+    """The Hub model id a card's `base_model` metadata may name, or None.
+
+    The Hub refuses a card whose `base_model` is not a model id (the push fails), so a local folder is named only
+    in the card's text: `base_model` is the name as given when it is a Hub id and no local path, the repository of a
+    folder in the Hub cache (`.../models--OWNER--NAME/snapshots/REVISION`, what `snapshot_download` returns), else
+    absent."""
+    if not base_model:
+        return None
+    path = Path(base_model)
+    if path.exists():
+        cached = path.resolve().parent.parent.name  # models--OWNER--NAME
+        is_snapshot = path.resolve().parent.name == "snapshots" and cached.startswith("models--")
+        return cached.removeprefix("models--").replace("--", "/") if is_snapshot else None
+    try:
+        validate_repo_id(base_model)
+    except HFValidationError:
+        return None
+    return base_model
+
+
 def card_metadata(
     model_id: str, license: str, on_klue: bool, base_model: str | None, example_texts: list[str],
     evaluated_on: dict[str, str], results: dict[str, float],
@@ -115,7 +138,7 @@ def card_metadata(
         "pipeline_tag": "token-classification",
         "tags": ["ner", "crf", "korean"] + ["klue"] * on_klue,
         **({"datasets": ["klue"]} if on_klue else {}),
-        **({"base_model": base_model} if base_model else {}),
+        **({"base_model": hub_base_model(base_model)} if hub_base_model(base_model) else {}),
         "widget": [
             {"text": text, "example_title": f"example {i + 1}"} for i, text in enumerate(example_texts)
         ],

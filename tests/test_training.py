@@ -24,7 +24,7 @@ from tiny import character_tokenizer, load_in_fresh_process, tiny_model
 from transformers import AutoTokenizer, ElectraTokenizerFast, Trainer, pipeline
 from transformers.trainer_utils import align_special_tokens
 
-from hub_card.render import render_model_card
+from hub_card.render import hub_base_model, render_model_card
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfTokenClassificationPipeline, alignment, formats, train
 from koelectra_crf.alignment import NerDataCollator
 from koelectra_crf.cli import main as cli_main
@@ -365,6 +365,21 @@ def test_card_of_a_hub_klue_run_claims_klue(tmp_path):
     assert card.data.license == "cc-by-sa-4.0"  # KLUE's license, unless --license says otherwise
 
 
+def test_card_base_model_names_only_hub_models(tmp_path):
+    snapshot = tmp_path / "hub/models--monologg--koelectra-base-v3-discriminator/snapshots/0123abc"
+    snapshot.mkdir(parents=True)
+    local = tmp_path / "my-encoder"
+    local.mkdir()
+    assert hub_base_model("monologg/koelectra-base-v3-discriminator") == "monologg/koelectra-base-v3-discriminator"
+    assert hub_base_model(str(snapshot)) == "monologg/koelectra-base-v3-discriminator"  # what snapshot_download gives
+    assert hub_base_model(str(local)) is None and hub_base_model("../shared/encoders/e5") is None
+    trainer, _ = _tiny_trainer(tmp_path)
+    metrics = {"eval_entity_f1": 50.0, "eval_char_f1": 60.0}
+    for base, expected in ((str(snapshot), "monologg/koelectra-base-v3-discriminator"), (str(local), None)):
+        card = ModelCard(render_model_card(trainer.model, trainer.processing_class, metrics, base, trainer.args))
+        assert card.data.base_model == expected and f"- base model: {base}" in card.text
+
+
 def test_decomposed_hangul_gets_the_entities_of_composed_hangul(smoke_run):
     ner = pipeline("token-classification", model=str(smoke_run), trust_remote_code=True)
     composed = "김민준 씨는 2024년 5월 12일 부산에서 한빛전자 관계자를 만났다."
@@ -589,7 +604,8 @@ def test_training_continues_from_a_trained_model_keeping_shared_labels_by_name(s
     output_dir = tmp_path / "continued"
     run_training(output_dir, "--model_name_or_path", str(smoke_run), "--max_steps", "2")
     card = ModelCard.load(output_dir / "README.md")
-    assert card.data.base_model == str(smoke_run)
+    # A local parent: the Hub refuses a base_model that is not a model id, so only the card's text names it.
+    assert card.data.base_model is None and f"- base model: {smoke_run}" in card.text
 
 
 def renamed(examples: list[dict], old: str, new: str) -> list[dict]:
