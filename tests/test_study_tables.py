@@ -34,16 +34,30 @@ def test_runs_table_has_mean_sd_per_column_and_differences_with_their_standard_e
     output = tables("runs", "--seeds", "0", "1", "--variant", f"plain={tmp_path}/plain-s{{seed}}",
                     "--variant", f"+ new={tmp_path}/new-s{{seed}}")  # fmt: skip
     lines = output.splitlines()
-    assert lines[0] == "| variant (2 seeds) | entity F1 | char F1 | best epoch | epochs | PS | LC |"
+    assert lines[0] == "| variant | seeds | entity F1 | char F1 | best epoch | epochs | PS | LC |"
     # plain: 80, 82 -> 81.00 ± 1.41; best epochs 2 and 1; 3 and 2 epochs
     assert (
-        lines[2] == "| plain | 81.00 ± 1.41 | 89.00 ± 1.41 | 1.50 ± 0.71 | 2.50 ± 0.71 | 82.00 ± 1.41 | 80.00 ± 1.41 |"
+        lines[2]
+        == "| plain | 2 | 81.00 ± 1.41 | 89.00 ± 1.41 | 1.50 ± 0.71 | 2.50 ± 0.71 | 82.00 ± 1.41 | 80.00 ± 1.41 |"
     )
-    assert lines[3].startswith("| + new | 84.00 ± 1.41 | 92.00 ± 1.41 | 2.50 ± 0.71 | 3.50 ± 0.71 |")
+    assert lines[3].startswith("| + new | 2 | 84.00 ± 1.41 | 92.00 ± 1.41 | 2.50 ± 0.71 | 3.50 ± 0.71 |")
     # difference +3.00, SE sqrt(2/2 + 2/2) = 1.41; the epoch columns are not compared
     assert lines[5] == (
         "- + new − plain: entity F1 +3.00 (SE 1.41), char F1 +3.00 (SE 1.41), PS +3.00 (SE 1.41), LC +3.00 (SE 1.41)"
     )
+
+
+def test_a_seed_not_done_yet_is_left_out_and_said(tmp_path):
+    write_run(tmp_path / "plain-s0", 80.0, [80.0])
+    write_run(tmp_path / "plain-s1", 82.0, [82.0])
+    write_run(tmp_path / "new-s0", 83.0, [83.0])
+    (tmp_path / "new-s1").mkdir()  # a training still running
+    variants = ["--variant", f"plain={tmp_path}/plain-s{{seed}}", "--variant", f"+ new={tmp_path}/new-s{{seed}}"]
+    command = [sys.executable, str(ROOT / "training/study_tables.py"), "runs", "--seeds", "0", "1", *variants]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert f"+ new: left out, no eval_results.json (yet): {tmp_path}/new-s1" in result.stderr
+    assert "| + new | 1 | 83.00 | 91.00 |" in result.stdout
+    assert "- + new − plain: entity F1 +2.00 (one seed: no SE)" in result.stdout
 
 
 def test_spacing_table_gives_each_variants_gaps_to_text_as_written(tmp_path):

@@ -7,7 +7,8 @@ sqrt(s1²/n1 + s2²/n2) (unpaired: variants that share a seed are not paired).
     python training/study_tables.py errors --seeds 0 1 2 --variant "as it is=outputs/errors/char-e20-s{seed}" ...
     python training/study_tables.py spacing --seeds 0 1 2 --variant "as it is=outputs/robust/char-e20-s{seed}" ...
 
-Each variant is `NAME=FOLDER`, `{seed}` standing for each seed. `runs` reads a training's output folder (the final
+Each variant is `NAME=FOLDER`, `{seed}` standing for each seed; a seed whose folder has no result yet (a study in
+progress) is left out, and said on stderr. `runs` reads a training's output folder (the final
 `eval_results.json`: the kept epoch's scores; `trainer_state.json`: its epochs; `config.json`: its entity types),
 `errors` the folder of `koelectra-crf errors` (`errors.json`), `spacing` the folder of `koelectra-crf evaluate
 --spacing as-is noisy none` (`robustness.json`). Prints Markdown.
@@ -16,6 +17,7 @@ Each variant is `NAME=FOLDER`, `{seed}` standing for each seed. `runs` reads a t
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ERROR_KINDS = ("boundary", "type", "boundary+type", "spurious", "missed")
@@ -23,12 +25,17 @@ CONDITIONS = ("as-is", "noisy", "none")
 
 
 def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:  # a run so far without its other seeds: no spread to show
+        return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def difference(values: list[float], reference: list[float]) -> str:
+    change = f"{statistics.mean(values) - statistics.mean(reference):+.2f}"
+    if min(len(values), len(reference)) == 1:
+        return f"{change} (one seed: no SE)"
     se = (statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference)) ** 0.5
-    return f"{statistics.mean(values) - statistics.mean(reference):+.2f} (SE {se:.2f})"
+    return f"{change} (SE {se:.2f})"
 
 
 def read_json(folder: str, name: str) -> dict:
@@ -61,19 +68,26 @@ def spacing_scores(folder: str) -> dict[str, float]:
 
 
 READERS = {"runs": run_scores, "errors": error_scores, "spacing": spacing_scores}
+RESULT_FILES = {"runs": "eval_results.json", "errors": "errors.json", "spacing": "robustness.json"}
 
 
 def table(kind: str, variants: list[str], seeds: list[int]) -> str:
-    scores = {}
+    scores, counts = {}, {}
     for variant in variants:
         name, _, pattern = variant.partition("=")
-        per_seed = [READERS[kind](pattern.format(seed=seed)) for seed in seeds]
+        folders = [pattern.format(seed=seed) for seed in seeds]
+        missing = [folder for folder in folders if not (Path(folder) / RESULT_FILES[kind]).is_file()]
+        if missing == folders:
+            raise SystemExit(f"study_tables.py: error: no {RESULT_FILES[kind]} for {name!r}: {', '.join(folders)}")
+        if missing:  # a study in progress: the seeds done so far, and said so
+            print(f"{name}: left out, no {RESULT_FILES[kind]} (yet): {', '.join(missing)}", file=sys.stderr)
+        per_seed = [READERS[kind](folder) for folder in folders if folder not in missing]
         scores[name] = {column: [seed_scores[column] for seed_scores in per_seed] for column in per_seed[0]}
+        counts[name] = len(per_seed)
     columns = list(next(iter(scores.values())))
-    lines = [f"| variant ({len(seeds)} seeds) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    lines += [
-        f"| {name} | " + " | ".join(mean_sd(values[c]) for c in columns) + " |" for name, values in scores.items()
-    ]
+    lines = ["| variant | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    lines += [f"| {name} | {counts[name]} | " + " | ".join(mean_sd(values[c]) for c in columns) + " |"
+              for name, values in scores.items()]  # fmt: skip
     reference_name, reference = next(iter(scores.items()))
     lines.append("")
     for name, values in list(scores.items())[1:]:
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=READERS)
     parser.add_argument("--variant", action="append", required=True, help="NAME=FOLDER, {seed} for each seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(a variant's {seed} values)")
     args = parser.parse_args(argv)
     print(table(args.kind, args.variant, args.seeds), end="")
 
