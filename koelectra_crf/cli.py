@@ -332,8 +332,8 @@ def _add_adapt(commands: argparse._SubParsersAction) -> None:
         "adapt",
         help="continue an encoder's masked-LM training on raw text (task-adaptive pretraining)",
         epilog="Every other flag goes to the training: any TrainingArguments flag (--num_train_epochs, "
-        "--learning_rate, --resume_from_checkpoint last, ...), --mlm_probability, --max_length, "
-        "--overwrite_output_dir.",
+        "--learning_rate, --resume_from_checkpoint last, ...), --validation_file (held-out text: its masked-LM loss "
+        "and perplexity at each --eval_strategy evaluation), --mlm_probability, --max_length, --overwrite_output_dir.",
     )
     adapt_parser.add_argument("encoder", help="encoder folder or Hub id")
     adapt_parser.add_argument(
