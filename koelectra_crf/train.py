@@ -359,6 +359,16 @@ def card_examples(dataset, count: int = 3) -> list[str]:
     return texts[:count] or list(dataset["sentence"][:count])
 
 
+def spacing_recipe(data_args: DataArguments) -> str:
+    """The model card's line for `--spacing_augmentation`."""
+    if not data_args.spacing_augmentation:
+        return "off"
+    share, remove, insert = data_args.spacing_augmentation, data_args.spacing_remove_rate, data_args.spacing_insert_rate
+    return (
+        f"{share:.0%} of the sentences each epoch ({remove:.0%} of their spaces removed, {insert:.0%} of gaps spaced)"
+    )
+
+
 def build_model(model_args: ModelArguments, head_args, labels: list[str], vocab_size: int):
     head = dataclasses.asdict(head_args)
     if model_args.model_name_or_path is not None:
@@ -442,6 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             validation_file=data_args.validation_file or data_args.dataset_name, training_args=training_args,
             license=output_args.license, model_id=training_args.hub_model_id,
             example_texts=None if set(label_types(labels)) <= set(ENTITY_TYPES) else card_examples(raw["validation"]),
+            spacing_augmentation=spacing_recipe(data_args),
         )  # fmt: skip
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         if push_to_hub or output_args.push_dry_run:

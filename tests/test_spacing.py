@@ -133,6 +133,17 @@ def test_perturbation_refuses_rates_outside_0_to_1():
         parse_arguments(["--output_dir", "x", "--spacing_augmentation", "-0.1"])
 
 
+@pytest.mark.parametrize("preset", ["offline-e5-small", "offline-e5-small-self-training", "klue-koelectra-base"])
+def test_the_presets_train_with_the_studied_spacing_augmentation(preset):
+    """docs/results.md, "Robustness to spacing": half of the sentences each epoch, half of their spaces removed, 5% of
+    their gaps spaced; a flag still turns it off."""
+    _, _, data, _, _ = parse_arguments(["--config", str(ROOT / f"training/configs/{preset}.json")])
+    assert (data.spacing_augmentation, data.spacing_remove_rate, data.spacing_insert_rate) == (0.5, 0.5, 0.05)
+    _, _, data, _, _ = parse_arguments(["--config", str(ROOT / f"training/configs/{preset}.json"),
+                                        "--spacing_augmentation", "0"])  # fmt: skip
+    assert data.spacing_augmentation == 0
+
+
 def test_the_noise_of_a_klue_split_has_the_rates_asked_and_is_seeded(klue_valid_file):
     data = load_klue_ner(test_file=klue_valid_file)["test"]
     sentences = list(data["sentence"])
@@ -478,6 +489,8 @@ def test_an_augmented_run_resumes_with_the_perturbations_it_would_have_seen(tmp_
     reference = tmp_path / "reference"
     logged = dict(EPOCH_LOG.findall(train_smoke(reference, *steps).stderr))
     assert set(logged) == {"0", "1"} and all(40 < int(count) < 120 for count in logged.values())
+    card = (reference / "README.md").read_text(encoding="utf-8")
+    assert "- spacing augmentation: 50% of the sentences each epoch (50% of their spaces removed, 5% of gaps" in card
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     shutil.copytree(reference / f"checkpoint-{checkpoint}", interrupted / f"checkpoint-{checkpoint}")

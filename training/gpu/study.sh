@@ -29,7 +29,8 @@ mode=${1:?usage: study.sh heads|self-training|new-types}
 minutes=${MINUTES:-8}
 seeds=${SEEDS:-3}
 learning_rates=${LEARNING_RATES:-5e-5}
-extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --disable_tqdm true"}
+# Without the presets' spacing augmentation (theirs since issue #38): the recipe of these studies' earlier results.
+extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --disable_tqdm true --spacing_augmentation 0"}
 deadline=$((SECONDS + minutes * 60))
 out=${OUT:-/tmp/study-out}
 work=/tmp/study
