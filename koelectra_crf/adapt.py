@@ -116,6 +116,11 @@ class MaskedPositionsTrainer(Trainer):
         finally:
             hook.remove()
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # An evaluation wants the loss only: the logits the Trainer would otherwise keep for every masked position of
+        # the held-out text (vocabulary-sized rows, 64 KiB each for e5-small-ko) would fill the memory.
+        return super().prediction_step(model, inputs, True, ignore_keys)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The held-out masked-LM loss and its perplexity, exp(loss). The masks are drawn from `--seed` at every
         evaluation, so that evaluations before, during and after adaptation (and of other runs) score the same masked

@@ -111,6 +111,17 @@ def test_held_out_perplexity_uses_the_same_masks_and_leaves_the_training_alone(e
     assert final["eval_perplexity"] == pytest.approx(math.exp(final["eval_loss"]))
 
 
+def test_evaluation_keeps_no_logits(encoder, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    trainer = MaskedPositionsTrainer(
+        model=BertForMaskedLM.from_pretrained(encoder),
+        args=TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none"),
+        data_collator=DataCollatorForLanguageModeling(tokenizer),
+    )
+    prediction = trainer.predict(sequences([line.split("\t")[1] for line in RAW], tokenizer, 128))
+    assert prediction.predictions is None and prediction.metrics["test_loss"] > 0
+
+
 def test_long_texts_become_several_sequences_and_lose_nothing(encoder):
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     texts = [TINY_TEXT * 4, "김철수"]
