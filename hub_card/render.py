@@ -71,7 +71,9 @@ def render_model_card(
     outputs = example_outputs(model, tokenizer, example_texts)
     results = {name.removeprefix("eval_"): value for name, value in metrics.items()}
     shown = ["entity_f1", "char_f1", "entity_precision", "entity_recall"] + [f"{t}_f1" for t in metric_types(results)]
-    metadata = card_metadata(model_id, license, on_klue, base_model, example_texts, evaluated_on, results)
+    metadata = card_metadata(
+        model_id, license, on_klue, hub_base_model(base_model), example_texts, evaluated_on, results
+    )
     config = model.config
     parts = [f"`{config.encoder.model_type}` encoder"] + ["BiLSTM"] * config.use_bilstm
     if config.morpheme_features:  # the one thing the remote code needs beyond torch and transformers
@@ -115,8 +117,9 @@ def hub_base_model(base_model: str | None) -> str | None:
         return None
     path = Path(base_model)
     if path.exists():
-        cached = path.resolve().parent.parent.name  # models--OWNER--NAME
-        is_snapshot = path.resolve().parent.name == "snapshots" and cached.startswith("models--")
+        snapshots = path.resolve().parent
+        cached = snapshots.parent.name  # models--OWNER--NAME
+        is_snapshot = snapshots.name == "snapshots" and cached.startswith("models--")
         return cached.removeprefix("models--").replace("--", "/") if is_snapshot else None
     try:
         validate_repo_id(base_model)
@@ -130,7 +133,8 @@ def card_metadata(
     evaluated_on: dict[str, str], results: dict[str, float],
 ) -> dict:  # fmt: skip
     """The card's YAML metadata: what the Hub indexes (license, tags, the `klue` dataset only when trained on the
-    Hub's KLUE NER, base model), the widget's example texts and the model-index with the measured F1 scores."""
+    Hub's KLUE NER, the base model's Hub id when it has one: [`hub_base_model`]), the widget's example texts and the
+    model-index with the measured F1 scores."""
     return {
         "language": ["ko"],
         "license": license,
@@ -138,7 +142,7 @@ def card_metadata(
         "pipeline_tag": "token-classification",
         "tags": ["ner", "crf", "korean"] + ["klue"] * on_klue,
         **({"datasets": ["klue"]} if on_klue else {}),
-        **({"base_model": hub_base_model(base_model)} if hub_base_model(base_model) else {}),
+        **({"base_model": base_model} if base_model else {}),
         "widget": [
             {"text": text, "example_title": f"example {i + 1}"} for i, text in enumerate(example_texts)
         ],

@@ -450,14 +450,9 @@ def _convert(args: argparse.Namespace) -> None:
     try:
         output_format = formats.output_format_of(args.target) if args.output_format == "auto" else args.output_format
         count = formats.convert(
-            args.source,
-            args.target,
-            args.input_format,
-            output_format,
-            args.output_tag_scheme,
-            args.keep_types,
-            **read_options,
-        )
+            args.source, args.target, args.input_format, output_format, args.output_tag_scheme,
+            keep_types=args.keep_types, **read_options,
+        )  # fmt: skip
     except UsageError:
         raise
     except (ValueError, OSError) as error:  # the readers' and writers' one-line errors name the file and record

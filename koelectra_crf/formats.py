@@ -758,10 +758,10 @@ def only_types(examples: list[dict], types: Iterable[str]) -> list[dict]:
     """The examples with the entities of `types` only, the characters of the others outside any entity: data for a
     model of fewer types (to which the others may be added later with a few examples). A type the examples do not
     have is refused (`ValueError`): it is more likely a typo than a wish."""
-    types = list(types)
-    missing = [label_type for label_type in types if label_type not in entity_types(examples)]
+    types, present = list(types), entity_types(examples)
+    missing = [label_type for label_type in types if label_type not in present]
     if missing:
-        raise ValueError(f"no entity of type {', '.join(missing)} in the data (its types: {entity_types(examples)})")
+        raise ValueError(f"no entity of type {', '.join(missing)} in the data (its types: {present})")
     return [{**example, "entities": [e for e in example["entities"] if e[2] in types]} for example in examples]
 
 
