@@ -15,9 +15,9 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from shared_data import E5, SENTENCES
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -28,10 +28,6 @@ from transformers import (
 
 from koelectra_crf.adapt import MaskedPositionsTrainer, sequences
 from koelectra_crf.inputs import read_texts
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-E5 = SHARED / "encoders/multilingual-e5-small-ko"
-SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 
 
 def timed_step(trainer: Trainer, batch: dict) -> float:

@@ -12,15 +12,14 @@ characters of the best rounds.
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from shared_data import SENTENCES
 
 from koelectra_crf.inputs import read_texts
 from koelectra_crf.loading import load_pipeline
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
-SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
 BY_TOKENS = KoElectraCrfTokenClassificationPipeline._token_counts
 
 

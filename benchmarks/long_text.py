@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from shared_data import E5, SENTENCES
 from transformers import AutoConfig, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfConfig, KoElectraCrfForTokenClassification
@@ -33,9 +34,6 @@ from koelectra_crf.inputs import read_texts
 from koelectra_crf.pipeline_koelectra_crf import KoElectraCrfTokenClassificationPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-E5 = SHARED / "encoders/multilingual-e5-small-ko"
-SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 STRATEGIES = ("simple", "none")
 
 

@@ -15,18 +15,14 @@ with the setting: the part of the cost that does not depend on the model's speed
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from shared_data import E5, SENTENCES
 from transformers import AutoTokenizer
 
 from koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
 from koelectra_crf.alignment import morpheme_codes
 from koelectra_crf.inputs import read_texts
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-E5 = SHARED / "encoders/multilingual-e5-small-ko"
-SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 
 
 def with_morpheme_features(plain: KoElectraCrfForTokenClassification) -> KoElectraCrfForTokenClassification:

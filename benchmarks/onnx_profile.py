@@ -19,12 +19,12 @@ import os
 from pathlib import Path
 
 import torch
+from shared_data import SENTENCES
 from transformers import AutoModelForTokenClassification
 
 from koelectra_crf.inputs import read_texts
 from koelectra_crf.onnx_model import ONNX_FILE, load_onnx_pipeline
 
-SENTENCES = Path(__file__).resolve().parents[2] / "shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"
 TORCH_PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"}
 ONNX_PRODUCTS = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 

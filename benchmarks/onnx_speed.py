@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from shared_data import E5, SENTENCES, SHARED
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from koelectra_crf import KoElectraCrfForTokenClassification, KoElectraCrfTokenClassificationPipeline
@@ -39,9 +40,6 @@ from koelectra_crf.inputs import read_texts
 from koelectra_crf.loading import load_pipeline
 from koelectra_crf.onnx_model import ONNX_FILE, export_onnx
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-E5 = SHARED / "encoders/multilingual-e5-small-ko"
-SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 TRAIN = SHARED / "data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv"
 VALIDATION = SHARED / "data/klue-ner-v1.1/klue-ner-v1.1_dev-valid.tsv"
 QUANTIZED = {"onnx_fp32": None, "onnx_int8": "int8", "onnx_int8_full": "int8-full"}

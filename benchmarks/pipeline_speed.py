@@ -13,9 +13,9 @@ import argparse
 import copy
 import json
 import time
-from pathlib import Path
 
 import torch
+from shared_data import E5, SENTENCES
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from koelectra_crf import (
@@ -24,10 +24,6 @@ from koelectra_crf import (
     KoElectraCrfTokenClassificationPipeline,
 )
 from koelectra_crf.inputs import read_texts
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-E5 = SHARED / "encoders/multilingual-e5-small-ko"
-SENTENCES = SHARED / "data/klue-ner-raw/klue-ner-train-sentences.tsv"
 
 
 def crf_model(random_encoder: bool, use_bilstm: bool) -> KoElectraCrfForTokenClassification:

@@ -13,14 +13,12 @@ import json
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from shared_data import E5
 
 from koelectra_crf import KLUE_LABELS, KoElectraCrfConfig, KoElectraCrfForTokenClassification
 from koelectra_crf.trainer import NerTrainer, NerTrainingArguments
-
-E5 = Path(__file__).resolve().parents[2] / "shared/encoders/multilingual-e5-small-ko"
 
 
 def build_model(random_base: bool) -> KoElectraCrfForTokenClassification:
