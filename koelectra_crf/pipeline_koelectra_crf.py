@@ -157,6 +157,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             if lexicon_mode not in ("hard", "soft"):
                 raise ValueError(f"lexicon_mode must be 'hard' or 'soft', got {lexicon_mode!r}")
             postprocess_params["lexicon_mode"] = lexicon_mode
+        if _controls(top_k, postprocess_params.get("constraints"), postprocess_params.get("lexicon")):
+            forward_params["decode"] = False  # `postprocess` decodes under the call's controls, once
         return preprocess_params, forward_params, postprocess_params
 
     def _checked_constraint(self, constraint) -> tuple[int, int, str]:
@@ -235,7 +237,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             for sentence, (text, spans), encoded_text in zip(sentences, normalized, encoded, strict=True)
         ]
 
-    def _forward(self, model_inputs, with_scores: bool = True):
+    def _forward(self, model_inputs, with_scores: bool = True, decode: bool = True):
+        """Emissions of a batch of windows and, `decode`, the tags and scores of the rows that hold a whole text
+        (`_tags_and_scores`); a call with top_k, constraints or a lexicon decodes in `postprocess` only."""
         passed_on = {
             key: model_inputs.pop(key) for key in ("window", "encoded", "sentence", "original_spans", "is_last")
         }
@@ -243,12 +247,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         tag_mask = model_inputs["tag_mask"].bool()
         rows = torch.tensor(whole_text if isinstance(whole_text, list) else [whole_text], device=tag_mask.device)
         outputs = self.model(**model_inputs, return_predictions=False)
-        return {
-            "emissions": outputs.logits,
-            **self._tags_and_scores(outputs.logits, tag_mask, rows, with_scores),
-            "tag_mask": tag_mask,
-            **passed_on,
-        }
+        decoded = self._tags_and_scores(outputs.logits, tag_mask, rows, with_scores) if decode else {}
+        return {"emissions": outputs.logits, **decoded, "tag_mask": tag_mask, **passed_on}
 
     def _tags_and_scores(self, emissions, tag_mask, rows, with_scores: bool = True) -> dict:
         """Viterbi tags (B, T) and, `with_scores`, each tag's marginal probability (B, T), for the `rows` (B,) bool
@@ -280,11 +280,8 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         sentence, encoded, char_spans = (all_outputs[0][key] for key in ("sentence", "encoded", "original_spans"))
         tag_unit = self.model.config.tag_unit
         with_scores = aggregation_strategy == AggregationStrategy.NONE  # entities are scored by their own probability
-        emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
-        # Units as spans of the caller's string (`char_spans`, if any, lead from the NFC text back to `sentence`).
-        unit_spans = [original_span(char_spans, *span) for span in encoded.unit_spans(tag_unit)]
-        controlled = top_k is not None or constraints or lexicon
-        if not controlled:
+        if not _controls(top_k, constraints, lexicon):
+            emissions, tag_ids, scores = self._unit_predictions(all_outputs, encoded, tag_unit, with_scores)
             entities = self._entities(encoded, char_spans, sentence, emissions, tag_ids, scores, aggregation_strategy,
                                       ignore_labels)  # fmt: skip
             if not return_sequence_probability:
@@ -294,6 +291,9 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
             probability = self.model.tagger.sequence_probability(emissions, decoded, tag_mask)[0].item()
             return {"entities": entities, "sequence_probability": probability}
 
+        emissions = self._unit_emissions(all_outputs, encoded, tag_unit)
+        # Units as spans of the caller's string (`char_spans`, if any, lead from the NFC text back to `sentence`).
+        unit_spans = [original_span(char_spans, *span) for span in encoded.unit_spans(tag_unit)]
         constraints = list(constraints or [])
         if lexicon:
             matches = lexicon_matches(sentence, lexicon)
@@ -455,22 +455,16 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         unit_rows = torch.tensor(rows, device=emissions.device)
         return self.model.tagger.entity_probabilities(emissions, tag_mask, unit_rows, allowed_tags).tolist()
 
-    def _unit_predictions(
-        self, all_outputs, encoded: EncodedText, tag_unit: str, with_scores: bool = True
-    ) -> tuple[torch.Tensor, list[int], list[float] | None]:
-        """Emissions (1, U, K), tag ids and (`with_scores`, else None) scores of the U units of the text
-        (`EncodedText.unit_spans`).
+    def _unit_emissions(self, all_outputs, encoded: EncodedText, tag_unit: str) -> torch.Tensor:
+        """Emissions (1, U, K) of the U units of the text (`EncodedText.unit_spans`).
 
-        A window's units are the True positions of its `tag_mask`, in text order. One window: its Viterbi path.
-        Several: each unit's emissions come from the window where the unit's token has the most context on both
-        sides, and the CRF decodes the whole text at once, so window seams cannot break an entity.
+        A window's units are the True positions of its `tag_mask`, in text order. Of several windows, each unit's
+        emissions come from the window where the unit's token has the most context on both sides; the CRF then
+        decodes the whole text at once, so window seams cannot break an entity.
         """
         if len(all_outputs) == 1:
             output = all_outputs[0]
-            mask = output["tag_mask"][0]
-            emissions = output["emissions"][0][mask].unsqueeze(0)
-            scores = output["scores"][0][mask].tolist() if with_scores else None
-            return emissions, output["predictions"][0][mask].tolist(), scores
+            return output["emissions"][0][output["tag_mask"][0]].unsqueeze(0)
 
         unit_tokens = encoded.unit_tokens(tag_unit)  # non-decreasing: a window's units are one slice of them
         windows = [output["window"] for output in all_outputs]  # (start, end) content tokens, starts increasing
@@ -492,10 +486,21 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
                 earliest -= 1
             best = max(range(earliest, last + 1), key=lambda i, k=k: min(k - windows[i][0], windows[i][1] - 1 - k))
             index.append(offsets[best] + u - first[best])
-        device = self.model.device
-        emissions = rows[torch.tensor(index, dtype=torch.long)].unsqueeze(0).to(device)
-        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=device)
-        whole = torch.ones(1, dtype=torch.bool, device=device)
+        return rows[torch.tensor(index, dtype=torch.long)].unsqueeze(0).to(self.model.device)
+
+    def _unit_predictions(
+        self, all_outputs, encoded: EncodedText, tag_unit: str, with_scores: bool = True
+    ) -> tuple[torch.Tensor, list[int], list[float] | None]:
+        """Emissions (1, U, K) of the text's units (`_unit_emissions`), their Viterbi tag ids and (`with_scores`,
+        else None) scores: those `_forward` found for a text of one window, else decoded here."""
+        emissions = self._unit_emissions(all_outputs, encoded, tag_unit)
+        if len(all_outputs) == 1:
+            output = all_outputs[0]
+            mask = output["tag_mask"][0]
+            scores = output["scores"][0][mask].tolist() if with_scores else None
+            return emissions, output["predictions"][0][mask].tolist(), scores
+        tag_mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        whole = torch.ones(1, dtype=torch.bool, device=emissions.device)
         result = self._tags_and_scores(emissions, tag_mask, whole, with_scores=with_scores)
         scores = result["scores"][0].tolist() if with_scores else None
         return emissions, result["predictions"][0].tolist(), scores
@@ -534,6 +539,11 @@ class KoElectraCrfTokenClassificationPipeline(ChunkPipeline):
         """The results of `texts` in order, tagging `chunk_size` of them at a time as a list (sorted by tokens)."""
         while chunk := list(islice(texts, chunk_size)):
             yield from self(chunk, **kwargs)
+
+
+def _controls(top_k: int | None, constraints: list | None, lexicon: dict | None) -> bool:
+    """Whether a call asks for more than the Viterbi path (k best analyses, constraints, a lexicon's matches)."""
+    return top_k is not None or bool(constraints) or bool(lexicon)
 
 
 def _aligned(unit_spans: list[tuple[int, int]], starts: list[int], span: tuple) -> bool:

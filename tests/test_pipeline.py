@@ -155,17 +155,17 @@ def test_offsets_are_exact_for_every_strategy(tiny_pipeline, strategy):
 def stitched_emissions(ner, text: str, **call_kwargs) -> torch.Tensor:
     """The emissions (1, U, K) of the text's units as the pipeline stitches them from its windows."""
     captured = {}
-    unit_predictions = ner._unit_predictions
+    unit_emissions = ner._unit_emissions
 
     def capture(*args):
-        captured["emissions"], _, _ = output = unit_predictions(*args)
-        return output
+        captured["emissions"] = unit_emissions(*args)
+        return captured["emissions"]
 
-    ner._unit_predictions = capture
+    ner._unit_emissions = capture
     try:
         ner(text, aggregation_strategy="simple", **call_kwargs)
     finally:
-        del ner._unit_predictions
+        del ner._unit_emissions
     return captured["emissions"]
 
 
@@ -625,6 +625,26 @@ def test_top_k_gives_the_k_most_probable_analyses_in_order(tiny_pipeline):
     for top_k in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="top_k must be a positive int"):
             tiny_pipeline(TINY_TEXT, top_k=top_k)
+
+
+def test_a_call_with_controls_decodes_a_text_once(tiny_pipeline, monkeypatch):
+    """top_k, constraints and a lexicon are decoded in postprocess, under them: the batch's Viterbi path and
+    marginals, which they replace, are not computed first. A plain call still decodes each batch once."""
+    text = "서울 삼성전자 본사"  # one window (the tiny model's windows hold 30 tokens): decoded with its batch
+    assert len(encode_texts([text], tiny_pipeline.tokenizer, "subword")[0].token_ids) < 30
+    calls = []
+    tagger = tiny_pipeline.model.tagger
+    for name in ("decode", "tag_probabilities", "k_best"):
+        method = getattr(tagger, name)
+        monkeypatch.setattr(tagger, name, lambda *args, _n=name, _m=method, **kw: calls.append(_n) or _m(*args, **kw))
+    controls = {"top_k": 2}, {"constraints": [{"start": 0, "end": 2, "label": "LC"}]}, {"lexicon": {"서울": "LC"}}
+    for control in controls:
+        calls.clear()
+        tiny_pipeline(text, aggregation_strategy="none", **control)
+        assert calls == ["k_best", "tag_probabilities"], control
+    calls.clear()
+    tiny_pipeline(text, aggregation_strategy="none")
+    assert calls == ["decode", "tag_probabilities"]
 
 
 def test_constraints_force_and_forbid_entities_and_condition_the_probability(tiny_pipeline):
