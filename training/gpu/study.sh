@@ -16,7 +16,8 @@
 #   (`convert --keep_types PS LC OG`, validation too) and those three types' labels only (`--entity_types`); then all
 #   six types taught with FEW (default "100 300") of the training sentences, from the parent (`--model_name_or_path`:
 #   the shared labels keep its weights, the new ones start as in a fresh model) and from the encoder alone, each
-#   child scored on the whole validation split (per-type F1 in its eval_results.json).
+#   child trained a fixed 400 steps (evaluated every 40, the best kept) and scored on the whole validation split
+#   (per-type F1 in its eval_results.json).
 #
 # Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
@@ -116,6 +117,10 @@ print('--max_steps', state['max_steps'], '--eval_strategy steps --eval_steps', e
     ;;
 new-types)
     train_file=../shared/data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv
+    # A few hundred sentences make 4-10 steps an epoch: patience 3 in epochs would stop a child after a dozen steps.
+    # The children train a fixed 400 steps, evaluated every 40, keeping the best evaluation (patience 10: never early).
+    few_shot="--max_steps 400 --eval_strategy steps --eval_steps 40 --save_strategy steps --save_steps 40 \
+        --early_stopping_patience 10"
     for split in train valid; do
         source_file=$train_file && [ $split = valid ] && source_file=$validation
         python3 -m koelectra_crf convert "$source_file" $work/parent-$split.tsv --keep_types PS LC OG --overwrite \
@@ -126,9 +131,11 @@ new-types)
             train $work/parent-s$seed "$seed" --train_file $work/parent-train.tsv \
                 --validation_file $work/parent-valid.tsv --entity_types PS LC OG || exit 1
             for few in ${FEW:-100 300}; do
-                train $work/child-$few-parent-s$seed "$seed" --max_train_samples "$few" \
+                # shellcheck disable=SC2086  # $few_shot is a list of flags
+                train $work/child-$few-parent-s$seed "$seed" --max_train_samples "$few" $few_shot \
                     --model_name_or_path $work/parent-s$seed &
-                train $work/child-$few-encoder-s$seed "$seed" --max_train_samples "$few" &
+                # shellcheck disable=SC2086
+                train $work/child-$few-encoder-s$seed "$seed" --max_train_samples "$few" $few_shot &
             done
             wait
         ) &
