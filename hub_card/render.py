@@ -160,7 +160,7 @@ def card_metadata(
     }  # fmt: skip
 
 
-def training_recipe(model, base_model: str | None, training_args, spacing_augmentation: str = "off") -> str:
+def training_recipe(model, base_model: str | None, training_args, spacing_augmentation: str) -> str:
     """The card's training section: one `- setting: value` line per setting of the model's config and of
     `training_args` that a reader needs to reproduce the run, and the spacing augmentation's."""
     config = model.config
