@@ -3,14 +3,18 @@ same in every window and in training and inference, embedded beside the characte
 setting unchanged; saving, loading, re-spacing, ONNX and a missing kiwipiepy."""
 
 import json
+import os
+import shutil
 import sys
 import unicodedata
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import shared_path
 from kiwipiepy import Kiwi
+from processes import run_command
 from safetensors.torch import load_file
 from tiny import TINY_TEXT, character_tokenizer, load_in_fresh_process, run_as_hub_user, tiny_model
 
@@ -331,3 +335,29 @@ def test_as_remote_code_without_kiwipiepy_only_a_morpheme_model_needs_it(tokeniz
     assert result["morpheme_features"] is True
     for message in result["messages"]:
         assert "morpheme_features=True" in message and "pip install kiwipiepy" in message
+
+
+REPLAY = Path(__file__).resolve().parents[1] / "training/gpu/kiwi_replay.py"
+REPLAYED_CODES = """
+import json, sys
+from koelectra_crf.alignment import morpheme_codes
+print(json.dumps(morpheme_codes(json.loads(sys.argv[1]))))
+"""
+
+
+def test_the_gpu_kits_kiwi_replay_gives_kiwis_codes_and_refuses_a_text_it_lacks(tmp_path):
+    """The GPU machine cannot receive Kiwi's model, so the study kit records Kiwi's analyses of the data here
+    (`training/gpu/kiwi_replay.py`) and installs that file there as `kiwipiepy`: the morpheme codes must be Kiwi's."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": text, "entities": []}) + "\n" for text in TEXTS), encoding="utf-8")
+    recorded = tmp_path / "analyses.json.gz"
+    run_command([sys.executable, REPLAY, recorded, data], timeout=120)
+    site = tmp_path / "site" / "kiwipiepy"
+    site.mkdir(parents=True)
+    shutil.copy(REPLAY, site / "__init__.py")
+    env = {**os.environ, "PYTHONPATH": str(site.parent), "KIWI_REPLAY": str(recorded)}
+    command = [sys.executable, "-c", REPLAYED_CODES]
+    replayed = run_command([*command, json.dumps(TEXTS)], timeout=120, env=env)
+    assert json.loads(replayed.stdout) == morpheme_codes(TEXTS)
+    unknown = run_command([*command, json.dumps(["처음 보는 문장"])], timeout=120, env=env, status=1)
+    assert "1 texts have no recorded analysis, the first '처음 보는 문장'" in unknown.stderr

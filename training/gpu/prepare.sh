@@ -10,7 +10,9 @@
 # - .gpu/transformers.zip: this machine's transformers version, without the modeling code of models the project
 #   does not load (a whole wheel is 13 MB, which with the encoder would not fit in 64 MiB);
 # - .gpu/shared.tar.gz: the e5 encoder and the KLUE files the presets read from ../shared (40 MB: gzip takes a
-#   third off the fp16 weights).
+#   third off the fp16 weights);
+# - .gpu/kiwi-analyses.json.gz: Kiwi's analyses of the labelled KLUE sentences (kiwi_replay.py), for morpheme
+#   features there: kiwipiepy's model (88 MB) does not fit.
 # Then `training/gpu/study.sh` there. Never commit .gpu/: it holds others' data and weights.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -39,5 +41,6 @@ for folder in "$work"/site/transformers/models/*/; do
 done
 (cd "$work/site" && zip -qr "$root/.gpu/transformers.zip" .)
 
+python3 training/gpu/kiwi_replay.py .gpu/kiwi-analyses.json.gz "$shared"/data/klue-ner-v1.1/*.tsv
 tar czf .gpu/shared.tar.gz -C "$shared" encoders/multilingual-e5-small-ko data/klue-ner-v1.1 data/klue-ner-raw
 echo "carry .gpu: $(du -sb .gpu | cut -f1) bytes + $(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1) tracked (64 MiB = 67108864)"

@@ -4,6 +4,7 @@
 #   run(command="MINUTES=8 bash training/gpu/study.sh heads", carry=[".gpu"], timeout_s=600)
 #   run(command="MINUTES=8 bash training/gpu/study.sh self-training", carry=[".gpu"], timeout_s=600)
 #   run(command="MINUTES=8 bash training/gpu/study.sh new-types", carry=[".gpu"], timeout_s=600)
+#   run(command="MINUTES=9 LEARNING_RATES=1e-4 bash training/gpu/study.sh morphology", carry=[".gpu"], timeout_s=600)
 #
 # heads (issue #12): `koelectra-crf ablation --study heads` at each of LEARNING_RATES (a sweep: one output folder
 #   per rate), RUNNERS runners per rate (default 15: every variant × seed at once, one GPU shared), each run
@@ -18,20 +19,28 @@
 #   the shared labels keep its weights, the new ones start as in a fresh model) and from the encoder alone, each
 #   child trained a fixed 400 steps (evaluated every 40, the best kept) and scored on the whole validation split
 #   (per-type F1 in its eval_results.json).
+# morphology (issue #35): the encoder adapted to the raw KLUE sentences (`adapt`, docs/results.md's recipe), and the
+#   character head in four arms, SEEDS seeds each, until early stopping: as it is, + morpheme features (Kiwi's
+#   analyses replayed from .gpu/kiwi-analyses.json.gz: kiwi_replay.py), + the adapted encoder, + both. The first two
+#   arms train beside `adapt`, the other two once it is done. ADAPT: flags added to `adapt` (e.g. --max_steps 2).
+# new-types and morphology train with the CPU runs' recipe of docs/results.md (`$common`: multi-sample dropout 1,
+#   batches grouped by length), at the first of LEARNING_RATES: give LEARNING_RATES=1e-4 for theirs.
 #
 # Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
 # summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
 # SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
-# (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW ("100 300").
+# (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW ("100 300"), ADAPT.
 set -uo pipefail
 set -m  # job control: each background job in a process group of its own, so that stopping it stops its trainings
-mode=${1:?usage: study.sh heads|self-training|new-types}
+mode=${1:?usage: study.sh heads|self-training|new-types|morphology}
 minutes=${MINUTES:-8}
 seeds=${SEEDS:-3}
 learning_rates=${LEARNING_RATES:-5e-5}
 # Without the presets' spacing augmentation (theirs since issue #38): the recipe of these studies' earlier results.
 extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --disable_tqdm true --spacing_augmentation 0"}
+# What the CPU runs of new-types and morphology add to the `character` variant (docs/results.md's `$common`).
+study_recipe="--multi_sample_dropout 1 --train_sampling_strategy group_by_length"
 deadline=$((SECONDS + minutes * 60))
 out=${OUT:-/tmp/study-out}
 work=/tmp/study
@@ -119,8 +128,8 @@ new-types)
     train_file=../shared/data/klue-ner-v1.1/klue-ner-v1.1_dev-train.tsv
     # A few hundred sentences make 4-10 steps an epoch: patience 3 in epochs would stop a child after a dozen steps.
     # The children train a fixed 400 steps, evaluated every 40, keeping the best evaluation (patience 10: never early).
-    few_shot="--max_steps 400 --eval_strategy steps --eval_steps 40 --save_strategy steps --save_steps 40 \
-        --early_stopping_patience 10"
+    few_shot="$study_recipe --max_steps 400 --eval_strategy steps --eval_steps 40 --save_strategy steps \
+        --save_steps 40 --early_stopping_patience 10"
     for split in train valid; do
         source_file=$train_file && [ $split = valid ] && source_file=$validation
         python3 -m koelectra_crf convert "$source_file" $work/parent-$split.tsv --keep_types PS LC OG --overwrite \
@@ -128,7 +137,8 @@ new-types)
     done
     for seed in $(seq 0 $((seeds - 1))); do
         (
-            train $work/parent-s$seed "$seed" --train_file $work/parent-train.tsv \
+            # shellcheck disable=SC2086  # $study_recipe is a list of flags
+            train $work/parent-s$seed "$seed" $study_recipe --train_file $work/parent-train.tsv \
                 --validation_file $work/parent-valid.tsv --entity_types PS LC OG || exit 1
             for few in ${FEW:-100 300}; do
                 # shellcheck disable=SC2086  # $few_shot is a list of flags
@@ -142,7 +152,35 @@ new-types)
     done
     wait_or_stop
     ;;
-*) echo "unknown study $mode: heads, self-training or new-types" && exit 2 ;;
+morphology)
+    mkdir -p /tmp/site/kiwipiepy && cp training/gpu/kiwi_replay.py /tmp/site/kiwipiepy/__init__.py || exit 1
+    export KIWI_REPLAY=$PWD/.gpu/kiwi-analyses.json.gz
+    adapted=$work/adapted-e5
+    (
+        # shellcheck disable=SC2086  # $ADAPT is a list of flags
+        python3 -m koelectra_crf adapt ../shared/encoders/multilingual-e5-small-ko \
+            --input ../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv --output $adapted \
+            --validation_file "$validation" --eval_strategy epoch --eval_on_start true --num_train_epochs 2 \
+            --per_device_train_batch_size 16 --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 \
+            --save_strategy no --logging_steps 50 --seed 0 --report_to none --disable_tqdm true ${ADAPT:-} \
+            >$work/adapt.log 2>&1 || exit 1
+        for seed in $(seq 0 $((seeds - 1))); do
+            # shellcheck disable=SC2086  # $study_recipe is a list of flags
+            train $work/adapted-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted &
+            # shellcheck disable=SC2086
+            train $work/both-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted --morpheme_features true &
+        done
+        wait
+    ) &
+    for seed in $(seq 0 $((seeds - 1))); do
+        # shellcheck disable=SC2086
+        train $work/as-it-is-s$seed "$seed" $study_recipe &
+        # shellcheck disable=SC2086
+        train $work/morph-s$seed "$seed" $study_recipe --morpheme_features true &
+    done
+    wait_or_stop
+    ;;
+*) echo "unknown study $mode: heads, self-training, new-types or morphology" && exit 2 ;;
 esac
 
 # One line per run: the best entity F1 of its evaluations so far, and how many there were.
@@ -152,7 +190,8 @@ best = {}
 for path in sys.stdin.read().split():
     run = path.removesuffix('/trainer_state.json').split('/checkpoint-')[0].removeprefix('$work/')
     scores = [e['eval_entity_f1'] for e in json.load(open(path))['log_history'] if 'eval_entity_f1' in e]
-    best[run] = max(best.get(run, (0, 0)), (max(scores, default=0), len(scores)))
+    if scores:  # (not adapt's masked-LM run)
+        best[run] = max(best.get(run, (0, 0)), (max(scores), len(scores)))
 for run, (score, evaluations) in sorted(best.items()):
     print(f'{run}: best entity F1 {score:.2f} after {evaluations} evaluations')"
 tar czf "$out/results.tar.gz" -C $work --exclude="*.safetensors" --exclude="*.pt" --exclude="*.pth" \
