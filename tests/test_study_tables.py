@@ -47,6 +47,18 @@ def test_runs_table_has_mean_sd_per_column_and_differences_with_their_standard_e
     )
 
 
+def test_a_run_evaluated_every_n_steps_shows_the_epochs_of_its_evaluations(tmp_path):
+    """A few-shot child evaluated every 40 steps of an epoch of 4: its evaluations are at epochs 10, 20, 30."""
+    folder = tmp_path / "child-s0"
+    write_run(folder, 70.0, [50.0, 70.0, 65.0])
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    for entry in state["log_history"]:
+        entry["epoch"] *= 10
+    (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    output = tables("runs", "--seeds", "0", "--variant", f"child={tmp_path}/child-s{{seed}}")
+    assert output.splitlines()[2] == "| child | 1 | 70.00 | 78.00 | 20.00 | 30.00 | 71.00 | 69.00 |"
+
+
 def test_a_seed_not_done_yet_is_left_out_and_said(tmp_path):
     write_run(tmp_path / "plain-s0", 80.0, [80.0])
     write_run(tmp_path / "plain-s1", 82.0, [82.0])

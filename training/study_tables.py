@@ -9,7 +9,8 @@ sqrt(s1²/n1 + s2²/n2) (unpaired: variants that share a seed are not paired).
 
 Each variant is `NAME=FOLDER`, `{seed}` standing for each seed; a seed whose folder has no result yet (a study in
 progress) is left out, and said on stderr. `runs` reads a training's output folder (the final
-`eval_results.json`: the kept epoch's scores; `trainer_state.json`: its epochs; `config.json`: its entity types),
+`eval_results.json`: the kept evaluation's scores; `trainer_state.json`: the epoch of that evaluation and of the
+last; `config.json`: its entity types),
 `errors` the folder of `koelectra-crf errors` (`errors.json`), `spacing` the folder of `koelectra-crf evaluate
 --spacing as-is noisy none` (`robustness.json`). Prints Markdown.
 """
@@ -50,8 +51,11 @@ def run_scores(folder: str) -> dict[str, float]:
     best = max(range(len(evaluations)), key=lambda n: evaluations[n]["eval_entity_f1"])
     labels = read_json(folder, "config.json")["id2label"].values()
     types = dict.fromkeys(label[2:] for label in labels if label != "O")  # the model's order (KLUE's: PS, LC, OG...)
-    return {"entity F1": scores["eval_entity_f1"], "char F1": scores["eval_char_f1"], "best epoch": best + 1,
-            "epochs": len(evaluations), **{t: scores[f"eval_{t}_f1"] for t in types}}  # fmt: skip
+    # The epochs the log gives each evaluation: a run evaluated every N steps (the few-shot children) is not at its
+    # n-th epoch at its n-th evaluation.
+    return {"entity F1": scores["eval_entity_f1"], "char F1": scores["eval_char_f1"],
+            "best epoch": evaluations[best]["epoch"], "epochs": evaluations[-1]["epoch"],
+            **{t: scores[f"eval_{t}_f1"] for t in types}}  # fmt: skip
 
 
 def error_scores(folder: str) -> dict[str, float]:
