@@ -22,7 +22,8 @@
 # morphology (issue #35): the encoder adapted to the raw KLUE sentences (`adapt`, docs/results.md's recipe), and the
 #   character head in four arms, SEEDS seeds each, until early stopping: as it is, + morpheme features (Kiwi's
 #   analyses replayed from .gpu/kiwi-analyses.json.gz: kiwi_replay.py), + the adapted encoder, + both. The first two
-#   arms train beside `adapt`, the other two once it is done. ADAPT: flags added to `adapt` (e.g. --max_steps 2).
+#   arms train beside `adapt`, the other two once it is done; each run's error kinds (`errors`) follow its training.
+#   ADAPT: flags added to `adapt` (e.g. --max_steps 2).
 # new-types and morphology train with the CPU runs' recipe of docs/results.md (`$common`: multi-sample dropout 1,
 #   batches grouped by length), at the first of LEARNING_RATES: give LEARNING_RATES=1e-4 for theirs.
 #
@@ -75,6 +76,12 @@ train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its 
     # shellcheck disable=SC2086  # $extra and $character are lists of flags
     python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character \
         --learning_rate "${learning_rates%% *}" "$@" >"$folder.log" 2>&1
+}
+
+scored() {  # scored FOLDER SEED [FLAGS...]: train, then the kept model's error kinds on the validation split
+    train "$@" || return 1
+    python3 -m koelectra_crf errors "$1" --test_file "$validation" --batch_size 64 \
+        --output_dir "$work/errors/$(basename "$1")" >"$1-errors.log" 2>&1
 }
 
 case $mode in
@@ -166,17 +173,17 @@ morphology)
             >$work/adapt.log 2>&1 || exit 1
         for seed in $(seq 0 $((seeds - 1))); do
             # shellcheck disable=SC2086  # $study_recipe is a list of flags
-            train $work/adapted-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted &
+            scored $work/adapted-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted &
             # shellcheck disable=SC2086
-            train $work/both-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted --morpheme_features true &
+            scored $work/both-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted --morpheme_features true &
         done
         wait
     ) &
     for seed in $(seq 0 $((seeds - 1))); do
         # shellcheck disable=SC2086
-        train $work/as-it-is-s$seed "$seed" $study_recipe &
+        scored $work/as-it-is-s$seed "$seed" $study_recipe &
         # shellcheck disable=SC2086
-        train $work/morph-s$seed "$seed" $study_recipe --morpheme_features true &
+        scored $work/morph-s$seed "$seed" $study_recipe --morpheme_features true &
     done
     wait_or_stop
     ;;
