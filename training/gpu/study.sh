@@ -27,7 +27,8 @@
 # new-types and morphology train with the CPU runs' recipe of docs/results.md (`$common`: multi-sample dropout 1,
 #   batches grouped by length), at the first of LEARNING_RATES: give LEARNING_RATES=1e-4 for theirs.
 #
-# Whatever is not done after MINUTES is stopped. Results come back as $OUT/results.tar.gz (every run's
+# Whatever is not done after MINUTES is stopped; the same command again on the same machine, while it is still warm,
+# resumes new-types and morphology (finished runs skipped, stopped ones from their last checkpoint). Results come back as $OUT/results.tar.gz (every run's
 # eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
 # summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
 # SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
@@ -70,16 +71,22 @@ wait_or_stop() {
     wait
 }
 
+# A run a deadline stopped resumes from its last checkpoint in the next call on the same (still warm) machine; a
+# finished one is skipped.
+resume_flag() { ls -d "$1"/checkpoint-* >/dev/null 2>&1 && echo "--resume_from_checkpoint last"; }
+
 train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its log beside it
     local folder=$1 seed=$2; shift 2
+    [ -f "$folder/train_results.json" ] && return 0
     mkdir -p "$folder"
-    # shellcheck disable=SC2086  # $extra and $character are lists of flags
+    # shellcheck disable=SC2086,SC2046  # $extra and $character are lists of flags
     python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character \
-        --learning_rate "${learning_rates%% *}" "$@" >"$folder.log" 2>&1
+        --learning_rate "${learning_rates%% *}" $(resume_flag "$folder") "$@" >>"$folder.log" 2>&1
 }
 
 scored() {  # scored FOLDER SEED [FLAGS...]: train, then the kept model's error kinds on the validation split
     train "$@" || return 1
+    [ -f "$work/errors/$(basename "$1")/errors.json" ] && return 0
     python3 -m koelectra_crf errors "$1" --test_file "$validation" --batch_size 64 \
         --output_dir "$work/errors/$(basename "$1")" >"$1-errors.log" 2>&1
 }
@@ -164,13 +171,16 @@ morphology)
     export KIWI_REPLAY=$PWD/.gpu/kiwi-analyses.json.gz
     adapted=$work/adapted-e5
     (
-        # shellcheck disable=SC2086  # $ADAPT is a list of flags
-        python3 -m koelectra_crf adapt ../shared/encoders/multilingual-e5-small-ko \
-            --input ../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv --output $adapted \
-            --validation_file "$validation" --eval_strategy epoch --eval_on_start true --num_train_epochs 2 \
-            --per_device_train_batch_size 16 --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 \
-            --save_strategy no --logging_steps 50 --seed 0 --report_to none --disable_tqdm true ${ADAPT:-} \
-            >$work/adapt.log 2>&1 || exit 1
+        if [ ! -f $adapted/config.json ]; then
+            # shellcheck disable=SC2086,SC2046  # $ADAPT is a list of flags
+            python3 -m koelectra_crf adapt ../shared/encoders/multilingual-e5-small-ko \
+                --input ../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv --output $adapted \
+                --validation_file "$validation" --eval_strategy epoch --eval_on_start true --num_train_epochs 2 \
+                --per_device_train_batch_size 16 --learning_rate 1e-4 --warmup_steps 0.06 --weight_decay 0.01 \
+                --save_strategy steps --save_steps 200 --save_total_limit 1 --logging_steps 50 --seed 0 \
+                --report_to none --disable_tqdm true $(resume_flag $adapted) ${ADAPT:-} >>$work/adapt.log 2>&1 \
+                || exit 1
+        fi
         for seed in $(seq 0 $((seeds - 1))); do
             # shellcheck disable=SC2086  # $study_recipe is a list of flags
             scored $work/adapted-s$seed "$seed" $study_recipe --encoder_name_or_path $adapted &
