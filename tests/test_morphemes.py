@@ -360,4 +360,4 @@ def test_the_gpu_kits_kiwi_replay_gives_kiwis_codes_and_refuses_a_text_it_lacks(
     replayed = run_command([*command, json.dumps(TEXTS)], timeout=120, env=env)
     assert json.loads(replayed.stdout) == morpheme_codes(TEXTS)
     unknown = run_command([*command, json.dumps(["처음 보는 문장"])], timeout=120, env=env, status=1)
-    assert "1 texts have no recorded analysis, the first '처음 보는 문장'" in unknown.stderr
+    assert "no recorded analysis of 1 of the texts, the first '처음 보는 문장'" in unknown.stderr

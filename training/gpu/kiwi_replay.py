@@ -35,25 +35,26 @@ class Kiwi:
         missing = [text for text in texts if text not in self.analyses]
         if missing:
             raise KeyError(
-                f"kiwi_replay: {len(missing)} texts have no recorded analysis, the first {missing[0]!r}: record them "
-                "with training/gpu/kiwi_replay.py"
+                f"kiwi_replay: no recorded analysis of {len(missing)} of the texts, the first {missing[0]!r}: record "
+                "them with training/gpu/kiwi_replay.py"
             )
         return [[Token(*token) for token in self.analyses[text]] for text in texts]
 
 
 def record(output: str, files: list[str]) -> int:
-    """Write Kiwi's tokens of every text of `files` (any labelled-data format), as given and in NFC, of the model
-    card's examples (training tags them for the card) and of the empty text (training loads Kiwi with it) to
-    `output`; return how many texts."""
+    """Write Kiwi's tokens to `output` for every text of `files` (any labelled-data format) as training reads it
+    (`formats.load_split`: a KLUE file's sentences as written) and in NFC (as the pipeline reads it when scoring), for
+    the model card's examples (training tags them for the card) and for the empty text (training loads Kiwi with it);
+    return how many texts."""
     from kiwipiepy import Kiwi as RealKiwi
 
     from hub_card.render import EXAMPLE_TEXTS
-    from koelectra_crf.formats import read_examples
+    from koelectra_crf.formats import load_split
 
     texts = {"", *EXAMPLE_TEXTS}
     for path in files:
-        for example in read_examples(path):
-            texts.update((example["text"], unicodedata.normalize("NFC", example["text"])))
+        for sentence in load_split(path, path)["sentence"]:
+            texts.update((sentence, unicodedata.normalize("NFC", sentence)))
     ordered = sorted(texts)
     tokens = RealKiwi(num_workers=1).tokenize(ordered)
     analyses = {text: [[t.start, t.len, t.tag] for t in found] for text, found in zip(ordered, tokens, strict=True)}

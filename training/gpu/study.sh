@@ -28,9 +28,9 @@
 #   batches grouped by length), at the first of LEARNING_RATES: give LEARNING_RATES=1e-4 for theirs.
 #
 # Whatever is not done after MINUTES is stopped; the same command again on the same machine, while it is still warm,
-# resumes new-types and morphology (finished runs skipped, stopped ones from their last checkpoint). Results come back as $OUT/results.tar.gz (every run's
-# eval_results.json, trainer_state.json with the per-epoch scores, even of a stopped run, logs; no weights), and a
-# summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
+# resumes new-types and morphology (finished runs skipped, stopped ones from their last checkpoint). Results come
+# back as $OUT/results.tar.gz (every run's eval_results.json, trainer_state.json with the per-epoch scores, even of a
+# stopped run, logs; no weights), and a summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
 # SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
 # (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW ("100 300"), ADAPT.
 set -uo pipefail
@@ -85,10 +85,11 @@ train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its 
 }
 
 scored() {  # scored FOLDER SEED [FLAGS...]: train, then the kept model's error kinds on the validation split
+    local errors=$work/errors/$(basename "$1")
     train "$@" || return 1
-    [ -f "$work/errors/$(basename "$1")/errors.json" ] && return 0
-    python3 -m koelectra_crf errors "$1" --test_file "$validation" --batch_size 64 \
-        --output_dir "$work/errors/$(basename "$1")" >"$1-errors.log" 2>&1
+    [ -f "$errors/errors.json" ] && return 0
+    python3 -m koelectra_crf errors "$1" --test_file "$validation" --batch_size 64 --output_dir "$errors" \
+        >"$1-errors.log" 2>&1
 }
 
 case $mode in
