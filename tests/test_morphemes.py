@@ -27,6 +27,7 @@ from koelectra_crf import (
 )
 from koelectra_crf.alignment import MORPHEME_CODES, MORPHEME_TAGS, kiwi_space, model_inputs, morpheme_codes
 from koelectra_crf.data import sentence_windows
+from koelectra_crf.formats import load_split
 from koelectra_crf.inputs import read_texts
 from koelectra_crf.onnx_model import EXPORT_INFO_FILE, export_onnx, load_onnx_pipeline
 
@@ -348,8 +349,10 @@ print(json.dumps(morpheme_codes(json.loads(sys.argv[1]))))
 def test_the_gpu_kits_kiwi_replay_gives_kiwis_codes_and_refuses_a_text_it_lacks(tmp_path):
     """The GPU machine cannot receive Kiwi's model, so the study kit records Kiwi's analyses of the data here
     (`training/gpu/kiwi_replay.py`) and installs that file there as `kiwipiepy`: the morpheme codes must be Kiwi's."""
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": text, "entities": []}) + "\n" for text in TEXTS), encoding="utf-8")
+    data = tmp_path / "data.jsonl"  # a decomposed (NFD) text too: training reads it composed
+    texts = [*TEXTS, unicodedata.normalize("NFD", "한국어 자모로 쓴 문장")]
+    data.write_text("".join(json.dumps({"text": text, "entities": []}) + "\n" for text in texts), encoding="utf-8")
+    trained_on = list(load_split(data, "--train_file")["sentence"])
     recorded = tmp_path / "analyses.json.gz"
     run_command([sys.executable, REPLAY, recorded, data], timeout=120)
     site = tmp_path / "site" / "kiwipiepy"
@@ -357,7 +360,7 @@ def test_the_gpu_kits_kiwi_replay_gives_kiwis_codes_and_refuses_a_text_it_lacks(
     shutil.copy(REPLAY, site / "__init__.py")
     env = {**os.environ, "PYTHONPATH": str(site.parent), "KIWI_REPLAY": str(recorded)}
     command = [sys.executable, "-c", REPLAYED_CODES]
-    replayed = run_command([*command, json.dumps(TEXTS)], timeout=120, env=env)
-    assert json.loads(replayed.stdout) == morpheme_codes(TEXTS)
+    replayed = run_command([*command, json.dumps(trained_on)], timeout=120, env=env)
+    assert json.loads(replayed.stdout) == morpheme_codes(trained_on)
     unknown = run_command([*command, json.dumps(["처음 보는 문장"])], timeout=120, env=env, status=1)
     assert "no recorded analysis of 1 of the texts, the first '처음 보는 문장'" in unknown.stderr

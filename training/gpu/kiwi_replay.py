@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import sys
-import unicodedata
 from typing import NamedTuple
 
 
@@ -42,10 +41,10 @@ class Kiwi:
 
 
 def record(output: str, files: list[str]) -> int:
-    """Write Kiwi's tokens to `output` for every text of `files` (any labelled-data format) as training reads it
-    (`formats.load_split`: a KLUE file's sentences as written) and in NFC (as the pipeline reads it when scoring), for
-    the model card's examples (training tags them for the card) and for the empty text (training loads Kiwi with it);
-    return how many texts."""
+    """Write Kiwi's tokens to `output` for every text of `files` (any labelled-data format) as training and scoring
+    read it (`formats.load_split`'s sentences, already in NFC, the form the pipeline gives the model), for the model
+    card's examples (training tags them for the card) and for the empty text (training loads Kiwi with it); return
+    how many texts."""
     from kiwipiepy import Kiwi as RealKiwi
 
     from hub_card.render import EXAMPLE_TEXTS
@@ -54,7 +53,7 @@ def record(output: str, files: list[str]) -> int:
     texts = {"", *EXAMPLE_TEXTS}
     for path in files:
         for sentence in load_split(path, path)["sentence"]:
-            texts.update((sentence, unicodedata.normalize("NFC", sentence)))
+            texts.add(sentence)
     ordered = sorted(texts)
     tokens = RealKiwi(num_workers=1).tokenize(ordered)
     analyses = {text: [[t.start, t.len, t.tag] for t in found] for text, found in zip(ordered, tokens, strict=True)}

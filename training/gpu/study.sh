@@ -30,9 +30,10 @@
 # Whatever is not done after MINUTES is stopped; the same command again on the same machine, while it is still warm,
 # resumes new-types and morphology (finished runs skipped, stopped ones from their last checkpoint). Results come
 # back as $OUT/results.tar.gz (every run's eval_results.json, trainer_state.json with the per-epoch scores, even of a
-# stopped run, logs; no weights), and a summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3), LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with
-# SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default below), THRESHOLDS ("0.5 0.9"), CONFIDENCE
-# (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW ("100 300"), ADAPT.
+# stopped run, logs; no weights), and a summary on stdout. Knobs (environment): MINUTES (8), SEEDS (3),
+# LEARNING_RATES ("5e-5"; e.g. "5e-5 1e-4 2e-4" with SEEDS=1 for a sweep), RUNNERS, EXTRA (training flags, default
+# below), THRESHOLDS ("0.5 0.9"), CONFIDENCE (sequence_probability), RAW_LINES (all 21,008 raw sentences), FEW
+# ("100 300"), ADAPT.
 set -uo pipefail
 set -m  # job control: each background job in a process group of its own, so that stopping it stops its trainings
 mode=${1:?usage: study.sh heads|self-training|new-types|morphology}
