@@ -50,6 +50,7 @@ def render_model_card(
     model, tokenizer, metrics: dict[str, float], base_model: str | None, training_args,
     train_file: str | None = None, validation_file: str | None = None, license: str | None = None,
     model_id: str | None = None, example_texts: list[str] | None = None, spacing_augmentation: str = "off",
+    adaptation: str = "none",
 ) -> str:  # fmt: skip
     """The README.md of a model folder: YAML metadata (model-index with the measured metrics, widget examples
     with the model's outputs), usage with `trust_remote_code=True`, results, recipe and limitations.
@@ -62,7 +63,8 @@ def render_model_card(
     output type for token classification, and its hosted widget does not run custom code; the model's outputs for
     them are in the card's text instead. They are `example_texts` when given (texts of the training data's own
     types), else news-like texts written for KLUE's types: a model of other types gets the first three validation
-    texts with an entity from the training script. `spacing_augmentation` is the recipe's line for it."""
+    texts with an entity from the training script. `spacing_augmentation` and `adaptation` (the encoder's
+    task-adaptive pretraining) are the recipe's lines for them."""
     example_texts = example_texts or EXAMPLE_TEXTS
     model_id = model_id or "your-name/koelectra-crf-klue-ner"
     data_description, evaluated_on = describe_data(train_file, validation_file)
@@ -93,7 +95,7 @@ def render_model_card(
         min_transformers=MIN_TRANSFORMERS,
         example_text=example_texts[0],
         examples=examples,
-        training=training_recipe(model, base_model, training_args, spacing_augmentation),
+        training=training_recipe(model, base_model, training_args, spacing_augmentation, adaptation),
     )
 
 
@@ -160,13 +162,16 @@ def card_metadata(
     }  # fmt: skip
 
 
-def training_recipe(model, base_model: str | None, training_args, spacing_augmentation: str) -> str:
+def training_recipe(model, base_model: str | None, training_args, spacing_augmentation: str, adaptation: str) -> str:
     """The card's training section: one `- setting: value` line per setting of the model's config and of
-    `training_args` that a reader needs to reproduce the run, and the spacing augmentation's."""
+    `training_args` that a reader needs to reproduce the run, the encoder's adaptation and the spacing
+    augmentation's."""
     config = model.config
     return "\n".join(
         f"- {name}: {value}" for name, value in {
             "base model": base_model or "randomly initialised encoder (smoke run)",
+            "encoder adaptation": adaptation,
+            "morpheme features (Kiwi)": "yes" if config.morpheme_features else "no",
             "entity types": ", ".join(label_types(model_labels(model))),
             "tokenization": (
                 f"{config.encoder_tokenization}, windows of {config.max_length} tokens, stride {config.stride}"

@@ -21,14 +21,22 @@ from pathlib import Path
 from koelectra_crf.analysis import plots
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES
 from koelectra_crf.metrics import metric_types
-from koelectra_crf.train import TRAIN_RESULTS_FILE, latest_checkpoint, parse_arguments
+from koelectra_crf.train import (
+    ADAPTED_ENCODER_FOLDER,
+    RESUME_LAST,
+    TRAIN_RESULTS_FILE,
+    latest_checkpoint,
+    parse_arguments,
+)
 
 TRAIN_MODULE = "koelectra_crf.train"
 RESULTS_FILE = "eval_results.json"
 LOCK_FILE = "ablation.lock"
 
 _NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]
-_TOKENS, _CHARACTERS = ["--tag_unit", "token"], ["--tag_unit", "character"]
+# The heads as these studies define them, without the presets' morpheme features (issue #35 measures those).
+_TOKENS = ["--tag_unit", "token", "--morpheme_features", "false"]
+_CHARACTERS = ["--tag_unit", "character", "--morpheme_features", "false"]
 VARIANTS: dict[str, list[str]] = {
     "baseline": ["--use_bilstm", "false", "--use_crf", "false", *_TOKENS, *_NO_TRICKS],
     "+crf": ["--use_bilstm", "false", "--use_crf", "true", *_TOKENS, *_NO_TRICKS],
@@ -39,8 +47,9 @@ VARIANTS: dict[str, list[str]] = {
     "character": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS, *_NO_TRICKS],
     "character_full": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS],
 }
-"""Flag overrides of each variant; the preset's own FGM and R-Drop settings hold where a variant sets none. Every
-variant names its tag unit: the original project's six tag subword tokens, whatever the preset's default."""
+"""Flag overrides of each variant; the preset's own FGM and R-Drop settings (and its encoder, adapted with
+`--adapt_on` in every run) hold where a variant sets none. Every variant names its tag unit, without morpheme
+features: the original project's six tag subword tokens, whatever the preset's default."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,8 @@ def train_command(config: Path, folder: Path, seed: int, variant: str, extra: It
     checkpoint = latest_checkpoint(folder)
     if checkpoint is not None:
         command += ["--resume_from_checkpoint", str(checkpoint)]
+    elif (folder / ADAPTED_ENCODER_FOLDER).is_dir():  # stopped while adapting (`--adapt_on`): that resumes
+        command += ["--resume_from_checkpoint", RESUME_LAST[0]]
     else:
         # The run's own folder, not done and without a checkpoint: it holds the lock and whatever an attempt killed
         # before its first checkpoint left, nothing to keep (the training refuses a non-empty folder otherwise).

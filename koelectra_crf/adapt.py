@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import (
     AutoModelForMaskedLM,
@@ -43,7 +44,14 @@ from transformers import (
 
 from koelectra_crf.inputs import read_texts
 from koelectra_crf.threads import choose_cpu_threads
-from koelectra_crf.train import RESUME_LAST, checkpoint_to_resume, delete_previous_run
+from koelectra_crf.train import (
+    ADAPTED_ENCODER_FOLDER,
+    RESUME_LAST,
+    TRAIN_RESULTS_FILE,
+    checkpoint_to_resume,
+    delete_previous_run,
+    latest_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +140,24 @@ class MaskedPositionsTrainer(Trainer):
         return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((AdaptArguments, TrainingArguments))
-    adapt_args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+RECIPE = {
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0.06,
+    "weight_decay": 0.01,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+}
+"""`adapt`'s defaults, issue #35's recipe (docs/results.md): two epochs of KLUE's 21,008 raw sentences, batch 16, lr
+1e-4, 6% warm-up, weight decay 0.01, a checkpoint every 200 steps (resumable). Any `TrainingArguments` flag overrides
+them; training's `--adapt_on` uses them as they are."""
+
+
+def adapt(adapt_args: AdaptArguments, training_args: TrainingArguments, texts: list[str]) -> dict[str, float]:
+    """Continue `adapt_args.encoder_name_or_path`'s masked-LM training on `texts` and save the encoder with its
+    masked-LM head and tokenizer in `training_args.output_dir`; returns the training (and held-out) metrics."""
     output_dir = Path(training_args.output_dir)
     checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, adapt_args.overwrite_output_dir)
     if checkpoint is None and adapt_args.overwrite_output_dir and training_args.should_save:
@@ -146,7 +168,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # float32 master weights whatever the checkpoint's dtype (e5's are float16), as for fine-tuning.
     model = AutoModelForMaskedLM.from_pretrained(adapt_args.encoder_name_or_path, dtype=torch.float32)
     choose_cpu_threads(model, processes=training_args.world_size)
-    texts = read_texts(adapt_args.input_file)
     with training_args.main_process_first(desc="tokenizing"):
         dataset = sequences(texts, tokenizer, adapt_args.max_length)
         held_out = None
@@ -170,6 +191,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("eval", evaluation)
     trainer.save_state()
     return metrics
+
+
+def adapt_before_fine_tuning(
+    encoder_name_or_path: str, texts: list[str], output_dir: Path, training_args: TrainingArguments
+) -> Path:
+    """Training's `--adapt_on`: the folder of `encoder_name_or_path` adapted to `texts` with `RECIPE`, the fine-tuning
+    run's seed, precision and device, in `output_dir / ADAPTED_ENCODER_FOLDER`. A finished adaptation there is reused,
+    an interrupted one resumed from its last checkpoint, so a resumed fine-tuning run never adapts twice."""
+    folder = output_dir / ADAPTED_ENCODER_FOLDER
+    if (folder / TRAIN_RESULTS_FILE).is_file():
+        logger.info("--adapt_on: the encoder adapted in %s is reused", folder)
+        return folder
+    args = TrainingArguments(
+        output_dir=str(folder),
+        **RECIPE,
+        seed=training_args.seed,
+        fp16=training_args.fp16,
+        bf16=training_args.bf16,
+        use_cpu=training_args.use_cpu,
+        logging_steps=training_args.logging_steps,
+        disable_tqdm=training_args.disable_tqdm,
+        report_to="none",
+        resume_from_checkpoint=RESUME_LAST[0] if latest_checkpoint(folder) else None,
+    )
+    # The folder is the run's own: what an adaptation stopped before its first checkpoint left there is replaced.
+    adapt(AdaptArguments(encoder_name_or_path, input_file="", overwrite_output_dir=True), args, texts)
+    PartialState().wait_for_everyone()  # every process fine-tunes from the folder the main one has written
+    return folder
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((AdaptArguments, TrainingArguments))
+    parser.set_defaults(**RECIPE)
+    adapt_args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return adapt(adapt_args, training_args, read_texts(adapt_args.input_file))
 
 
 if __name__ == "__main__":

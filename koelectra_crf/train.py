@@ -45,6 +45,7 @@ from koelectra_crf.alignment import NerDataCollator, morpheme_codes
 from koelectra_crf.configuration_koelectra_crf import ENTITY_TYPES, RENAMED_SETTINGS
 from koelectra_crf.data import label_names, load_klue_ner, tokenize_and_align, with_label_names
 from koelectra_crf.evaluation import SentencePrediction, check_types
+from koelectra_crf.inputs import read_texts
 from koelectra_crf.metrics import label_types
 from koelectra_crf.pseudo_label import confidence_path, load_pseudo_labelled
 from koelectra_crf.spacing import (
@@ -60,7 +61,9 @@ from koelectra_crf.usage import OneLineErrors, UsageError, existing_file, refusi
 
 logger = logging.getLogger(__name__)
 # `--push_to_hub` uploads the model folder, not the checkpoints, logs and training state next to it.
-NOT_UPLOADED_FOLDERS = ("checkpoint-", "runs")
+ADAPTED_ENCODER_FOLDER = "adapted-encoder"
+"""Where `--adapt_on` writes the adapted encoder, inside `--output_dir`."""
+NOT_UPLOADED_FOLDERS = ("checkpoint-", "runs", ADAPTED_ENCODER_FOLDER)
 NOT_UPLOADED_FILES = {"train_results.json", "all_results.json", "trainer_state.json", "training_args.bin",
                       "upload_manifest.json"}  # fmt: skip
 RESUME_LAST = ("last", "true")
@@ -70,7 +73,11 @@ TRAIN_RESULTS_FILE = "train_results.json"
 # What `--overwrite_output_dir` deletes of the previous run: what the new run would not replace but mix with its own
 # (old checkpoints would be resumed from or rotated, the Trainer merges into all_results.json, a test split's files
 # would outlive it). The rest (model, tokenizer, card) is replaced as the new run writes it.
-PREVIOUS_RUN_LEFTOVERS = ("checkpoint-*", "*_results.json", "predictions_*.jsonl")
+PREVIOUS_RUN_LEFTOVERS = ("checkpoint-*", "*_results.json", "predictions_*.jsonl", ADAPTED_ENCODER_FOLDER)
+ADAPT_ON_TRAINING_DATA = "train"
+"""`--adapt_on train`: adapt the encoder on the training split's own sentences."""
+NOT_ADAPTED = ("none", "")
+"""`--adapt_on` values that turn a preset's adaptation off."""
 
 
 @dataclass
@@ -95,6 +102,19 @@ class ModelArguments:
         metadata={"help": "JSON encoder config: randomly initialised encoder instead of pretrained weights "
                           "(smoke runs, speed benchmarks)."},
     )  # fmt: skip
+    adapt_on: str | None = field(
+        default=None,
+        metadata={"help": "Task-adaptive pretraining before fine-tuning: raw text of the task's domain (a file as "
+                          f"`koelectra-crf adapt --input` reads it), or `{ADAPT_ON_TRAINING_DATA}` for the training "
+                          "split's own sentences. The encoder's masked-LM training continues on it with `adapt`'s "
+                          f"recipe and the run's --seed, in --output_dir/{ADAPTED_ENCODER_FOLDER} (reused when "
+                          "finished, resumed when interrupted), and fine-tuning starts from it. "
+                          f"{' or '.join(repr(value) for value in NOT_ADAPTED)}: no adaptation."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.adapt_on is not None and self.adapt_on.lower() in NOT_ADAPTED:
+            self.adapt_on = None
 
 
 def _head_arguments() -> type:
@@ -262,6 +282,7 @@ def check_input(model_args: ModelArguments, head_args, data_args: DataArguments,
         "--test_file": data_args.test_file,
         "--pseudo_label_file": data_args.pseudo_label_file,
         "--random_encoder_config": model_args.random_encoder_config,
+        "--adapt_on": None if model_args.adapt_on == ADAPT_ON_TRAINING_DATA else model_args.adapt_on,
     }
     for flag, path in files.items():
         if path is not None:
@@ -274,6 +295,12 @@ def check_input(model_args: ModelArguments, head_args, data_args: DataArguments,
         )
     if train is not None and data_args.dataset_name is not None:
         raise UsageError("give --train_file/--validation_file or --dataset_name, not both")
+    if model_args.adapt_on is not None and (model_args.model_name_or_path or model_args.random_encoder_config):
+        flag = "--model_name_or_path" if model_args.model_name_or_path else "--random_encoder_config"
+        raise UsageError(
+            f"--adapt_on adapts the pretrained --encoder_name_or_path, which {flag} replaces: give one of the two "
+            "(--adapt_on none turns a preset's adaptation off)"
+        )
     for flag, value, allowed in (
         ("--data_format", data_args.data_format, formats.READ_FORMATS),
         ("--tag_scheme", data_args.tag_scheme, formats.TAG_SCHEMES),
@@ -423,6 +450,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw = load_data(data_args)
     labels = training_labels(raw, data_args.entity_types)
     limit_splits_and_add_pseudo_labels(raw, data_args)
+    base_encoder = model_args.encoder_name_or_path
+    if model_args.adapt_on is not None:
+        model_args.encoder_name_or_path = str(adapted_encoder(model_args, raw, output_dir, training_args))
+        set_seed(training_args.seed)  # the head starts as it would from the adapted folder given as the encoder
     tokenizer, model = load_tokenizer_and_model(model_args, head_args, labels)
     use_special_tokens_of(tokenizer, model)
     choose_cpu_threads(model, processes=training_args.world_size)
@@ -447,17 +478,38 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         card = render_model_card(
             trainer.accelerator.unwrap_model(trainer.model), tokenizer, metrics,
             base_model=model_args.model_name_or_path
-            or (model_args.encoder_name_or_path if model_args.random_encoder_config is None else None),
+            or (base_encoder if model_args.random_encoder_config is None else None),
             train_file=data_args.train_file or data_args.dataset_name,
             validation_file=data_args.validation_file or data_args.dataset_name, training_args=training_args,
             license=output_args.license, model_id=training_args.hub_model_id,
             example_texts=None if set(label_types(labels)) <= set(ENTITY_TYPES) else card_examples(raw["validation"]),
-            spacing_augmentation=spacing_recipe(data_args),
+            spacing_augmentation=spacing_recipe(data_args), adaptation=adaptation_recipe(model_args.adapt_on),
         )  # fmt: skip
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         if push_to_hub or output_args.push_dry_run:
             upload(output_dir, training_args.hub_model_id, dry_run=output_args.push_dry_run)
     return metrics
+
+
+def adapted_encoder(
+    model_args: ModelArguments, raw: DatasetDict, output_dir: Path, training_args: NerTrainingArguments
+) -> Path:
+    """`--adapt_on`: the encoder adapted to its text (`adapt.adapt_before_fine_tuning`)."""
+    from koelectra_crf.adapt import adapt_before_fine_tuning  # adapt builds on this module's output-folder rules
+
+    if model_args.adapt_on == ADAPT_ON_TRAINING_DATA:
+        texts = list(raw["train"]["sentence"])
+    else:
+        texts = read_texts(model_args.adapt_on)
+    return adapt_before_fine_tuning(model_args.encoder_name_or_path, texts, output_dir, training_args)
+
+
+def adaptation_recipe(adapt_on: str | None) -> str:
+    """The model card's line for `--adapt_on`."""
+    if adapt_on is None:
+        return "none"
+    text = "the training sentences" if adapt_on == ADAPT_ON_TRAINING_DATA else f"`{Path(adapt_on).name}`"
+    return f"masked-LM training of the encoder on {text} before fine-tuning (`koelectra-crf adapt`'s recipe)"
 
 
 def results_of_finished_run(output_dir: Path) -> dict[str, float]:
@@ -477,7 +529,11 @@ def results_of_finished_run(output_dir: Path) -> dict[str, float]:
 def prepare_output_dir(output_dir: Path, training_args: NerTrainingArguments, overwrite: bool) -> str | None:
     """The checkpoint to resume from (`checkpoint_to_resume`, which refuses a folder whose run would be lost), after
     deleting what a previous run left when starting afresh with `overwrite` (once, by the main process)."""
-    checkpoint = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, overwrite)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and resume.lower() in RESUME_LAST and latest_checkpoint(output_dir) is None:
+        if (output_dir / ADAPTED_ENCODER_FOLDER).is_dir():
+            return None  # stopped while adapting (`--adapt_on`): the adaptation resumes, fine-tuning starts then
+    checkpoint = checkpoint_to_resume(output_dir, resume, overwrite)
     if checkpoint is None and overwrite:
         with training_args.main_process_first(local=False, desc="clearing the output folder"):
             if training_args.should_save:

@@ -475,6 +475,9 @@ def test_training_refuses_bad_input_in_one_line_before_any_work(tmp_path, capsys
         ("--output_dir", previous): f"--output_dir {previous} is not empty (model.safetensors): it holds a previous",
         ("--resume_from_checkpoint", tmp_path / "checkpoint-9"): "no such checkpoint folder",
         ("--push_to_hub", "true"): "--push_to_hub needs --hub_model_id",
+        ("--adapt_on", tmp_path / "raw.txt"): f"--adapt_on {tmp_path / 'raw.txt'}: does not exist",
+        ("--adapt_on", "train"): "--adapt_on adapts the pretrained --encoder_name_or_path, which "
+        "--random_encoder_config replaces",
     }
     for args, expected in refusals.items():
         out = tmp_path / "out"
