@@ -6,7 +6,8 @@
 (`training/run.py` is this module's `main`.) The data: `--train_file`/`--validation_file`/`--test_file` in any format
 of `koelectra_crf.formats` (doccano, Label Studio, CoNLL columns, KLUE TSV), a `--dataset_name` (tokens + ner_tags, as
 run_ner's), or the Hub's klue/ner; the entity types are the training data's or `--entity_types`, and
-`--model_name_or_path` continues from a trained model (shared labels keep their weights).
+`--model_name_or_path` continues from a trained model (shared labels keep their weights), and `--adapt_on` first
+continues the encoder's masked-LM training on raw text of the task (`koelectra_crf.adapt`; the presets do).
 
 `--config PRESET.json` sets defaults; any flag on the command line overrides them. Every `TrainingArguments` flag
 works, plus the recipe's own (`--fgm_epsilon`, `--rdrop_alpha`, `--head_learning_rate`, `--early_stopping_patience`)
