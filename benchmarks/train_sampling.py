@@ -28,9 +28,7 @@ from koelectra_crf.trainer import NerTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "training/configs/offline-e5-small.json"
-# The measured study's flags; it predates the presets' adapted encoder and morpheme features (issue #35).
-STUDY_FLAGS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0", "--multi_sample_dropout", "1", "--adapt_on", "none",
-               "--morpheme_features", "false"]  # fmt: skip
+STUDY_FLAGS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0", "--multi_sample_dropout", "1"]
 STRATEGIES = ("random", "group_by_length")
 
 

@@ -34,9 +34,7 @@ RESULTS_FILE = "eval_results.json"
 LOCK_FILE = "ablation.lock"
 
 _NO_TRICKS = ["--fgm_epsilon", "0", "--rdrop_alpha", "0"]
-# The heads as these studies define them, without the presets' morpheme features (issue #35 measures those).
-_TOKENS = ["--tag_unit", "token", "--morpheme_features", "false"]
-_CHARACTERS = ["--tag_unit", "character", "--morpheme_features", "false"]
+_TOKENS, _CHARACTERS = ["--tag_unit", "token"], ["--tag_unit", "character"]
 VARIANTS: dict[str, list[str]] = {
     "baseline": ["--use_bilstm", "false", "--use_crf", "false", *_TOKENS, *_NO_TRICKS],
     "+crf": ["--use_bilstm", "false", "--use_crf", "true", *_TOKENS, *_NO_TRICKS],
@@ -47,9 +45,9 @@ VARIANTS: dict[str, list[str]] = {
     "character": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS, *_NO_TRICKS],
     "character_full": ["--use_bilstm", "true", "--use_crf", "true", *_CHARACTERS],
 }
-"""Flag overrides of each variant; the preset's own FGM and R-Drop settings (and its encoder, adapted with
-`--adapt_on` in every run) hold where a variant sets none. Every variant names its tag unit, without morpheme
-features: the original project's six tag subword tokens, whatever the preset's default."""
+"""Flag overrides of each variant; the preset's own FGM and R-Drop settings (and its `--adapt_on`, which then adapts
+the encoder in every run) hold where a variant sets none. Every variant names its tag unit: the original project's six
+tag subword tokens, whatever the preset's default."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ With `--validation_file` (held-out raw text, as run_mlm.py's), each evaluation r
 and perplexity, always on the same masked tokens: `--eval_strategy epoch --eval_on_start true` scores the encoder
 before adaptation and after each epoch, and the run ends with one more evaluation (eval_results.json).
 
-Its defaults are issue #35's recipe (`RECIPE`). Training's `--adapt_on TEXT` (the presets') runs it before fine-tuning,
-in the training's output folder (`adapt_before_fine_tuning`).
+Its defaults are issue #35's recipe (`RECIPE`). Training's `--adapt_on TEXT` runs it before fine-tuning, in the
+training's output folder (`adapt_before_fine_tuning`).
 
 Only the masked positions go through the masked-LM head (`MaskedPositionsTrainer`): the loss is the model's own, at
 less cost (`benchmarks/adapt_step.py`).

@@ -7,7 +7,7 @@
 of `koelectra_crf.formats` (doccano, Label Studio, CoNLL columns, KLUE TSV), a `--dataset_name` (tokens + ner_tags, as
 run_ner's), or the Hub's klue/ner; the entity types are the training data's or `--entity_types`, and
 `--model_name_or_path` continues from a trained model (shared labels keep their weights), and `--adapt_on` first
-continues the encoder's masked-LM training on raw text of the task (`koelectra_crf.adapt`; the presets do).
+continues the encoder's masked-LM training on raw text of the task (`koelectra_crf.adapt`).
 
 `--config PRESET.json` sets defaults; any flag on the command line overrides them. Every `TrainingArguments` flag
 works, plus the recipe's own (`--fgm_epsilon`, `--rdrop_alpha`, `--head_learning_rate`, `--early_stopping_patience`)

@@ -1,6 +1,6 @@
 """Task-adaptive pretraining (`koelectra-crf adapt`): masked-LM training on raw text writes an encoder folder that
 fine-tuning starts from; nothing of a long text is dropped; a run resumes to the uninterrupted run's weights; training's
-`--adapt_on` (the presets' default) is `adapt` and then fine-tuning, in one resumable run."""
+`--adapt_on` is `adapt` and then fine-tuning, in one resumable run."""
 
 import json
 import math
@@ -220,18 +220,12 @@ def test_training_adapts_on_its_text_first_as_adapt_then_fine_tuning_would(encod
     assert all(torch.equal(resumed[name], weights["two-steps"][name]) for name in resumed)
 
 
-@pytest.mark.parametrize(
-    ("preset", "text"),
-    [
-        ("offline-e5-small", "../shared/data/klue-ner-raw/klue-ner-train-sentences.tsv"),
-        ("klue-koelectra-base", "train"),
-    ],
-)
-def test_the_presets_adapt_the_encoder_and_use_morpheme_features(preset, text):
-    """docs/results.md, issue #35: the adapted encoder with morpheme features, +2.0 entity F1 over neither (three
-    seeds); flags turn each off."""
+@pytest.mark.parametrize("preset", ["offline-e5-small", "klue-koelectra-base"])
+def test_the_presets_leave_adaptation_and_morpheme_features_to_flags(preset):
+    """docs/results.md, issue #35: the two together were +1.37 entity F1 (SE 0.66) over three seeds, no established
+    difference, so the presets train without them; flags turn each on."""
     config = str(ROOT / f"training/configs/{preset}.json")
     model, head, *_ = train.parse_arguments(["--config", config])
-    assert (model.adapt_on, head.morpheme_features) == (text, True)
-    model, head, *_ = train.parse_arguments(["--config", config, "--adapt_on", "none", "--morpheme_features", "false"])
     assert (model.adapt_on, head.morpheme_features) == (None, False)
+    model, head, *_ = train.parse_arguments(["--config", config, "--adapt_on", "train", "--morpheme_features", "true"])
+    assert (model.adapt_on, head.morpheme_features) == ("train", True)

@@ -42,8 +42,6 @@ seeds=${SEEDS:-3}
 learning_rates=${LEARNING_RATES:-5e-5}
 # Without the presets' spacing augmentation (theirs since issue #38): the recipe of these studies' earlier results.
 extra=${EXTRA:-"--num_train_epochs 20 --early_stopping_patience 3 --disable_tqdm true --spacing_augmentation 0"}
-# Nor the presets' adaptation and morpheme features (theirs since issue #35): the morphology arms set them.
-study_base="--adapt_on none --morpheme_features false"
 # What the CPU runs of new-types and morphology add to the `character` variant (docs/results.md's `$common`).
 study_recipe="--multi_sample_dropout 1 --train_sampling_strategy group_by_length"
 deadline=$((SECONDS + minutes * 60))
@@ -82,9 +80,8 @@ train() {  # train FOLDER SEED [FLAGS...]: one run of the teacher's recipe, its 
     local folder=$1 seed=$2; shift 2
     [ -f "$folder/train_results.json" ] && return 0
     mkdir -p "$folder"
-    # shellcheck disable=SC2086,SC2046  # $study_base, $extra and $character are lists of flags
-    python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $study_base $extra \
-        $character \
+    # shellcheck disable=SC2086,SC2046  # $extra and $character are lists of flags
+    python3 -m koelectra_crf.train --config $config --output_dir "$folder" --seed "$seed" $extra $character \
         --learning_rate "${learning_rates%% *}" $(resume_flag "$folder") "$@" >>"$folder.log" 2>&1
 }
 
@@ -102,8 +99,7 @@ heads)
         for runner in $(seq "${RUNNERS:-15}"); do
             # shellcheck disable=SC2086
             python3 -m koelectra_crf ablation --study heads --config $config --output_dir $work/heads-lr$rate \
-                --seeds "$seeds" -- $study_base $extra --learning_rate "$rate" \
-                >"$work/runner-lr$rate-$runner.log" 2>&1 &
+                --seeds "$seeds" -- $extra --learning_rate "$rate" >"$work/runner-lr$rate-$runner.log" 2>&1 &
             sleep 2  # runners claim runs in turn
         done
     done
