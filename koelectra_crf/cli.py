@@ -334,7 +334,7 @@ def _add_adapt(commands: argparse._SubParsersAction) -> None:
         epilog="Every other flag goes to the training: any TrainingArguments flag (--num_train_epochs, "
         "--learning_rate, --resume_from_checkpoint last, ...), --validation_file (held-out text: its masked-LM loss "
         "and perplexity at each --eval_strategy evaluation), --mlm_probability, --max_length, --overwrite_output_dir. "
-        "Defaults: issue #35's recipe (2 epochs, batch 16, lr 1e-4, 6%% warm-up, weight decay 0.01, a checkpoint "
+        "Defaults: issue #35's recipe (2 epochs, batch 16, lr 1e-4, 6% warm-up, weight decay 0.01, a checkpoint "
         "every 200 steps).",
     )
     adapt_parser.add_argument("encoder", help="encoder folder or Hub id")
