@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.resume_from_checkpoint is not None and (output_dir / TRAIN_RESULTS_FILE).is_file():
         return results_of_finished_run(output_dir)
     # Before any work: a run that would lose or mix with a previous one stops here.
-    checkpoint = prepare_output_dir(output_dir, training_args, output_args.overwrite_output_dir)
+    checkpoint = prepare_output_dir(
+        output_dir, training_args, output_args.overwrite_output_dir, adapting=model_args.adapt_on is not None
+    )
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     # The Trainer would push checkpoints and a card of its own; the finished folder is uploaded below instead.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -527,13 +529,16 @@ def results_of_finished_run(output_dir: Path) -> dict[str, float]:
     return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
 
 
-def prepare_output_dir(output_dir: Path, training_args: NerTrainingArguments, overwrite: bool) -> str | None:
+def prepare_output_dir(
+    output_dir: Path, training_args: NerTrainingArguments, overwrite: bool, adapting: bool = False
+) -> str | None:
     """The checkpoint to resume from (`checkpoint_to_resume`, which refuses a folder whose run would be lost), after
-    deleting what a previous run left when starting afresh with `overwrite` (once, by the main process)."""
+    deleting what a previous run left when starting afresh with `overwrite` (once, by the main process). A run
+    `adapting` (`--adapt_on`) that stopped before its first fine-tuning checkpoint resumes its adaptation instead."""
     resume = training_args.resume_from_checkpoint
-    if resume is not None and resume.lower() in RESUME_LAST and latest_checkpoint(output_dir) is None:
+    if adapting and resume is not None and resume.lower() in RESUME_LAST and latest_checkpoint(output_dir) is None:
         if (output_dir / ADAPTED_ENCODER_FOLDER).is_dir():
-            return None  # stopped while adapting (`--adapt_on`): the adaptation resumes, fine-tuning starts then
+            return None  # `adapt_before_fine_tuning` reuses or resumes the adaptation; fine-tuning starts then
     checkpoint = checkpoint_to_resume(output_dir, resume, overwrite)
     if checkpoint is None and overwrite:
         with training_args.main_process_first(local=False, desc="clearing the output folder"):

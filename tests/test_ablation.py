@@ -19,9 +19,10 @@ from koelectra_crf.ablation import (
     check_arguments,
     claim,
     run_ablation,
+    train_command,
 )
 from koelectra_crf.cli import build_parser, main
-from koelectra_crf.train import latest_checkpoint, parse_arguments
+from koelectra_crf.train import ADAPTED_ENCODER_FOLDER, latest_checkpoint, parse_arguments
 
 VARIANTS = ABLATION.variants
 
@@ -90,6 +91,17 @@ def test_variant_flags_win_over_extra_arguments(tmp_path):
     by_variant = {Path(flags(c)["--output_dir"]).parent.name: flags(c) for c in trainer.commands}
     assert by_variant["full"]["--fgm_epsilon"] == "0.3"
     assert by_variant["full_no_fgm"]["--fgm_epsilon"] == "0"
+
+
+def test_a_run_stopped_while_adapting_resumes_its_adaptation(tmp_path):
+    """A run of a preset with `--adapt_on` stopped before its first checkpoint keeps its adapted encoder: the
+    command resumes (the training reuses or resumes the adaptation) instead of starting afresh, which deletes it."""
+    folder = tmp_path / "character" / "seed-0"
+    (folder / ADAPTED_ENCODER_FOLDER / "checkpoint-200").mkdir(parents=True)
+    command = flags(train_command(tmp_path / "p.json", folder, 0, "character"))
+    assert command["--resume_from_checkpoint"] == "last" and "--overwrite_output_dir" not in command
+    shutil.rmtree(folder / ADAPTED_ENCODER_FOLDER)
+    assert "--resume_from_checkpoint" not in flags(train_command(tmp_path / "p.json", folder, 0, "character"))
 
 
 def test_finished_runs_are_skipped_and_an_interrupted_run_resumes(tmp_path):

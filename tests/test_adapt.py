@@ -214,6 +214,8 @@ def test_training_adapts_on_its_text_first_as_adapt_then_fine_tuning_would(encod
     for path in combined.iterdir():
         if path.name != "adapted-encoder":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(train.UsageError, match="holds no checkpoint-N folder"):  # without --adapt_on: nothing to resume
+        fine_tune(encoder, combined, "--resume_from_checkpoint", "last")
     fine_tune(encoder, combined, "--adapt_on", "train", "--resume_from_checkpoint", "last")
     assert (combined / "adapted-encoder" / "trainer_state.json").stat().st_mtime_ns == adapted_state
     resumed = load_file(combined / "model.safetensors")
@@ -229,3 +231,5 @@ def test_the_presets_leave_adaptation_and_morpheme_features_to_flags(preset):
     assert (model.adapt_on, head.morpheme_features) == (None, False)
     model, head, *_ = train.parse_arguments(["--config", config, "--adapt_on", "train", "--morpheme_features", "true"])
     assert (model.adapt_on, head.morpheme_features) == ("train", True)
+    model, *_ = train.parse_arguments(["--config", config, "--adapt_on", "train", "--adapt_on", "none"])
+    assert model.adapt_on is None  # a later "none" turns an earlier adaptation off
