@@ -59,6 +59,27 @@ def test_a_run_evaluated_every_n_steps_shows_the_epochs_of_its_evaluations(tmp_p
     assert output.splitlines()[2] == "| child | 1 | 70.00 | 78.00 | 20.00 | 30.00 | 71.00 | 69.00 |"
 
 
+def test_variants_of_different_entity_types_share_one_table(tmp_path):
+    """A parent of two types and a child that adds a third: the child's new type is "—" in the parent's row and left
+    out of the difference, the shared ones compared."""
+    write_run(tmp_path / "parent-s0", 80.0, [80.0])
+    write_run(tmp_path / "child-s0", 70.0, [70.0])
+    config = {"id2label": dict(enumerate(["O", "B-PS", "I-PS", "B-LC", "I-LC", "B-DT", "I-DT"]))}
+    (tmp_path / "child-s0" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    results = json.loads((tmp_path / "child-s0" / "eval_results.json").read_text(encoding="utf-8"))
+    (tmp_path / "child-s0" / "eval_results.json").write_text(json.dumps({**results, "eval_DT_f1": 60.0}), "utf-8")
+    output = tables("runs", "--seeds", "0", "--variant", f"parent={tmp_path}/parent-s{{seed}}",
+                    "--variant", f"child={tmp_path}/child-s{{seed}}")  # fmt: skip
+    lines = output.splitlines()
+    assert lines[0] == "| variant | seeds | entity F1 | char F1 | best epoch | epochs | PS | LC | DT |"
+    assert lines[2] == "| parent | 1 | 80.00 | 88.00 | 1.00 | 1.00 | 81.00 | 79.00 | — |"
+    assert lines[3] == "| child | 1 | 70.00 | 78.00 | 1.00 | 1.00 | 71.00 | 69.00 | 60.00 |"
+    assert lines[5] == (
+        "- child − parent: entity F1 -10.00 (one seed: no SE), char F1 -10.00 (one seed: no SE), "
+        "PS -10.00 (one seed: no SE), LC -10.00 (one seed: no SE)"
+    )
+
+
 def test_a_seed_not_done_yet_is_left_out_and_said(tmp_path):
     write_run(tmp_path / "plain-s0", 80.0, [80.0])
     write_run(tmp_path / "plain-s1", 82.0, [82.0])

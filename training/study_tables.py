@@ -88,14 +88,17 @@ def table(kind: str, variants: list[str], seeds: list[int]) -> str:
         per_seed = [READERS[kind](folder) for folder in folders if folder not in missing]
         scores[name] = {column: [seed_scores[column] for seed_scores in per_seed] for column in per_seed[0]}
         counts[name] = len(per_seed)
-    columns = list(next(iter(scores.values())))
+    # Variants may differ in entity types (a parent of three types and its children of six): every variant's
+    # columns, "—" where a variant has none, and differences over the columns both sides have.
+    columns = list(dict.fromkeys(column for values in scores.values() for column in values))
     lines = ["| variant | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
-    lines += [f"| {name} | {counts[name]} | " + " | ".join(mean_sd(values[c]) for c in columns) + " |"
+    lines += [f"| {name} | {counts[name]} | " + " | ".join(mean_sd(values[c]) if c in values else "—"
+                                                         for c in columns) + " |"
               for name, values in scores.items()]  # fmt: skip
     reference_name, reference = next(iter(scores.items()))
     lines.append("")
     for name, values in list(scores.items())[1:]:
-        shown = [c for c in columns if c not in ("best epoch", "epochs")]
+        shown = [c for c in columns if c in values and c in reference and c not in ("best epoch", "epochs")]
         lines.append(f"- {name} − {reference_name}: " + ", ".join(
             f"{c} {difference(values[c], reference[c])}" for c in shown))  # fmt: skip
     if kind == "spacing":  # each variant's gaps: a noisy or space-less text against the same model's text as written
