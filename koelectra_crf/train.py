@@ -530,7 +530,7 @@ def results_of_finished_run(output_dir: Path) -> dict[str, float]:
 
 
 def prepare_output_dir(
-    output_dir: Path, training_args: NerTrainingArguments, overwrite: bool, adapting: bool = False
+    output_dir: Path, training_args: NerTrainingArguments, overwrite: bool, *, adapting: bool
 ) -> str | None:
     """The checkpoint to resume from (`checkpoint_to_resume`, which refuses a folder whose run would be lost), after
     deleting what a previous run left when starting afresh with `overwrite` (once, by the main process). A run
